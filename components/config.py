@@ -1,0 +1,213 @@
+"""One typed configuration for the whole platform.
+
+Precedence, lowest to highest: the defaults below, a YAML file (``--config`` or ``ADSREC_CONFIG``), then
+environment variables ``ADSREC_<SECTION>__<FIELD>`` (e.g. ``ADSREC_SIMULATOR__N_USERS=500``), and
+``ADSREC_HOME`` for the state folder. All state lives under ``home``; nothing is written anywhere else
+and nothing is written at import time: folders are created by the steps that write into them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "ADSREC_"
+DEFAULT_HOME = Path(".adsrec")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SimulatorConfig(_Section):
+    """The demo marketplace (DESIGN.md section 5). Sizes are per run window; the defaults keep the
+    whole daily pipeline to a few minutes on 2 cores."""
+
+    seed: int = 7
+    n_users: int = 2_000
+    n_initial_ads: int = 3_000
+    new_ads_per_day: int = 150
+    photo_share: float = Field(0.7, ge=0, le=1, description="share of ads drawn from products with a photo")
+    sessions_per_user_day: float = Field(2.0, gt=0, description="mean requests per active user per day")
+    rounds_per_day: int = Field(6, ge=1, description="time steps per day; clicks affect later rounds")
+    positions: int = Field(5, ge=1, description="ads per request")
+    slots: list[str] = ["feed", "search", "detail"]
+    n_advertisers: int = 300
+    # label model
+    click_base_logit: float = -3.2
+    conversion_base_logit: float = -2.3
+    preference_scale: float = 1.0
+    preference_correlation: float = Field(0.3, ge=-1, le=1, description="corr(click pref, conversion pref)")
+    content_weight: float = Field(0.5, ge=0, le=1, description="share of preference on hidden colour/usage")
+    temporal_boost: float = Field(1.2, ge=0, description="logit boost right after a same-category click")
+    temporal_decay_hours: float = Field(12.0, gt=0)
+    position_bias: float = Field(0.35, ge=0, description="logit penalty per log2(position)")
+    fatigue: float = Field(0.3, ge=0, description="logit penalty per repeated exposure")
+    retarget_share: float = Field(0.3, ge=0, le=1, description="probability a slot is a retargeting slot")
+    retarget_window_days: int = 3
+    organic_interest_weight: float = Field(1.0, ge=0, description="how much the organic policy follows interest")
+
+
+class IngestConfig(_Section):
+    tasks: list[str] = ["click", "conversion"]
+    max_quarantine_rate: float = Field(0.05, ge=0, le=1, description="data gate bound")
+    label_rate_bounds: dict[str, tuple[float, float]] = {
+        "click": (0.001, 0.5),
+        "conversion": (0.0, 0.5),
+    }
+    late_tolerance_hours: float = Field(0.0, ge=0, description="accept events this far past the day's end")
+
+
+class FeatureConfig(_Section):
+    rolling_windows_days: list[int] = [1, 7]
+    sequence_length: int = Field(20, ge=1)
+    ttl_days: int = Field(30, ge=1, description="Feast TTL of the daily feature views")
+    direct_join_min_rows: int = Field(
+        200_000, ge=0, description="training sets at least this big use the DuckDB ASOF join, smaller ones Feast"
+    )
+
+
+class PipelineConfig(_Section):
+    source: Literal["simulator", "taobao", "movielens"] = "simulator"
+    start_date: dt.date = dt.date(2026, 11, 1)
+    demo_days: int = Field(7, ge=1, description="days the demo simulates and ingests")
+    training_days: int = Field(7, ge=1, description="days in a training window")
+    backfill_concurrency: int = Field(2, ge=1)
+    shared_data: Path = Field(Path("../shared/data"), description="real data folder (never copied)")
+
+
+class Settings(_Section):
+    home: Path = DEFAULT_HOME
+    pipeline: PipelineConfig = PipelineConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    ingest: IngestConfig = IngestConfig()
+    features: FeatureConfig = FeatureConfig()
+
+    # --- the state layout under home (all derived; see docs/state.md) ---------------------------
+    @property
+    def raw_dir(self) -> Path:
+        """Landing zone: what sources deliver, one folder per table and day."""
+        return self.home / "raw"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Validated, day-partitioned tables (the offline store)."""
+        return self.home / "offline"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.home / "training"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def truth_dir(self) -> Path:
+        """Simulator ground truth (true probabilities, latent preferences): never read as features."""
+        return self.home / "truth"
+
+    @property
+    def shared_data(self) -> Path:
+        return self.pipeline.shared_data
+
+    def resolved(self) -> "Settings":
+        """Absolute paths, so steps may run from any working directory."""
+        out = self.model_copy(deep=True)
+        out.home = self.home.expanduser().resolve()
+        out.pipeline.shared_data = self.pipeline.shared_data.expanduser().resolve()
+        return out
+
+
+def _set_path(d: dict[str, Any], keys: list[str], value: str) -> None:
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ValueError(f"environment override {'__'.join(keys)}: {k} is not a section")
+    d[keys[-1]] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    import yaml
+
+    # YAML scalars: "500" -> 500, "[a, b]" -> list, "true" -> True; anything else stays a string.
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults <- YAML file <- ``ADSREC_*`` environment <- explicit overrides.
+
+    Raises ``ValueError`` naming the offending key when a value does not validate.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    env = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    env_data: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name == "home":
+            env_data["home"] = value
+        elif "__" in name:
+            _set_path(env_data, name.split("__"), value)
+    data = _merge(data, env_data)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,44 @@
+"""Source adapters: each turns one kind of raw log into the data contract (components/schemas.py) and
+drops one day at a time into the landing zone ``<home>/raw/<source>/<table>/date=YYYY-MM-DD/``.
+
+Every adapter has the same small surface (``Source``) so flows never special-case a source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from components.config import Settings
+
+
+class Source(Protocol):
+    name: str
+    tasks: tuple[str, ...]  # label columns it delivers, in order; "click" first
+
+    def available_days(self) -> tuple[dt.date, dt.date]:
+        """First and last day (inclusive) this source can deliver."""
+        ...
+
+    def deliver(self, day: dt.date) -> dict[str, int]:
+        """Write the day's raw files for every table (overwriting that day), return rows per table."""
+        ...
+
+
+def get_source(settings: "Settings") -> Source:
+    """The configured source (``pipeline.source``)."""
+    name = settings.pipeline.source
+    if name == "simulator":
+        from components.sources.simulator import SimulatorSource
+
+        return SimulatorSource(settings)
+    if name == "taobao":
+        from components.sources.taobao import TaobaoSource
+
+        return TaobaoSource(settings)
+    if name == "movielens":
+        from components.sources.movielens import MovieLensSource
+
+        return MovieLensSource(settings)
+    raise ValueError(f"unknown source {name!r}; expected simulator, taobao or movielens")

@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test gets its own ADSREC_HOME under tmp_path; nothing touches ./.adsrec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Offline, telemetry-free, and every tool's state in a temporary folder."""
+    base = tmp_path_factory.mktemp("session-env")
+    os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    for key in [k for k in os.environ if k.startswith("ADSREC_")]:
+        del os.environ[key]
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):
+    """Default settings with an empty ADSREC_HOME of its own and the real shared data folder."""
+    from components.config import load_settings
+
+    return load_settings(
+        environ={}, overrides={"home": str(tmp_path / "home"), "pipeline": {"shared_data": str(SHARED_DATA)}}
+    ).resolved()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip with the reason when it is not beside the repo."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it lives in ../shared/data beside the repo)")
+    return SHARED_DATA
