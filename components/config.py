@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "ADSREC_"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = Path(".adsrec")
 
 
@@ -24,8 +25,9 @@ class _Section(BaseModel):
 
 
 class SimulatorConfig(_Section):
-    """The demo marketplace (DESIGN.md section 5). Sizes are per run window; the defaults keep the
-    whole daily pipeline to a few minutes on 2 cores."""
+    """The demo marketplace (DESIGN.md section 5; every knob in docs/simulator.md). ``n_users`` and
+    ``n_initial_ads`` exist from day 0, ``new_*_per_day`` arrive on each later day; the defaults give
+    about 20k impressions a day and keep the whole daily pipeline to a few minutes on 2 cores."""
 
     seed: int = 7
     n_users: int = 2_000
@@ -37,9 +39,12 @@ class SimulatorConfig(_Section):
     positions: int = Field(5, ge=1, description="ads per request")
     slots: list[str] = ["feed", "search", "detail"]
     n_advertisers: int = 300
+    new_users_per_day: int = Field(40, ge=0, description="users who sign up on each day after the first")
+    n_candidates: int = Field(200, ge=2, description="ads the organic policy samples per request before ranking")
+    horizon_days: int = Field(365, ge=1, description="days the simulator can deliver from pipeline.start_date")
     # label model
-    click_base_logit: float = -3.2
-    conversion_base_logit: float = -2.3
+    click_base_logit: float = -3.7
+    conversion_base_logit: float = -2.6
     preference_scale: float = 1.0
     preference_correlation: float = Field(0.3, ge=-1, le=1, description="corr(click pref, conversion pref)")
     content_weight: float = Field(0.5, ge=0, le=1, description="share of preference on hidden colour/usage")
@@ -49,26 +54,52 @@ class SimulatorConfig(_Section):
     fatigue: float = Field(0.3, ge=0, description="logit penalty per repeated exposure")
     retarget_share: float = Field(0.3, ge=0, le=1, description="probability a slot is a retargeting slot")
     retarget_window_days: int = 3
+    retarget_frequency_cap: int = Field(
+        3, ge=1, description="retarget an ad only while the user has seen it fewer times than this"
+    )
     organic_interest_weight: float = Field(1.0, ge=0, description="how much the organic policy follows interest")
 
 
 class IngestConfig(_Section):
+    """Validated ingestion (components/ingest.py, docs/ingestion.md)."""
+
     tasks: list[str] = ["click", "conversion"]
     max_quarantine_rate: float = Field(0.05, ge=0, le=1, description="data gate bound")
-    label_rate_bounds: dict[str, tuple[float, float]] = {
-        "click": (0.001, 0.5),
-        "conversion": (0.0, 0.5),
-    }
+    label_rate_bounds: dict[str, tuple[float, float]] = Field(
+        default={"click": (0.001, 0.5), "conversion": (0.0, 0.5)},
+        description="plausible [min, max] positive rate per task (a GX expectation; a task without bounds: [0, 1])",
+    )
     late_tolerance_hours: float = Field(0.0, ge=0, description="accept events this far past the day's end")
+    duplicate_lookback_days: int = Field(
+        0, ge=0, description="days of landed impressions searched for a repeated request_id; 0 = every landed day"
+    )
 
 
 class FeatureConfig(_Section):
-    rolling_windows_days: list[int] = [1, 7]
+    """Daily feature views and point-in-time training sets (docs/features.md)."""
+
+    rolling_windows_days: list[int] = Field([1, 7], min_length=1, description="rolling stats windows, in days")
     sequence_length: int = Field(20, ge=1)
-    ttl_days: int = Field(30, ge=1, description="Feast TTL of the daily feature views")
+    ttl_days: int = Field(
+        30, ge=1, description="Feast TTL of the daily views (stats, sequence); also the click-sequence lookback"
+    )
+    rate_prior_strength: float = Field(
+        20.0, ge=0, description="pseudo-impressions at the window's global rate added to every rate; 0 = raw rate"
+    )
+    sequence_category_column: str | None = Field(
+        None, description="ads column for the sequence categories; None = first categorical taxonomy column"
+    )
     direct_join_min_rows: int = Field(
         200_000, ge=0, description="training sets at least this big use the DuckDB ASOF join, smaller ones Feast"
     )
+
+
+class RealSourcesConfig(_Section):
+    """Adapters for real logs that hold only positives (Taobao, MovieLens): negative sampling."""
+
+    negatives_per_positive: int = Field(4, ge=0, description="sampled impressions without a click per click")
+    seed: int | None = Field(None, description="default: each adapter's own fixed seed")
+    jitter_s: int = Field(120, ge=0, description="negatives' timestamps are the positive's +- this many seconds")
 
 
 class PipelineConfig(_Section):
@@ -77,7 +108,9 @@ class PipelineConfig(_Section):
     demo_days: int = Field(7, ge=1, description="days the demo simulates and ingests")
     training_days: int = Field(7, ge=1, description="days in a training window")
     backfill_concurrency: int = Field(2, ge=1)
-    shared_data: Path = Field(Path("../shared/data"), description="real data folder (never copied)")
+    shared_data: Path = Field(
+        Path("../shared/data"), description="real data folder (never copied); relative to the project root"
+    )
 
 
 class Settings(_Section):
@@ -86,6 +119,7 @@ class Settings(_Section):
     simulator: SimulatorConfig = SimulatorConfig()
     ingest: IngestConfig = IngestConfig()
     features: FeatureConfig = FeatureConfig()
+    sources: RealSourcesConfig = RealSourcesConfig()
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------
     @property
@@ -139,7 +173,9 @@ class Settings(_Section):
         """Absolute paths, so steps may run from any working directory."""
         out = self.model_copy(deep=True)
         out.home = self.home.expanduser().resolve()
-        out.pipeline.shared_data = self.pipeline.shared_data.expanduser().resolve()
+        shared = self.pipeline.shared_data.expanduser()
+        # A relative data folder is relative to the project root (DESIGN.md: ../shared/data beside the repo).
+        out.pipeline.shared_data = (shared if shared.is_absolute() else PROJECT_ROOT / shared).resolve()
         return out
 
 

@@ -29,6 +29,7 @@ class Source(Protocol):
 def get_source(settings: "Settings") -> Source:
     """The configured source (``pipeline.source``)."""
     name = settings.pipeline.source
+    sampling = settings.sources.model_dump(exclude_none=True)
     if name == "simulator":
         from components.sources.simulator import SimulatorSource
 
@@ -36,9 +37,9 @@ def get_source(settings: "Settings") -> Source:
     if name == "taobao":
         from components.sources.taobao import TaobaoSource
 
-        return TaobaoSource(settings)
+        return TaobaoSource(settings, **sampling)
     if name == "movielens":
         from components.sources.movielens import MovieLensSource
 
-        return MovieLensSource(settings)
+        return MovieLensSource(settings, **sampling)
     raise ValueError(f"unknown source {name!r}; expected simulator, taobao or movielens")

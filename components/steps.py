@@ -1,0 +1,136 @@
+"""The daily pipeline's steps as plain functions (no Prefect): what a flow task calls.
+
+Each day-step is idempotent: it fingerprints its inputs and configuration, skips when the day's last
+run had the same fingerprint (changing nothing on disk), and otherwise replaces that day's outputs.
+``force=True`` runs it regardless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from components.config import Settings
+from components.runs import StageManifest, files_under, fingerprint_files
+from components.schemas import TABLES, day_dir
+
+log = logging.getLogger(__name__)
+
+
+def window_days(end_day: dt.date, days: int) -> list[dt.date]:
+    """The ``days`` days ending with ``end_day``, oldest first."""
+    return [end_day - dt.timedelta(days=i) for i in range(days - 1, -1, -1)]
+
+
+def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    if end < start:
+        raise ValueError(f"end date {end} is before start date {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def training_window(settings: Settings, end_day: dt.date) -> list[dt.date]:
+    """The days of the training window ending ``end_day``, clipped to the days the source has."""
+    first, last = _source(settings).available_days()
+    if not first <= end_day <= last:
+        raise ValueError(f"source {settings.pipeline.source!r} has data from {first} to {last}; "
+                         f"{end_day} is outside it")
+    return [d for d in window_days(end_day, settings.pipeline.training_days) if d >= first]
+
+
+def demo_window(settings: Settings, days: int) -> list[dt.date]:
+    """The first ``days`` days the source has (the demo's window)."""
+    first, last = _source(settings).available_days()
+    return date_range(first, min(last, first + dt.timedelta(days=days - 1)))
+
+
+def _source(settings: Settings):
+    from components.sources import get_source
+
+    return get_source(settings)
+
+
+def deliver_day(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
+    """Have the configured source drop the day's raw files into the landing zone."""
+    source = _source(settings)
+    first, last = source.available_days()
+    if not first <= day <= last:
+        raise ValueError(f"source {source.name!r} has data from {first} to {last}; {day} is outside it")
+    manifest = StageManifest(settings, f"deliver-{source.name}")
+    config = {
+        "source": source.name,
+        "simulator": settings.simulator.model_dump(mode="json") if source.name == "simulator" else None,
+    }
+    raw_root = settings.raw_dir / source.name
+    raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]
+    if not force and raw_files and manifest.is_current(day, fingerprint_files(raw_files, config)):
+        return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
+    rows = source.deliver(day)
+    raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]
+    result = {"skipped": False, "rows": rows}
+    manifest.record(day, fingerprint_files(raw_files, config), result)
+    return result
+
+
+def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
+    """Validate the day's raw files and land them in the offline store (quarantining rejects)."""
+    from components.ingest import ingest_day
+
+    source = _source(settings)
+    raw_root = settings.raw_dir / source.name
+    raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]
+    if not raw_files:
+        raise FileNotFoundError(
+            f"no raw files for {day} under {raw_root}/<table>/date={day.isoformat()}/; deliver the day first"
+        )
+    config = {"tasks": list(source.tasks), "ingest": settings.ingest.model_dump(mode="json")}
+    fp = fingerprint_files(raw_files, config)
+    manifest = StageManifest(settings, "ingest")
+    if not force and manifest.is_current(day, fp):
+        return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
+    report = ingest_day(settings, source.name, day, source.tasks).to_dict()
+    manifest.record(day, fp, report)
+    return {"skipped": False, **report}
+
+
+def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
+    """Compute the day's feature partitions from the offline store (looks back over the rolling windows)."""
+    from components.features import build_features, lookback_days
+
+    source = _source(settings)
+    lookback = lookback_days(settings) + 1  # the build reads days [day - lookback_days, day]
+    inputs = [
+        p
+        for d in window_days(day, lookback)
+        for t in TABLES
+        for p in files_under(day_dir(settings.offline_dir, t, d))
+    ]
+    if not any(day_dir(settings.offline_dir, "impressions", day).glob("*.parquet")):
+        raise FileNotFoundError(f"no ingested impressions for {day}; ingest the day first")
+    # Ads and users landed on any earlier day are profile inputs too (latest row per id wins).
+    for t in ("ads", "users"):
+        for part in sorted((settings.offline_dir / t).glob("date=*")):
+            if part.name[len("date="):] <= day.isoformat():
+                inputs += [p for p in files_under(part) if p not in inputs]
+    config = {"tasks": list(source.tasks), "features": settings.features.model_dump(mode="json")}
+    fp = fingerprint_files(inputs, config)
+    manifest = StageManifest(settings, "features")
+    if not force and manifest.is_current(day, fp):
+        return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
+    rows = build_features(settings, day, source.tasks)
+    result = {"rows": rows}
+    manifest.record(day, fp, result)
+    return {"skipped": False, **result}
+
+
+def training_set(settings: Settings, end_day: dt.date, days: int | None = None) -> dict[str, Any]:
+    """Point-in-time training set for the window ending ``end_day``."""
+    from components.training_set import build_training_set
+
+    source = _source(settings)
+    n = days or settings.pipeline.training_days
+    path = build_training_set(settings, end_day, n, source.tasks)
+    meta_path = path.with_name("meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return {"path": str(path), "days": n, "meta": meta}

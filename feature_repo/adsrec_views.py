@@ -1,0 +1,149 @@
+"""The adsrec feature views as plain specs and as Feast objects, built for any state folder.
+
+One definition serves three callers: ``repo.py`` (what ``feast apply`` sees, for the state folder in
+``ADSREC_HOME``), ``components/feature_store.py`` (Feast in code, for any ``Settings.home``) and the direct
+DuckDB join of ``components/training_set.py`` (which reads the same parquet with the same TTLs).
+
+The views' fields are read from the built parquet (the newest partition of each view) when the
+definitions are built, because they depend on the source: one ``<task>_...`` column per task, one
+profile column per categorical / numeric attribute of the ads and users tables. Field names are the
+parquet column names; keys and timestamps are not fields.
+
+Nothing runs at import time: this module only defines functions (``feast apply`` imports it too).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROJECT = "adsrec"
+EVENT_TS = "event_timestamp"
+CREATED_TS = "created_timestamp"
+ENTITY_KEYS = {"user": "user_id", "ad": "ad_id"}
+# view -> (entity, expires): stats and sequences are daily snapshots that expire after the TTL;
+# profiles are stamped when the entity was created and stay valid until a newer row replaces them.
+VIEW_ENTITIES: dict[str, tuple[str, bool]] = {
+    "user_profile": ("user", False),
+    "user_stats": ("user", True),
+    "user_sequence": ("user", True),
+    "ad_profile": ("ad", False),
+    "ad_stats": ("ad", True),
+}
+FEATURE_SERVICE = "training"
+DEFAULT_TTL_DAYS = 30
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One feature view: where its parquet lives and what it holds."""
+
+    name: str
+    entity: str
+    join_key: str
+    path: str  # absolute glob over the day partitions
+    ttl: dt.timedelta | None  # None: never expires
+    fields: tuple[tuple[str, pa.DataType], ...]
+    latest_partition: str  # date=YYYY-MM-DD the schema was read from
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for name, _ in self.fields]
+
+
+def manifest_ttl_days(home: Path) -> int:
+    """The TTL the features were built with (``features/_views.json``), or the default."""
+    path = Path(home) / "features" / "_views.json"
+    if path.is_file():
+        return int(json.loads(path.read_text()).get("ttl_days", DEFAULT_TTL_DAYS))
+    return DEFAULT_TTL_DAYS
+
+
+def view_specs(home: Path, ttl_days: int) -> list[ViewSpec]:
+    """Specs of every view under ``<home>/features``; raises naming the view when it was never built."""
+    features = Path(home).expanduser().resolve() / "features"
+    specs = []
+    for name, (entity, expires) in VIEW_ENTITIES.items():
+        partitions = sorted(p for p in (features / name).glob("date=*") if any(p.glob("*.parquet")))
+        if not partitions:
+            raise FileNotFoundError(
+                f"feature view {name} has no partitions under {features / name}: build the features first "
+                "(adsrec demo, or components.features.build_features)"
+            )
+        schema = pq.read_schema(sorted(partitions[-1].glob("*.parquet"))[0])
+        key = ENTITY_KEYS[entity]
+        fields = tuple((f.name, f.type) for f in schema if f.name not in (key, EVENT_TS, CREATED_TS))
+        specs.append(
+            ViewSpec(
+                name=name,
+                entity=entity,
+                join_key=key,
+                path=str(features / name / "date=*" / "*.parquet"),
+                ttl=dt.timedelta(days=ttl_days) if expires else None,
+                fields=fields,
+                latest_partition=partitions[-1].name,
+            )
+        )
+    return specs
+
+
+def _feast_type(arrow_type: pa.DataType) -> Any:
+    from feast import types as ft
+
+    scalar = {
+        pa.int64(): ft.Int64,
+        pa.int32(): ft.Int32,
+        pa.float64(): ft.Float64,
+        pa.float32(): ft.Float32,
+        pa.string(): ft.String,
+        pa.large_string(): ft.String,
+        pa.bool_(): ft.Bool,
+    }
+    if pa.types.is_timestamp(arrow_type):
+        return ft.UnixTimestamp
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return ft.Array(_feast_type(arrow_type.value_type))
+    if arrow_type in scalar:
+        return scalar[arrow_type]
+    raise TypeError(f"no Feast type for Arrow type {arrow_type}")
+
+
+def feast_objects(specs: list[ViewSpec]) -> dict[str, Any]:
+    """Entities, file sources, feature views and the ``training`` feature service, by name."""
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+    from feast.data_format import ParquetFormat
+
+    entities = {
+        name: Entity(name=name, join_keys=[key], value_type=ValueType.INT64, description=f"{name} id")
+        for name, key in ENTITY_KEYS.items()
+    }
+    objects: dict[str, Any] = dict(entities)
+    views = []
+    for spec in specs:
+        source = FileSource(
+            name=f"{spec.name}_source",
+            path=spec.path,  # absolute: FileSource paths resolve against the process CWD, not the repo
+            file_format=ParquetFormat(),
+            timestamp_field=EVENT_TS,
+            created_timestamp_column=CREATED_TS,
+        )
+        view = FeatureView(
+            name=spec.name,
+            entities=[entities[spec.entity]],
+            ttl=spec.ttl or dt.timedelta(0),  # Feast: a zero TTL never expires
+            schema=[Field(name=n, dtype=_feast_type(t)) for n, t in spec.fields],
+            source=source,
+            online=True,
+            tags={"partition": spec.latest_partition},
+        )
+        objects[f"{spec.name}_source"] = source
+        objects[spec.name] = view
+        views.append(view)
+    objects[FEATURE_SERVICE] = FeatureService(name=FEATURE_SERVICE, features=views)
+    return objects

@@ -1,0 +1,175 @@
+"""The ``adsrec`` command line. Every command runs its Prefect flow locally (ephemeral API, no server).
+
+Kept light at import: Prefect, pandas, Feast and friends load only inside commands, so
+``adsrec --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from components.config import Settings
+
+app = typer.Typer(
+    name="adsrec",
+    help="Raw ad impression logs to a quality-checked, registered multi-task ranking model, every day.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DateOpt = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="a UTC day, YYYY-MM-DD")]
+
+
+@app.callback()
+def _global(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")] = None,
+    home: Annotated[Optional[Path], typer.Option("--home", help="state folder (default $ADSREC_HOME or ./.adsrec)")] = None,
+) -> None:
+    if config is not None:
+        os.environ["ADSREC_CONFIG"] = str(config.expanduser().resolve())
+    if home is not None:
+        os.environ["ADSREC_HOME"] = str(home.expanduser().resolve())
+
+
+def _settings() -> "Settings":
+    from components.config import load_settings
+    from flows.runtime import configure_environment
+
+    try:
+        settings = load_settings().resolved()
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    os.environ["ADSREC_HOME"] = str(settings.home)
+    configure_environment(settings)
+    return settings
+
+
+def _print_run(summary_path: str) -> None:
+    import json
+
+    from flows.report import render_summary
+
+    typer.echo("")
+    typer.echo(render_summary(json.loads(Path(summary_path).read_text())))
+    typer.echo(f"\nrun summary: {summary_path}")
+
+
+def _run(flow_call) -> str:  # noqa: ANN001 - a zero-arg callable running a flow
+    try:
+        return flow_call()
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(days: Annotated[Optional[int], typer.Option(help="days to simulate (default pipeline.demo_days)")] = None) -> None:
+    """The main job on the embedded default: simulate the demo marketplace, ingest, build features
+    and the point-in-time training set for the demo window, and print a summary."""
+    from components.steps import demo_window
+
+    settings = _settings()
+    window = demo_window(settings, days or settings.pipeline.demo_days)
+    run_date = window[-1]
+    typer.echo(f"adsrec demo: source={settings.pipeline.source}, {window[0]} .. {run_date}, home={settings.home}")
+    # The demo's training set covers the whole demo window.
+    os.environ["ADSREC_PIPELINE__TRAINING_DAYS"] = str(len(window))
+    from flows.pipeline import daily
+
+    _print_run(_run(lambda: daily(run_date=run_date)))
+    from components.config import PROJECT_ROOT
+
+    if settings.home == (PROJECT_ROOT / ".adsrec").resolve():
+        typer.echo("\nFeast repository: cd feature_repo && feast apply && feast feature-views list")
+    else:
+        typer.echo(f"\nFeast repository: cd feature_repo && FEAST_FS_YAML_FILE_PATH={settings.feast_dir}/"
+                   "feature_store.yaml feast feature-views list")
+
+
+@app.command("daily")
+def daily_cmd(
+    run_date: Annotated[Optional[dt.datetime], typer.Option("--run-date", formats=["%Y-%m-%d"],
+                                                            help="default: yesterday (UTC)")] = None,
+    force: Annotated[bool, typer.Option(help="re-run days even when their inputs did not change")] = False,
+) -> None:
+    """The daily pipeline for one run date (brings the training window up to date first)."""
+    _settings()
+    from flows.pipeline import daily
+
+    _print_run(_run(lambda: daily(run_date=run_date.date() if run_date else None, force=force)))
+
+
+@app.command()
+def ingest(date: DateOpt, force: bool = False) -> None:
+    """Deliver and ingest one day (valid rows land, rejects go to quarantine with a reason)."""
+    _settings()
+    from flows.pipeline import ingest_day
+
+    _print_run(_run(lambda: ingest_day(run_date=date.date(), force=force)))
+
+
+@app.command()
+def features(date: DateOpt, force: bool = False) -> None:
+    """Build one day's feature partitions from the offline store."""
+    _settings()
+    from flows.pipeline import build_features
+
+    _print_run(_run(lambda: build_features(run_date=date.date(), force=force)))
+
+
+@app.command()
+def backfill(
+    start_date: DateOpt,
+    end_date: DateOpt,
+    concurrency: Annotated[int, typer.Option(min=1, max=8, help="days processed at once")] = 2,
+    force: bool = False,
+) -> None:
+    """Deliver, ingest and build features for every day from start to end date (inclusive); days whose
+    inputs did not change are skipped, so a repeated call changes nothing."""
+    _settings()
+    from flows.pipeline import backfill as backfill_flow
+
+    _print_run(_run(lambda: backfill_flow(start_date=start_date.date(), end_date=end_date.date(),
+                                          concurrency=concurrency, force=force)))
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the resolved configuration (defaults <- YAML <- environment) as YAML."""
+    import yaml
+
+    from components.config import load_settings
+
+    try:
+        s = load_settings().resolved()
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def runs(n: Annotated[int, typer.Option(help="how many")] = 5) -> None:
+    """Show the latest run summaries."""
+    from components.config import load_settings
+    from components.runs import latest_summaries
+    from flows.report import render_summary
+
+    for s in latest_summaries(load_settings().resolved(), n):
+        typer.echo(render_summary(s) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Prefect flows of the daily pipeline. Thin: parameters, ordering, retries, summaries.
+
+Every flow takes flat, typed parameters (dates render as date pickers in the Prefect UI) and reads the
+rest of its configuration from ``load_settings`` (``ADSREC_HOME``, ``ADSREC_CONFIG``, ``ADSREC_*``).
+The work itself is in ``components.steps``; each day-step is idempotent, so re-running a flow for the
+same dates changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from components import steps
+from components.config import Settings, load_settings
+from components.runs import RunSummary
+
+
+def _settings(config_file: str | None) -> Settings:
+    return load_settings(config_file).resolved()
+
+
+def _describe(stage: str, day: dt.date, result: dict[str, Any]) -> str:
+    if result.get("skipped"):
+        return f"{stage} {day}: unchanged inputs, skipped"
+    if stage == "deliver":
+        rows = result.get("rows", {})
+        return f"deliver {day}: " + ", ".join(f"{t} {n:,}" for t, n in rows.items())
+    if stage == "ingest":
+        tables = result.get("tables", {})
+        parts = [
+            f"{t} {r.get('rows_landed', 0):,} landed / {r.get('rows_quarantined', 0):,} quarantined"
+            for t, r in tables.items()
+        ]
+        return f"ingest {day}: " + "; ".join(parts)
+    if stage == "features":
+        return f"features {day}: " + ", ".join(f"{v} {n:,}" for v, n in result.get("rows", {}).items())
+    return f"{stage} {day}: done"
+
+
+def _stage_task(stage: str):
+    """One Prefect task per stage; I/O stages retry."""
+    fn = {"deliver": steps.deliver_day, "ingest": steps.ingest, "features": steps.features}[stage]
+
+    @task(name=stage, retries=2 if stage in ("deliver", "ingest") else 0, retry_delay_seconds=2,
+          task_run_name=f"{stage}-{{day}}", cache_policy=NO_CACHE)
+    def run(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
+        import time
+
+        t0 = time.perf_counter()
+        result = fn(settings, day, force=force)
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        get_run_logger().info(_describe(stage, day, result) + f" ({result['seconds']:.1f} s)")
+        return result
+
+    return run
+
+
+deliver_task = _stage_task("deliver")
+ingest_task = _stage_task("ingest")
+features_task = _stage_task("features")
+
+
+@task(name="training-set", task_run_name="training-set-{end_day}", cache_policy=NO_CACHE)
+def training_set_task(settings: Settings, end_day: dt.date, days: int) -> dict[str, Any]:
+    import time
+
+    t0 = time.perf_counter()
+    result = steps.training_set(settings, end_day, days)
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    get_run_logger().info(f"training set for {days} days to {end_day}: {result['path']} ({result['seconds']:.1f} s)")
+    return result
+
+
+def _record(summary: RunSummary, stage: str, day: dt.date | None, result: dict[str, Any]) -> None:
+    rec: dict[str, Any] = {"stage": stage, "day": day, "seconds": result.get("seconds"),
+                           "skipped": bool(result.get("skipped"))}
+    if stage == "deliver":
+        rec["rows"] = result.get("rows")
+    elif stage == "ingest":
+        rec["tables"] = {
+            t: {k: r.get(k) for k in ("rows_in", "rows_landed", "rows_quarantined", "reasons")}
+            for t, r in result.get("tables", {}).items()
+        }
+        rec["expectations_passed"] = result.get("expectations_passed")
+    elif stage == "features":
+        rec["rows"] = result.get("rows")
+    else:
+        rec.update({k: v for k, v in result.items() if k != "seconds"})
+    summary.add(rec)
+
+
+def _run_days(settings: Settings, days: list[dt.date], concurrency: int, force: bool,
+              summary: RunSummary) -> None:
+    """Deliver in date order, then ingest and build features in waves of ``concurrency`` days.
+
+    Features of day D read the rolling window up to D, so a wave's features start only after every
+    earlier day and the wave's own days are ingested.
+    """
+    for day in days:
+        _record(summary, "deliver", day, deliver_task(settings, day, force))
+    for i in range(0, len(days), concurrency):
+        wave = days[i : i + concurrency]
+        ingested = [ingest_task.submit(settings, d, force) for d in wave]
+        for d, fut in zip(wave, ingested):
+            _record(summary, "ingest", d, fut.result())
+        built = [features_task.submit(settings, d, force) for d in wave]
+        for d, fut in zip(wave, built):
+            _record(summary, "features", d, fut.result())
+
+
+def _finish(summary: RunSummary, settings: Settings) -> str:
+    from flows.report import render_summary
+
+    summary.status = "completed"
+    path = summary.write(settings)
+    text = render_summary(summary.to_dict())
+    try:
+        create_markdown_artifact(markdown=f"```\n{text}\n```", key=summary.flow.replace("_", "-"),
+                                 description=f"adsrec {summary.flow} summary")
+    except Exception:  # artifacts need an API; a summary must never fail a finished run
+        pass
+    get_run_logger().info(f"run summary written to {path}")
+    return str(path)
+
+
+@contextmanager
+def _summarised(settings: Settings, summary: RunSummary) -> Iterator[RunSummary]:
+    """A failing run still leaves its summary (what finished, and the error) under runs/."""
+    try:
+        yield summary
+    except BaseException as exc:
+        summary.status = "failed"
+        summary.error = f"{type(exc).__name__}: {exc}"
+        summary.write(settings)
+        raise
+
+
+@flow(name="ingest-day", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def ingest_day(run_date: dt.date, force: bool = False, config_file: str | None = None) -> str:
+    """Deliver and ingest one day: validated rows land in the offline store, rejects in quarantine."""
+    settings = _settings(config_file)
+    summary = RunSummary("ingest_day", {"run_date": run_date, "force": force})
+    with _summarised(settings, summary):
+        _record(summary, "deliver", run_date, deliver_task(settings, run_date, force))
+        _record(summary, "ingest", run_date, ingest_task(settings, run_date, force))
+    return _finish(summary, settings)
+
+
+@flow(name="build-features", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def build_features(run_date: dt.date, force: bool = False, config_file: str | None = None) -> str:
+    """Compute one day's feature partitions (rolling stats, behaviour sequences, profiles)."""
+    settings = _settings(config_file)
+    summary = RunSummary("build_features", {"run_date": run_date, "force": force})
+    with _summarised(settings, summary):
+        _record(summary, "features", run_date, features_task(settings, run_date, force))
+    return _finish(summary, settings)
+
+
+@flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def backfill(start_date: dt.date, end_date: dt.date, concurrency: int = 2, force: bool = False,
+             config_file: str | None = None) -> str:
+    """Deliver, ingest and build features for every day from start_date to end_date (inclusive).
+
+    Idempotent: days whose inputs did not change are skipped, so a second identical call changes
+    nothing. ``concurrency`` bounds how many days are processed at once (at most 8).
+    """
+    settings = _settings(config_file)
+    days = steps.date_range(start_date, end_date)
+    summary = RunSummary("backfill", {"start_date": start_date, "end_date": end_date,
+                                      "concurrency": concurrency, "force": force})
+    with _summarised(settings, summary):
+        _run_days(settings, days, max(1, min(concurrency, 8)), force, summary)
+    return _finish(summary, settings)
+
+
+@flow(name="daily", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def daily(run_date: dt.date | None = None, force: bool = False, config_file: str | None = None) -> str:
+    """The daily retrain, as far as it exists: bring every day of the training window up to date
+    (deliver, ingest, features; unchanged days are skipped), then build the point-in-time training set.
+    ``run_date`` defaults to yesterday (UTC)."""
+    settings = _settings(config_file)
+    run_date = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
+    days = steps.training_window(settings, run_date)
+    summary = RunSummary("daily", {"run_date": run_date, "force": force})
+    with _summarised(settings, summary):
+        _run_days(settings, days, settings.pipeline.backfill_concurrency, force, summary)
+        _record(summary, "training_set", run_date, training_set_task(settings, run_date, len(days)))
+    return _finish(summary, settings)

@@ -1,0 +1,75 @@
+"""Readable plain-text summaries of a run (what the CLI prints and the Prefect artifact shows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(out)
+
+
+def _n(x: Any) -> str:
+    return "-" if x is None else f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """One block per run: per-day rows landed/quarantined and feature rows, stage time, the training set."""
+    days: dict[str, dict[str, Any]] = {}
+    extra: list[dict[str, Any]] = []
+    for st in summary.get("stages", []):
+        day = str(st.get("day")) if st.get("day") is not None else "-"
+        if st["stage"] in ("deliver", "ingest", "features"):
+            d = days.setdefault(day, {"seconds": 0.0, "skipped": []})
+            d["seconds"] += st.get("seconds") or 0.0
+            if st.get("skipped"):
+                d["skipped"].append(st["stage"])
+            if st["stage"] == "ingest":
+                d["ingest"] = st.get("tables") or {}
+                d["expectations_passed"] = st.get("expectations_passed")
+            elif st["stage"] == "features":
+                d["features"] = st.get("rows") or {}
+        else:
+            extra.append(st)
+
+    head = (f"adsrec {summary.get('flow')}  status={summary.get('status')}  "
+            f"{summary.get('seconds', 0):.1f} s  params={summary.get('parameters')}")
+    blocks = [head]
+    if days:
+        rows = []
+        for day, d in sorted(days.items()):
+            ing = d.get("ingest", {})
+            imp = ing.get("impressions", {})
+            q = sum((t.get("rows_quarantined") or 0) for t in ing.values()) if ing else None
+            rate = imp.get("rows_quarantined", 0) / imp["rows_in"] if imp.get("rows_in") else 0.0
+            feats = d.get("features", {})
+            rows.append([
+                day,
+                _n(imp.get("rows_landed")),
+                _n(ing.get("ads", {}).get("rows_landed")),
+                _n(ing.get("users", {}).get("rows_landed")),
+                f"{_n(q)} ({rate:.2%})" if q is not None else "-",
+                {True: "pass", False: "FAIL", None: "-"}[d.get("expectations_passed")],
+                _n(sum(feats.values())) if feats else "-",
+                f"{d['seconds']:.1f}",
+                ",".join(d["skipped"]) or "",
+            ])
+        blocks.append(_table(
+            ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "s", "skipped"], rows))
+    for st in extra:
+        if st["stage"] == "training_set":
+            blocks.append(f"training set: {st.get('path')}  ({st.get('days')} days, {st.get('seconds', 0):.1f} s)")
+            meta = st.get("meta") or {}
+            if meta:
+                rates = ", ".join(f"{k} {v:.2%}" for k, v in (meta.get("label_rates") or {}).items())
+                blocks.append(f"  rows {_n(meta.get('rows'))}; label rates {rates}; join {meta.get('join_path')}; "
+                              f"{len(meta.get('features') or [])} features")
+        else:
+            blocks.append(f"{st['stage']}: {({k: v for k, v in st.items() if k != 'stage'})}")
+    if summary.get("error"):
+        blocks.append(f"error: {summary['error']}")
+    return "\n\n".join(blocks)
