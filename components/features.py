@@ -17,20 +17,18 @@ attributes are known when it is created, so a new ad's first impressions can see
 event timestamps. docs/features.md has the full semantics.
 
 Everything is set-based SQL (no per-row Python); each partition is written to a temporary folder and
-renamed into place, so re-running a day replaces it and readers never see a half-written day.
+swapped into place (components/storage.py), so re-running a day replaces it and readers never see a
+half-written day.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from components.schemas import ADS, USERS, day_dir, day_window
+from components.storage import replace_partition, write_json_atomic
 
 if TYPE_CHECKING:
     import duckdb
@@ -137,24 +135,15 @@ def taxonomy_columns(con: "duckdb.DuckDBPyConnection", relation: str) -> list[st
 
 
 def _write_partition(con: "duckdb.DuckDBPyConnection", query: str, target: Path) -> int:
-    """COPY ``query`` to ``target/part-0.parquet`` atomically: write a hidden sibling folder, swap it in.
+    """COPY ``query`` to ``target/part-0.parquet`` atomically (``storage.replace_partition``); returns its rows."""
+    rows: list[int] = []
 
-    The hidden names start with '.', so the ``date=*`` globs readers use never match them."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    old = target.parent / f".{target.name}.old-{tag}"
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> None:
         con.execute(f"COPY ({query}) TO '{tmp / 'part-0.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{tmp / 'part-0.parquet'}')").fetchone()[0]
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return int(rows)
+        rows.append(con.execute(f"SELECT count(*) FROM read_parquet('{tmp / 'part-0.parquet'}')").fetchone()[0])
+
+    replace_partition(target, write)
+    return int(rows[0])
 
 
 def _stats_query(
@@ -338,10 +327,7 @@ def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], 
         "rate_prior_strength": cfg.rate_prior_strength,
         "ttl_days": cfg.ttl_days,
     }
-    path = settings.features_dir / MANIFEST
-    tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(settings.features_dir / MANIFEST, manifest, sort_keys=False)
 
 
 def read_view(settings: "Settings", view: str, days: Sequence[dt.date] | None = None) -> "pa.Table":

@@ -13,33 +13,29 @@ partitions:
   ``<home>/quarantine/<table>/date=D/files/`` beside a ``<name>.reason.txt``.
 
 Re-running a day replaces both partitions and gives the same rows (nothing lost, nothing counted
-twice). Readers go through :func:`read_offline` / :func:`offline_relation`, the one path for reading
-the offline store; :func:`quarantine_summary` aggregates rejects over a date window.
-See docs/ingestion.md for the checks, the reasons and the re-run semantics.
+twice). Partitions are swapped in with components/storage.py. Readers go through
+components/offline_store.py (``read_offline`` / ``offline_relation``, the one path for reading the
+offline store; ``quarantine_summary``). See docs/ingestion.md for the checks, the reasons and the
+re-run semantics.
 """
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
-import errno
 import functools
-import json
 import logging
-import os
-import re
 import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components import storage
+from components.offline_store import PART_FILE, REPORTS_TABLE, _connect, _sql_ident, _sql_str, offline_partitions
 from components.schemas import CONTRACTS, TABLES, TIMESTAMP, TableContract, day_dir, day_window, impressions_schema
 
 if TYPE_CHECKING:
@@ -50,9 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PART_FILE = "part-0.parquet"
 RAW_SUFFIXES = (".parquet", ".csv")
-REPORTS_TABLE = "_reports"  # <quarantine>/_reports/date=D/ingest_report.json
 
 # Reason codes, in the order they are checked: a row carries the first reason it fails.
 MISSING_COLUMN = "missing_column"  # whole file
@@ -610,88 +604,6 @@ def _quarantine_rows(run: _TableRun, batch: pa.Table | None, day: dt.date, inges
 
 
 # --------------------------------------------------------------------------------------------------
-# Atomic partition writes
-# --------------------------------------------------------------------------------------------------
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Write one parquet file and flush it to disk (what a partition swap relies on)."""
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader never sees
-    the partition missing. False where unsupported (other OS, old kernel, some file systems)."""
-    if sys.platform != "linux":
-        return False
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _sweep_stale(parent: Path, name: str, older_than_s: float = 3600.0) -> None:
-    """Remove temp folders a crashed run left beside the partition (old enough not to be in use)."""
-    now = time.time()
-    for p in parent.glob(f".{name}.*"):
-        try:
-            if now - p.stat().st_mtime > older_than_s:
-                shutil.rmtree(p, ignore_errors=True)
-        except FileNotFoundError:
-            pass
-
-
-def replace_partition(final_dir: Path, write: Callable[[Path], None]) -> None:
-    """Atomically replace the folder ``final_dir`` with what ``write(tmp_dir)`` puts in a temp folder
-    beside it. If ``write`` fails, the previous partition is untouched and the temp folder removed.
-    Temp folders start with a dot, so partition globs (``date=*``) never see them."""
-    parent = final_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(parent, final_dir.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=parent))
-    try:
-        write(tmp)
-        if not final_dir.exists():
-            os.rename(tmp, final_dir)
-        elif _exchange(tmp, final_dir):
-            shutil.rmtree(tmp)  # tmp now holds the previous partition
-        else:
-            old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=parent))
-            os.rename(final_dir, old / "p")
-            try:
-                os.rename(tmp, final_dir)
-            except BaseException:
-                os.rename(old / "p", final_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:  # make the renames durable
-        fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-# --------------------------------------------------------------------------------------------------
 # ingest_day
 # --------------------------------------------------------------------------------------------------
 
@@ -790,14 +702,6 @@ def _row_messages(run: _TableRun, quarantine: pa.Table, window: tuple[dt.datetim
                                    f"quarantined, {_describe(g['reason'], win)} ({g['reason']})")
 
 
-def _connect() -> "duckdb.DuckDBPyConnection":
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ comes back to Arrow as tz=UTC
-    return con
-
-
 def ingest_day(settings: "Settings", source_name: str, day: dt.date, tasks: Sequence[str]) -> IngestReport:
     """Validate ``day``'s raw files of ``source_name`` and replace the day's offline and quarantine
     partitions of every table atomically. Returns the report (also written as JSON beside the
@@ -837,9 +741,9 @@ def ingest_day(settings: "Settings", source_name: str, day: dt.date, tasks: Sequ
     # Write only after every table validated: quarantine first, so rejects are never lost.
     for table, (landed, quarantine, failed) in outputs.items():
         q_dir = day_dir(settings.quarantine_dir, table, day)
-        replace_partition(q_dir, functools.partial(_write_quarantine, rows=quarantine, failed=failed))
+        storage.replace_partition(q_dir, functools.partial(_write_quarantine, rows=quarantine, failed=failed))
         o_dir = day_dir(settings.offline_dir, table, day)
-        replace_partition(o_dir, functools.partial(_write_landed, landed))
+        storage.replace_partition(o_dir, functools.partial(_write_landed, landed))
         report.tables[table].landed_path = str(o_dir / PART_FILE)
         report.tables[table].quarantine_path = str(q_dir / PART_FILE)
     report.seconds = time.perf_counter() - t0
@@ -849,11 +753,11 @@ def ingest_day(settings: "Settings", source_name: str, day: dt.date, tasks: Sequ
 
 
 def _write_landed(rows: pa.Table, tmp: Path) -> None:
-    _write_parquet(rows, tmp / PART_FILE)  # looked up at call time, so tests can make it fail
+    storage.write_parquet_durable(rows, tmp / PART_FILE)  # looked up at call time, so tests can make it fail
 
 
 def _write_quarantine(tmp: Path, rows: pa.Table, failed: list[tuple[Path, str]]) -> None:
-    _write_parquet(rows, tmp / PART_FILE)
+    storage.write_parquet_durable(rows, tmp / PART_FILE)
     if failed:
         files = tmp / "files"
         files.mkdir()
@@ -863,157 +767,5 @@ def _write_quarantine(tmp: Path, rows: pa.Table, failed: list[tuple[Path, str]])
 
 
 def _write_report(settings: "Settings", report: IngestReport) -> None:
-    folder = day_dir(settings.quarantine_dir, REPORTS_TABLE, report.day)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".ingest_report.json.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-    os.replace(tmp, folder / "ingest_report.json")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading the offline store (the one path) and the quarantine
-# --------------------------------------------------------------------------------------------------
-
-_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-
-
-def _sql_str(p: Path | str) -> str:
-    return "'" + str(p).replace("'", "''") + "'"
-
-
-def _sql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def offline_partitions(settings: "Settings", table: str, start: dt.date | None = None,
-                       end: dt.date | None = None, root: Path | None = None) -> list[tuple[dt.date, Path]]:
-    """(day, parquet file) of every landed partition of ``table`` with ``start <= day <= end``
-    (either bound None: open), oldest first."""
-    base = (root or settings.offline_dir) / table
-    if not base.is_dir():
-        return []
-    out = []
-    for part in sorted(base.iterdir()):
-        m = _DATE_DIR.match(part.name)
-        if not m:
-            continue  # temp folders of a write in progress, stray files
-        day = dt.date.fromisoformat(m.group(1))
-        if (start and day < start) or (end and day > end):
-            continue
-        f = part / PART_FILE
-        if f.is_file():
-            out.append((day, f))
-    return out
-
-
-def _contract_schema(settings: "Settings", table: str) -> pa.Schema:
-    if table not in CONTRACTS:
-        raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    return impressions_schema(settings.ingest.tasks) if table == "impressions" else CONTRACTS[table].required
-
-
-def offline_relation(con: "duckdb.DuckDBPyConnection", settings: "Settings", table: str, start: dt.date | None,
-                     end: dt.date | None, latest: bool = False,
-                     with_partition_date: bool = False) -> "duckdb.DuckDBPyRelation":
-    """A DuckDB relation over the landed rows of ``table`` for days ``start..end`` (inclusive).
-
-    ``latest=True`` (ads, users): one row per id, the one from the newest partition in the window, which
-    is how a later day's updated row wins. ``with_partition_date`` adds ``partition_date`` (DATE).
-    Ads/users partitions may differ in their extra columns; they are unioned by name (missing: NULL).
-    Set the connection's ``TimeZone`` to UTC (``SET TimeZone='UTC'``) to get UTC timestamps back.
-    """
-    files = offline_partitions(settings, table, start, end)
-    if not files:
-        empty = _contract_schema(settings, table).empty_table()
-        if with_partition_date:
-            empty = empty.append_column("partition_date", pa.array([], pa.date32()))
-        return con.from_arrow(empty)
-    listing = ", ".join(_sql_str(f) for _, f in files)
-    date_expr = "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE)"
-    sql = (f"SELECT * EXCLUDE (filename), {date_expr} AS partition_date FROM read_parquet([{listing}], "
-           f"filename=true, hive_partitioning=false, union_by_name=true)")
-    if latest:
-        key = CONTRACTS[table].unique[0] if CONTRACTS[table].unique else None
-        if key is None or table == "impressions":
-            raise ValueError(f"latest=True is for ads and users (one row per id), not {table}")
-        sql = f"SELECT * FROM ({sql}) QUALIFY row_number() OVER (PARTITION BY {_sql_ident(key)} ORDER BY partition_date DESC) = 1"
-    if not with_partition_date:
-        sql = f"SELECT * EXCLUDE (partition_date) FROM ({sql})"
-    return con.sql(sql)
-
-
-def read_offline(settings: "Settings", table: str, start: dt.date | None, end: dt.date | None,
-                 columns: Sequence[str] | None = None, latest: bool = False,
-                 with_partition_date: bool = False) -> pa.Table:
-    """The landed rows of ``table`` for days ``start..end`` (inclusive; None: open) as an Arrow table
-    with the contract types (timestamps UTC). See :func:`offline_relation` for ``latest``.
-
-    Example: the ads as known at the end of ``day``: ``read_offline(s, "ads", None, day, latest=True)``.
-    """
-    con = _connect()
-    try:
-        rel = offline_relation(con, settings, table, start, end, latest, with_partition_date)
-        if columns:
-            rel = rel.select(*[_sql_ident(c) for c in columns])
-        out = rel.to_arrow_table()
-    finally:
-        con.close()
-    schema = _contract_schema(settings, table)
-    for i, name in enumerate(out.column_names):  # DuckDB round-trips types; make sure of the contract's
-        if name in schema.names and out.schema.field(i).type != schema.field(name).type:
-            out = out.set_column(i, name, pc.cast(out.column(i), schema.field(name).type))
-    return out
-
-
-def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> dict[str, Any]:
-    """Rejects over days ``start..end`` (inclusive): per table and per day, rows landed, rows and
-    unreadable files quarantined, the quarantine rate and the reasons; plus whether every ingested day
-    passed its expectations (from the ingest reports). Plain JSON."""
-    import pyarrow.parquet as pq
-
-    con = _connect()
-    per_day: dict[str, dict[str, Any]] = {}
-    totals: dict[str, dict[str, Any]] = {}
-    try:
-        for table in TABLES:
-            tot = totals.setdefault(table, {"rows_landed": 0, "rows_quarantined": 0, "files_quarantined": 0,
-                                            "reasons": {}})
-            for day, f in offline_partitions(settings, table, start, end):
-                n = pq.ParquetFile(f).metadata.num_rows
-                per_day.setdefault(day.isoformat(), {}).setdefault(table, {})["rows_landed"] = n
-                tot["rows_landed"] += n
-            for day, f in offline_partitions(settings, table, start, end, root=settings.quarantine_dir):
-                entry = per_day.setdefault(day.isoformat(), {}).setdefault(table, {})
-                rows = con.sql(f"SELECT reason, count(*) AS n FROM read_parquet({_sql_str(f)}) GROUP BY reason "
-                               f"ORDER BY n DESC, reason").fetchall()
-                reasons = {r: int(n) for r, n in rows}
-                n_files = len(list((f.parent / "files").glob("*.reason.txt")))
-                entry.update(rows_quarantined=sum(reasons.values()), files_quarantined=n_files, reasons=reasons)
-                tot["rows_quarantined"] += entry["rows_quarantined"]
-                tot["files_quarantined"] += n_files
-                for r, n in reasons.items():
-                    tot["reasons"][r] = tot["reasons"].get(r, 0) + n
-    finally:
-        con.close()
-    for entries in [*per_day.values(), totals]:
-        for t in entries.values():
-            seen = t.get("rows_landed", 0) + t.get("rows_quarantined", 0)
-            t["quarantine_rate"] = t.get("rows_quarantined", 0) / seen if seen else 0.0
-    failing, missing = [], []
-    d = start
-    while d <= end:
-        path = day_dir(settings.quarantine_dir, REPORTS_TABLE, d) / "ingest_report.json"
-        if not path.is_file():
-            missing.append(d.isoformat())
-        elif not json.loads(path.read_text()).get("expectations_passed", False):
-            failing.append(d.isoformat())
-        d += dt.timedelta(days=1)
-    return {
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "tables": totals,
-        "days": dict(sorted(per_day.items())),
-        "expectations_passed": not failing and not missing,
-        "days_failing_expectations": failing,
-        "days_not_ingested": missing,
-    }
+    path = day_dir(settings.quarantine_dir, REPORTS_TABLE, report.day) / "ingest_report.json"
+    storage.write_json_atomic(path, report.to_dict())

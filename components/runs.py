@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,25 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Settings
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (dt.date, dt.datetime)):
-        return o.isoformat()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if hasattr(o, "item"):  # numpy scalars
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+from components.storage import json_default, write_json_atomic
 
 
 def fingerprint_files(paths: Iterable[Path], extra: Any = None) -> str:
@@ -51,7 +32,7 @@ def fingerprint_files(paths: Iterable[Path], extra: Any = None) -> str:
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    h.update(json.dumps(extra, sort_keys=True, default=_json_default).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=json_default).encode())
     return h.hexdigest()
 
 

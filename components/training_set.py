@@ -23,15 +23,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from components.features import _partition_globs, _sql_list, _ts, connect
 from components.schemas import IMPRESSIONS, TIMESTAMP, day_window
+from components.storage import write_json_atomic, write_parquet_atomic
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -207,8 +206,6 @@ def build_training_set(
     """Write ``<training_dir>/<end_day>/train.parquet`` (+ ``meta.json``) for the ``days`` days ending on
     ``end_day`` (inclusive) and return the parquet's path. ``join_path="auto"`` uses the DuckDB ASOF join
     for at least ``features.direct_join_min_rows`` impressions and Feast's join below that."""
-    import pyarrow.parquet as pq
-
     from components.feature_store import views_module
 
     days = days if days is not None else settings.pipeline.training_days
@@ -231,11 +228,8 @@ def build_training_set(
         raise ValueError(f"join_path must be auto, feast or duckdb, got {join_path!r}")
 
     out_dir = settings.training_dir / end_day.isoformat()
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "train.parquet"
-    tmp = out_dir / f".train.parquet.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, target)  # atomic: a reader sees the old or the new set, never half of one
+    write_parquet_atomic(table, target, compression="zstd")  # a reader sees the old or the new set, never half
 
     import pyarrow.compute as pc
 
@@ -252,7 +246,5 @@ def build_training_set(
         "seconds": round(time.perf_counter() - started, 3),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    meta_tmp = out_dir / f".meta.json.tmp-{uuid.uuid4().hex[:8]}"
-    meta_tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(meta_tmp, out_dir / "meta.json")
+    write_json_atomic(out_dir / "meta.json", meta, sort_keys=False)
     return target

@@ -135,3 +135,31 @@ def test_help_is_instant() -> None:
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "[]", f"heavy imports at CLI import time: {probe.stdout}"
+
+
+def test_feast_cli_works_in_feature_repo_after_the_pipeline(tmp_path: Path, env: Path) -> None:
+    """`feast apply` and `feast feature-views list` from the command line, in feature_repo/, against the
+    default state folder beside it (<repo>/.adsrec), with no environment variable set."""
+    import shutil
+    import subprocess
+    import sys
+
+    from flows.cli import app
+    from tests.conftest import REPO
+
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "feature_repo", project / "feature_repo",
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    os.environ["ADSREC_HOME"] = str(project / ".adsrec")
+    res = CliRunner().invoke(app, ["daily", "--run-date", "2026-11-02"])
+    assert res.exit_code == 0, res.output
+
+    feast = str(Path(sys.executable).with_name("feast"))
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("ADSREC_", "FEAST_"))}
+    for args in (["apply"], ["feature-views", "list"]):
+        out = subprocess.run([feast, *args], cwd=project / "feature_repo", env=clean_env,
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for view in ("user_profile", "user_stats", "user_sequence", "ad_profile", "ad_stats"):
+        assert view in out.stdout
+    assert (project / ".adsrec" / "feast" / "registry.db").is_file()

@@ -13,8 +13,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from components import ingest
-from components.ingest import ingest_day, quarantine_summary, read_offline
+from components import storage
+from components.ingest import ingest_day
+from components.offline_store import quarantine_summary, read_offline
 from components.schemas import ADS, TIMESTAMP, USERS, day_dir, impressions_schema
 
 SOURCE = "test"
@@ -441,7 +442,7 @@ def test_failed_write_leaves_the_previous_partition_intact(settings, monkeypatch
     before = part.read_bytes()
 
     land(settings, "impressions", "b.parquet", imp_table(impressions(10, first_id=10)))
-    real_write = ingest._write_parquet
+    real_write = storage.write_parquet_durable
 
     def write_then_die(table: pa.Table, path: Path) -> None:
         if settings.offline_dir in path.parents:
@@ -449,27 +450,15 @@ def test_failed_write_leaves_the_previous_partition_intact(settings, monkeypatch
             raise OSError(28, "No space left on device")
         real_write(table, path)
 
-    monkeypatch.setattr(ingest, "_write_parquet", write_then_die)
+    monkeypatch.setattr(storage, "write_parquet_durable", write_then_die)
     with pytest.raises(OSError, match="No space left"):
         run(settings)
     assert part.read_bytes() == before
     assert pq.read_table(part).num_rows == 10
     assert [p.name for p in part.parent.parent.iterdir()] == [part.parent.name]  # no temp folder left behind
 
-    monkeypatch.setattr(ingest, "_write_parquet", real_write)
+    monkeypatch.setattr(storage, "write_parquet_durable", real_write)
     assert run(settings).tables["impressions"].rows_landed == 20
-
-
-@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
-def test_replace_partition_swaps_whole_folders(tmp_path, monkeypatch, exchange: bool) -> None:
-    if not exchange:
-        monkeypatch.setattr(ingest, "_exchange", lambda a, b: False)  # other OS / file system
-    target = tmp_path / "t" / "date=2026-11-01"
-    ingest.replace_partition(target, lambda d: (d / "part-0.parquet").write_text("one"))
-    ingest.replace_partition(target, lambda d: (d / "other.txt").write_text("two"))
-    assert sorted(p.name for p in target.iterdir()) == ["other.txt"]  # nothing of the old one survives
-    assert (target / "other.txt").read_text() == "two"
-    assert [p.name for p in target.parent.iterdir()] == ["date=2026-11-01"]
 
 
 def test_read_offline_window_and_quarantine_summary(settings) -> None:

@@ -108,13 +108,16 @@ def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
-        import logging
-
-        # The ephemeral context announces its throw-away docs site at INFO; nobody reads that site.
-        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
-        ctx = gx.get_context(mode="ephemeral")
+        # In-memory stores and no data-docs site: validation results go into our ingest report, and
+        # nothing is written outside ADSREC_HOME.
+        config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
+        ctx = gx.get_context(mode="ephemeral", project_config=config)
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         ctx.data_sources.add_pandas("adsrec_ingest")
         _CONTEXT = ctx

@@ -3,8 +3,8 @@
 Two kinds of help live here:
 
 - ``write_raw_day``: drop one day's raw tables into the landing zone
-  ``<home>/raw/<source>/<table>/date=YYYY-MM-DD/part-0.parquet``, each file written to a temporary
-  name beside it and ``os.replace``d, so a reader never sees half a file and re-delivering a day
+  ``<home>/raw/<source>/<table>/date=YYYY-MM-DD/part-0.parquet``, each file written atomically
+  (``storage.write_parquet_atomic``), so a reader never sees half a file and re-delivering a day
   overwrites it.
 - the machinery that turns a positives-only interaction log into a contract impression log, used by
   the real-log adapters (``taobao``, ``movielens``): popularity-weighted negative sampling with
@@ -18,9 +18,7 @@ Everything is vectorised with numpy / Arrow: loops run over days or sampling rou
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.schemas import TIMESTAMP, day_dir
+from components.storage import write_parquet_atomic
 
 if TYPE_CHECKING:
     from components.config import Settings
@@ -48,13 +47,11 @@ def write_raw_day(
 ) -> dict[str, int]:
     """Write each table to ``day_dir(settings.raw_dir / source_name, table, day) / "part-0.parquet"``.
 
-    The file is written under a temporary dot-name in the same folder and then ``os.replace``d, which
-    is atomic on one filesystem. Other data files (``*.parquet``, ``*.csv``) left in that partition by
-    an earlier delivery are removed afterwards, so the partition holds exactly this delivery. Returns
-    rows per table.
+    The file is written under a temporary dot-name in the same folder and then ``os.replace``d
+    (``storage.write_parquet_atomic``), which is atomic on one filesystem. Other data files
+    (``*.parquet``, ``*.csv``) left in that partition by an earlier delivery are removed afterwards,
+    so the partition holds exactly this delivery. Returns rows per table.
     """
-    import pyarrow.parquet as pq
-
     if not _TABLE_NAME.match(source_name):
         raise ValueError(f"source name {source_name!r} is not a plain lower-case identifier")
     rows: dict[str, int] = {}
@@ -63,15 +60,8 @@ def write_raw_day(
         if not _TABLE_NAME.match(table_name):
             raise ValueError(f"table name {table_name!r} is not a plain lower-case identifier")
         folder = day_dir(root, table_name, day)
-        folder.mkdir(parents=True, exist_ok=True)
         final = folder / "part-0.parquet"
-        tmp = folder / f".part-0.parquet.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_parquet_atomic(table, final)
         for stale in folder.iterdir():
             if stale.name != final.name and stale.suffix in _DATA_SUFFIXES and not stale.name.startswith("."):
                 stale.unlink()

@@ -24,9 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import threading
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.schemas import LABEL_TYPE, TIMESTAMP, day_dir
+from components.storage import write_json_atomic, write_parquet_atomic
 
 if TYPE_CHECKING:
     from components.config import Settings, SimulatorConfig
@@ -691,19 +690,6 @@ class _Cache:
 _CACHE = _Cache()
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class SimulatorSource:
     """The demo marketplace as a ``Source``: one simulated day per ``deliver`` call."""
 
@@ -725,18 +711,14 @@ class SimulatorSource:
         out = _CACHE.day(self.settings, first, (day - first).days)
         raw_root = self.settings.raw_dir / self.name
         for table in RAW_TABLES:
-            _write_atomic(out[table], day_dir(raw_root, table, day) / "part-0.parquet")
+            write_parquet_atomic(out[table], day_dir(raw_root, table, day) / "part-0.parquet")
         for table in TRUTH_TABLES:
             truth_table = table[len("truth_"):]
-            _write_atomic(out[table], day_dir(self.settings.truth_dir, truth_table, day) / "part-0.parquet")
+            write_parquet_atomic(out[table], day_dir(self.settings.truth_dir, truth_table, day) / "part-0.parquet")
         meta = {
             "source": self.name,
             "start": first.isoformat(),
             "simulator": self.settings.simulator.model_dump(mode="json"),
         }
-        meta_path = self.settings.truth_dir / "simulator.json"
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = meta_path.with_name(f".simulator.json.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, meta_path)
+        write_json_atomic(self.settings.truth_dir / "simulator.json", meta)
         return {table: out[table].num_rows for table in RAW_TABLES}
