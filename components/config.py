@@ -117,6 +117,8 @@ class RepresentationConfig(_Section):
     graph_layers: int = Field(3, ge=1)
     graph_epochs: int = Field(30, ge=1)
     graph_lr: float = Field(0.01, gt=0)
+    graph_batch_size: int = Field(2048, ge=1, description="click edges per BPR step")
+    graph_reg: float = Field(1e-4, ge=0, description="L2 on the layer-0 vectors")
     graph_window_days: int = Field(7, ge=1, description="click edges of this many days train LightGCN")
     graph_warm_start: bool = True
     interest_last_n: int = Field(20, ge=1, description="clicked ads averaged into a user's interest vector")

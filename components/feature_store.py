@@ -43,8 +43,9 @@ def views_module() -> ModuleType:
 
 
 def view_specs(settings: "Settings") -> list[Any]:
-    """The views of ``settings.home`` (fields read from the built parquet), with the configured TTL."""
-    return views_module().view_specs(settings.home, settings.features.ttl_days)
+    """Every view built under ``settings.home`` (fields read from the built parquet), with the configured
+    TTL: the core views of the ``training`` service and the representation views built so far."""
+    return views_module().view_specs(settings.home, settings.features.ttl_days, representations=True)
 
 
 def repo_config_dict(settings: "Settings") -> dict[str, Any]:

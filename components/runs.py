@@ -24,10 +24,10 @@ from components.storage import json_default, write_json_atomic
 
 
 def fingerprint_files(paths: Iterable[Path], extra: Any = None) -> str:
-    """sha256 over the files' relative names and contents, plus any JSON-able ``extra`` (config)."""
+    """sha256 over the files' partition-relative paths and contents, plus any JSON-able ``extra`` (config)."""
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
-        h.update(p.name.encode())
+        h.update("/".join(p.parts[-3:]).encode())  # <table>/date=D/<file>: where it sits, not just its name
         h.update(b"\0")
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from components.config import Settings
@@ -43,6 +44,12 @@ def demo_window(settings: Settings, days: int) -> list[dt.date]:
     """The first ``days`` days the source has (the demo's window)."""
     first, last = _source(settings).available_days()
     return date_range(first, min(last, first + dt.timedelta(days=days - 1)))
+
+
+def _landed_up_to(settings: Settings, table: str, day: dt.date) -> list[Path]:
+    """Every landed file of ``table`` in day partitions up to and including ``day``."""
+    return [p for part in sorted((settings.offline_dir / table).glob("date=*"))
+            if part.name[len("date="):] <= day.isoformat() for p in files_under(part)]
 
 
 def _source(settings: Settings):
@@ -100,19 +107,11 @@ def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str,
 
     source = _source(settings)
     lookback = lookback_days(settings) + 1  # the build reads days [day - lookback_days, day]
-    inputs = [
-        p
-        for d in window_days(day, lookback)
-        for t in TABLES
-        for p in files_under(day_dir(settings.offline_dir, t, d))
-    ]
+    inputs = [p for d in window_days(day, lookback) for p in files_under(day_dir(settings.offline_dir, "impressions", d))]
     if not any(day_dir(settings.offline_dir, "impressions", day).glob("*.parquet")):
         raise FileNotFoundError(f"no ingested impressions for {day}; ingest the day first")
     # Ads and users landed on any earlier day are profile inputs too (latest row per id wins).
-    for t in ("ads", "users"):
-        for part in sorted((settings.offline_dir / t).glob("date=*")):
-            if part.name[len("date="):] <= day.isoformat():
-                inputs += [p for p in files_under(part) if p not in inputs]
+    inputs += _landed_up_to(settings, "ads", day) + _landed_up_to(settings, "users", day)
     config = {"tasks": list(source.tasks), "features": settings.features.model_dump(mode="json")}
     fp = fingerprint_files(inputs, config)
     manifest = StageManifest(settings, "features")
@@ -134,3 +133,31 @@ def training_set(settings: Settings, end_day: dt.date, days: int | None = None) 
     meta_path = path.with_name("meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return {"path": str(path), "days": n, "meta": meta}
+
+
+def representations(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
+    """Refresh pre-trained representations as of ``day``: text and visual vectors of new or changed ads,
+    visual semantic IDs, the LightGCN graph over the click window, user interest vectors; written as
+    feature-view partitions of the day."""
+    from components.representations import refresh_representations
+
+    # The click window (plus one partition of late events), the day's behaviour sequences (interest
+    # vectors) and the graph it warm-starts from.
+    inputs = [p for d in window_days(day, settings.representations.graph_window_days + 1)
+              for p in files_under(day_dir(settings.offline_dir, "impressions", d))]
+    inputs += files_under(day_dir(settings.features_dir, "user_sequence", day))
+    inputs += [p for d in window_days(day - dt.timedelta(days=1), settings.representations.graph_window_days)
+               for p in files_under(settings.embeddings_dir / "graph" / f"date={d.isoformat()}")]
+    if not any(day_dir(settings.offline_dir, "impressions", day).glob("*.parquet")):
+        raise FileNotFoundError(f"no ingested impressions for {day}; ingest the day first")
+    inputs += _landed_up_to(settings, "ads", day)
+    config = {"representations": settings.representations.model_dump(mode="json"),
+              "features": settings.features.model_dump(mode="json")}
+    fp = fingerprint_files(inputs, config)
+    manifest = StageManifest(settings, "representations")
+    if not force and manifest.is_current(day, fp):
+        return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
+    report = refresh_representations(settings, day, progress=False)
+    report["stage_seconds"] = report.pop("seconds", {})  # "seconds" is the step's wall time in summaries
+    manifest.record(day, fp, report)
+    return {**report, "skipped": False}

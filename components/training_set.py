@@ -202,10 +202,15 @@ def build_training_set(
     days: int | None = None,
     tasks: Sequence[str] | None = None,
     join_path: JoinPath = "auto",
+    representations: bool | None = None,
 ) -> Path:
     """Write ``<training_dir>/<end_day>/train.parquet`` (+ ``meta.json``) for the ``days`` days ending on
     ``end_day`` (inclusive) and return the parquet's path. ``join_path="auto"`` uses the DuckDB ASOF join
-    for at least ``features.direct_join_min_rows`` impressions and Feast's join below that."""
+    for at least ``features.direct_join_min_rows`` impressions and Feast's join below that.
+
+    ``representations`` adds the SEE similarities and visual semantic-ID codes
+    (``components.similarity.add_similarity_features``); ``None`` adds them when the representations
+    have been refreshed (``<home>/embeddings`` exists), ``True`` requires them."""
     from components.feature_store import views_module
 
     days = days if days is not None else settings.pipeline.training_days
@@ -227,6 +232,13 @@ def build_training_set(
     else:
         raise ValueError(f"join_path must be auto, feast or duckdb, got {join_path!r}")
 
+    similarity: dict[str, Any] | None = None
+    if representations or (representations is None and settings.embeddings_dir.is_dir()):
+        from components.similarity import add_similarity_features, similarity_summary
+
+        table = add_similarity_features(settings, table)
+        similarity = similarity_summary(table)
+
     out_dir = settings.training_dir / end_day.isoformat()
     target = out_dir / "train.parquet"
     write_parquet_atomic(table, target, compression="zstd")  # a reader sees the old or the new set, never half
@@ -239,10 +251,11 @@ def build_training_set(
         "label_rates": {t: float(pc.mean(table.column(t).cast("float64")).as_py()) for t in tasks},
         "tasks": tasks,
         "entity_columns": [c for c in entities.column_names if c not in tasks],
-        "features": [c for c in table.column_names if "__" in c],
+        "features": [c for c in table.column_names if "__" in c or c.startswith("see_")],
         "feature_views": _view_versions(specs),
         "feature_service": views_module().FEATURE_SERVICE,
         "join_path": join_path,
+        "representations": similarity,
         "seconds": round(time.perf_counter() - started, 3),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }

@@ -9,6 +9,11 @@ definitions are built, because they depend on the source: one ``<task>_...`` col
 profile column per categorical / numeric attribute of the ads and users tables. Field names are the
 parquet column names; keys and timestamps are not fields.
 
+The pre-trained representation views (``REPRESENTATION_VIEWS``: text / visual / graph vectors, user
+interest vectors, visual semantic IDs; written by components/representations.py) are added by
+``view_specs(..., representations=True)``. They are registered like the others but never join the
+``training`` service: training sets get similarities and codes from components/similarity.py instead.
+
 Nothing runs at import time: this module only defines functions (``feast apply`` imports it too).
 """
 
@@ -38,6 +43,23 @@ VIEW_ENTITIES: dict[str, tuple[str, bool]] = {
 }
 FEATURE_SERVICE = "training"
 DEFAULT_TTL_DAYS = 30
+# Pre-trained representations (components/representations.py, docs/representations.md): view ->
+# (entity, stamping). "creative": a function of the ad's creative, stamped with the ad's created_at and
+# never expiring (like the profiles); "daily": stamped at the day's end, TTL ttl_days (like the sequence
+# they are averaged from); "graph": stamped at the day's end, TTL one day, because vectors of different
+# LightGCN runs are not comparable. They are registered in Feast but kept OUT of the training service:
+# vectors are large, so training sets carry the similarities and codes instead
+# (components/similarity.py adds them).
+REPRESENTATION_VIEWS: dict[str, tuple[str, str]] = {
+    "ad_semantic_id": ("ad", "creative"),
+    "ad_text_embedding": ("ad", "creative"),
+    "ad_visual_embedding": ("ad", "creative"),
+    "user_text_interest": ("user", "daily"),
+    "user_visual_interest": ("user", "daily"),
+    "user_graph_embedding": ("user", "graph"),
+    "ad_graph_embedding": ("ad", "graph"),
+}
+GRAPH_TTL = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -65,31 +87,47 @@ def manifest_ttl_days(home: Path) -> int:
     return DEFAULT_TTL_DAYS
 
 
-def view_specs(home: Path, ttl_days: int) -> list[ViewSpec]:
-    """Specs of every view under ``<home>/features``; raises naming the view when it was never built."""
+def _spec(features: Path, name: str, entity: str, ttl: dt.timedelta | None, partitions: list[Path]) -> ViewSpec:
+    schema = pq.read_schema(sorted(partitions[-1].glob("*.parquet"))[0])
+    key = ENTITY_KEYS[entity]
+    fields = tuple((f.name, f.type) for f in schema if f.name not in (key, EVENT_TS, CREATED_TS))
+    return ViewSpec(
+        name=name,
+        entity=entity,
+        join_key=key,
+        path=str(features / name / "date=*" / "*.parquet"),
+        ttl=ttl,
+        fields=fields,
+        latest_partition=partitions[-1].name,
+    )
+
+
+def _partitions(features: Path, name: str) -> list[Path]:
+    return sorted(p for p in (features / name).glob("date=*") if any(p.glob("*.parquet")))
+
+
+def view_specs(home: Path, ttl_days: int, representations: bool = False) -> list[ViewSpec]:
+    """Specs of every view under ``<home>/features``; raises naming the view when it was never built.
+
+    ``representations=True`` adds the pre-trained representation views (``REPRESENTATION_VIEWS``) that
+    have been built (a missing one is left out: the daily refresh may not have run yet). The default
+    returns the ``training`` service's views only, which is what a training-set join reads."""
     features = Path(home).expanduser().resolve() / "features"
     specs = []
     for name, (entity, expires) in VIEW_ENTITIES.items():
-        partitions = sorted(p for p in (features / name).glob("date=*") if any(p.glob("*.parquet")))
+        partitions = _partitions(features, name)
         if not partitions:
             raise FileNotFoundError(
                 f"feature view {name} has no partitions under {features / name}: build the features first "
                 "(adsrec demo, or components.features.build_features)"
             )
-        schema = pq.read_schema(sorted(partitions[-1].glob("*.parquet"))[0])
-        key = ENTITY_KEYS[entity]
-        fields = tuple((f.name, f.type) for f in schema if f.name not in (key, EVENT_TS, CREATED_TS))
-        specs.append(
-            ViewSpec(
-                name=name,
-                entity=entity,
-                join_key=key,
-                path=str(features / name / "date=*" / "*.parquet"),
-                ttl=dt.timedelta(days=ttl_days) if expires else None,
-                fields=fields,
-                latest_partition=partitions[-1].name,
-            )
-        )
+        specs.append(_spec(features, name, entity, dt.timedelta(days=ttl_days) if expires else None, partitions))
+    if representations:
+        ttls = {"creative": None, "daily": dt.timedelta(days=ttl_days), "graph": GRAPH_TTL}
+        for name, (entity, stamping) in REPRESENTATION_VIEWS.items():
+            partitions = _partitions(features, name)
+            if partitions:
+                specs.append(_spec(features, name, entity, ttls[stamping], partitions))
     return specs
 
 
@@ -115,7 +153,8 @@ def _feast_type(arrow_type: pa.DataType) -> Any:
 
 
 def feast_objects(specs: list[ViewSpec]) -> dict[str, Any]:
-    """Entities, file sources, feature views and the ``training`` feature service, by name."""
+    """Entities, file sources, feature views and the ``training`` feature service (the core views of
+    ``VIEW_ENTITIES``, never the representation views), by name."""
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.data_format import ParquetFormat
 
@@ -145,5 +184,7 @@ def feast_objects(specs: list[ViewSpec]) -> dict[str, Any]:
         objects[f"{spec.name}_source"] = source
         objects[spec.name] = view
         views.append(view)
-    objects[FEATURE_SERVICE] = FeatureService(name=FEATURE_SERVICE, features=views)
+    # The training service holds the core views only; representation views are served by name.
+    training = [v for v in views if v.name in VIEW_ENTITIES]
+    objects[FEATURE_SERVICE] = FeatureService(name=FEATURE_SERVICE, features=training)
     return objects

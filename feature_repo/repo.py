@@ -16,19 +16,6 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 _home = Path(os.environ.get("ADSREC_HOME") or ".adsrec").expanduser()
 _HOME = (_home if _home.is_absolute() else _REPO_ROOT / _home).resolve()
 
-_objects = feast_objects(view_specs(_HOME, manifest_ttl_days(_HOME)))
-
-# Module-level names are what `feast apply` collects.
-user = _objects["user"]
-ad = _objects["ad"]
-user_profile = _objects["user_profile"]
-user_stats = _objects["user_stats"]
-user_sequence = _objects["user_sequence"]
-ad_profile = _objects["ad_profile"]
-ad_stats = _objects["ad_stats"]
-user_profile_source = _objects["user_profile_source"]
-user_stats_source = _objects["user_stats_source"]
-user_sequence_source = _objects["user_sequence_source"]
-ad_profile_source = _objects["ad_profile_source"]
-ad_stats_source = _objects["ad_stats_source"]
-training = _objects["training"]
+# Every view built there, the representation views included; module-level names are what
+# `feast apply` collects.
+globals().update(feast_objects(view_specs(_HOME, manifest_ttl_days(_HOME), representations=True)))

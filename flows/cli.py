@@ -125,11 +125,21 @@ def features(date: DateOpt, force: bool = False) -> None:
     _print_run(_run(lambda: build_features(run_date=date.date(), force=force)))
 
 
+@app.command("refresh-embeddings")
+def refresh_embeddings_cmd(date: DateOpt, force: bool = False) -> None:
+    """Refresh one day's pre-trained representations (text, visual, semantic IDs, graph, interests)."""
+    _settings()
+    from flows.pipeline import refresh_embeddings
+
+    _print_run(_run(lambda: refresh_embeddings(run_date=date.date(), force=force)))
+
+
 @app.command()
 def backfill(
     start_date: DateOpt,
     end_date: DateOpt,
     concurrency: Annotated[int, typer.Option(min=1, max=8, help="days processed at once")] = 2,
+    representations: Annotated[bool, typer.Option(help="also refresh the pre-trained representations")] = True,
     force: bool = False,
 ) -> None:
     """Deliver, ingest and build features for every day from start to end date (inclusive); days whose
@@ -138,7 +148,8 @@ def backfill(
     from flows.pipeline import backfill as backfill_flow
 
     _print_run(_run(lambda: backfill_flow(start_date=start_date.date(), end_date=end_date.date(),
-                                          concurrency=concurrency, force=force)))
+                                          concurrency=concurrency, representations=representations,
+                                          force=force)))
 
 
 @app.command("config")

@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import steps
 from components.config import Settings, load_settings
+from components.representations import representations_summary
 from components.runs import RunSummary
 
 
@@ -42,12 +43,18 @@ def _describe(stage: str, day: dt.date, result: dict[str, Any]) -> str:
         return f"ingest {day}: " + "; ".join(parts)
     if stage == "features":
         return f"features {day}: " + ", ".join(f"{v} {n:,}" for v, n in result.get("rows", {}).items())
+    if stage == "representations":
+        r = representations_summary(result)
+        return (f"representations {day}: encoded text {r['text_encoded']}, images {r['visual_encoded']}; "
+                f"codebook usage {r['codebook_usage']}, collision rate {r['collision_rate']}; "
+                f"graph edges {r['graph_edges']}")
     return f"{stage} {day}: done"
 
 
 def _stage_task(stage: str):
     """One Prefect task per stage; I/O stages retry."""
-    fn = {"deliver": steps.deliver_day, "ingest": steps.ingest, "features": steps.features}[stage]
+    fn = {"deliver": steps.deliver_day, "ingest": steps.ingest, "features": steps.features,
+          "representations": steps.representations}[stage]
 
     @task(name=stage, retries=2 if stage in ("deliver", "ingest") else 0, retry_delay_seconds=2,
           task_run_name=f"{stage}-{{day}}", cache_policy=NO_CACHE)
@@ -66,6 +73,7 @@ def _stage_task(stage: str):
 deliver_task = _stage_task("deliver")
 ingest_task = _stage_task("ingest")
 features_task = _stage_task("features")
+representations_task = _stage_task("representations")
 
 
 @task(name="training-set", task_run_name="training-set-{end_day}", cache_policy=NO_CACHE)
@@ -92,17 +100,20 @@ def _record(summary: RunSummary, stage: str, day: dt.date | None, result: dict[s
         rec["expectations_passed"] = result.get("expectations_passed")
     elif stage == "features":
         rec["rows"] = result.get("rows")
+    elif stage == "representations":
+        rec.update(representations_summary(result))
     else:
         rec.update({k: v for k, v in result.items() if k != "seconds"})
     summary.add(rec)
 
 
 def _run_days(settings: Settings, days: list[dt.date], concurrency: int, force: bool,
-              summary: RunSummary) -> None:
+              summary: RunSummary, representations: bool = True) -> None:
     """Deliver in date order, then ingest and build features in waves of ``concurrency`` days.
 
     Features of day D read the rolling window up to D, so a wave's features start only after every
-    earlier day and the wave's own days are ingested.
+    earlier day and the wave's own days are ingested. Representations (optional) follow, one day at a
+    time in date order.
     """
     for day in days:
         _record(summary, "deliver", day, deliver_task(settings, day, force))
@@ -114,6 +125,10 @@ def _run_days(settings: Settings, days: list[dt.date], concurrency: int, force: 
         built = [features_task.submit(settings, d, force) for d in wave]
         for d, fut in zip(wave, built):
             _record(summary, "features", d, fut.result())
+    if representations:
+        # In date order: the graph of day D warm-starts from D-1, and the vector stores are shared.
+        for day in days:
+            _record(summary, "representations", day, representations_task(settings, day, force))
 
 
 def _finish(summary: RunSummary, settings: Settings) -> str:
@@ -164,10 +179,22 @@ def build_features(run_date: dt.date, force: bool = False, config_file: str | No
     return _finish(summary, settings)
 
 
+@flow(name="refresh-embeddings", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def refresh_embeddings(run_date: dt.date, force: bool = False, config_file: str | None = None) -> str:
+    """Refresh the pre-trained representations of one day: text and visual vectors of new or changed
+    ads, visual semantic IDs, the LightGCN graph, user interest vectors (after the day's features)."""
+    settings = _settings(config_file)
+    summary = RunSummary("refresh_embeddings", {"run_date": run_date, "force": force})
+    with _summarised(settings, summary):
+        _record(summary, "representations", run_date, representations_task(settings, run_date, force))
+    return _finish(summary, settings)
+
+
 @flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=8))
-def backfill(start_date: dt.date, end_date: dt.date, concurrency: int = 2, force: bool = False,
-             config_file: str | None = None) -> str:
-    """Deliver, ingest and build features for every day from start_date to end_date (inclusive).
+def backfill(start_date: dt.date, end_date: dt.date, concurrency: int = 2, representations: bool = True,
+             force: bool = False, config_file: str | None = None) -> str:
+    """Deliver, ingest and build features (and, with ``representations``, refresh the pre-trained
+    representations) for every day from start_date to end_date (inclusive).
 
     Idempotent: days whose inputs did not change are skipped, so a second identical call changes
     nothing. ``concurrency`` bounds how many days are processed at once (at most 8).
@@ -175,16 +202,18 @@ def backfill(start_date: dt.date, end_date: dt.date, concurrency: int = 2, force
     settings = _settings(config_file)
     days = steps.date_range(start_date, end_date)
     summary = RunSummary("backfill", {"start_date": start_date, "end_date": end_date,
-                                      "concurrency": concurrency, "force": force})
+                                      "concurrency": concurrency, "representations": representations,
+                                      "force": force})
     with _summarised(settings, summary):
-        _run_days(settings, days, max(1, min(concurrency, 8)), force, summary)
+        _run_days(settings, days, max(1, min(concurrency, 8)), force, summary, representations)
     return _finish(summary, settings)
 
 
 @flow(name="daily", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def daily(run_date: dt.date | None = None, force: bool = False, config_file: str | None = None) -> str:
     """The daily retrain, as far as it exists: bring every day of the training window up to date
-    (deliver, ingest, features; unchanged days are skipped), then build the point-in-time training set.
+    (deliver, ingest, features, representations; unchanged days are skipped), then build the
+    point-in-time training set with its SEE similarities and semantic-ID codes.
     ``run_date`` defaults to yesterday (UTC)."""
     settings = _settings(config_file)
     run_date = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))

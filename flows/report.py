@@ -17,13 +17,29 @@ def _n(x: Any) -> str:
     return "-" if x is None else f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _pct(x: Any) -> str:
+    if isinstance(x, (list, tuple)):  # one share per codebook level
+        return " / ".join(f"L{i + 1} {v:.0%}" for i, v in enumerate(x))
+    return "-" if x is None else f"{x:.1%}" if isinstance(x, float) else str(x)
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else _n(x)
+
+
+def _encoded(rep: dict[str, Any] | None) -> str:
+    if not rep:
+        return "-"
+    return f"{_n(rep.get('text_encoded'))}/{_n(rep.get('visual_encoded'))}"
+
+
 def render_summary(summary: dict[str, Any]) -> str:
     """One block per run: per-day rows landed/quarantined and feature rows, stage time, the training set."""
     days: dict[str, dict[str, Any]] = {}
     extra: list[dict[str, Any]] = []
     for st in summary.get("stages", []):
         day = str(st.get("day")) if st.get("day") is not None else "-"
-        if st["stage"] in ("deliver", "ingest", "features"):
+        if st["stage"] in ("deliver", "ingest", "features", "representations"):
             d = days.setdefault(day, {"seconds": 0.0, "skipped": []})
             d["seconds"] += st.get("seconds") or 0.0
             if st.get("skipped"):
@@ -33,6 +49,8 @@ def render_summary(summary: dict[str, Any]) -> str:
                 d["expectations_passed"] = st.get("expectations_passed")
             elif st["stage"] == "features":
                 d["features"] = st.get("rows") or {}
+            elif st["stage"] == "representations":
+                d["repr"] = st
         else:
             extra.append(st)
 
@@ -55,11 +73,25 @@ def render_summary(summary: dict[str, Any]) -> str:
                 f"{_n(q)} ({rate:.2%})" if q is not None else "-",
                 {True: "pass", False: "FAIL", None: "-"}[d.get("expectations_passed")],
                 _n(sum(feats.values())) if feats else "-",
+                _encoded(d.get("repr")),
                 f"{d['seconds']:.1f}",
                 ",".join(d["skipped"]) or "",
             ])
         blocks.append(_table(
-            ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "s", "skipped"], rows))
+            ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "encoded txt/img", "s",
+             "skipped"], rows))
+    reps = [d["repr"] for _, d in sorted(days.items()) if d.get("repr")]
+    if reps:
+        r = reps[-1]
+        blocks.append(
+            f"representations ({r.get('day')}): visual semantic IDs codebook {r.get('codebook_version')}, "
+            f"usage {_pct(r.get('codebook_usage'))}, collision rate {_pct(r.get('collision_rate'))}; "
+            f"graph {_n(r.get('graph_edges'))} click edges, final BPR loss {_num(r.get('graph_final_loss'))}"
+        )
+        stage_s = r.get("stage_seconds") or {}
+        if isinstance(stage_s, dict) and stage_s:
+            blocks.append("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stage_s.items()
+                                                                if isinstance(v, (int, float))))
     for st in extra:
         if st["stage"] == "training_set":
             blocks.append(f"training set: {st.get('path')}  ({st.get('days')} days, {st.get('seconds', 0):.1f} s)")

@@ -24,12 +24,13 @@ def configure_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # The ephemeral server takes 12-22 s to start here; Prefect's default timeout is 20 s.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        # Busy-waiting OpenMP threads slow small torch ops ~10x on a shared 2-core box (tests/conftest.py).
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
     applied: dict[str, str] = {}
     for key, value in defaults.items():

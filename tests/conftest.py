@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP threads that busy-wait for each other make small torch ops 10x slower whenever the 2 cores are
+# shared (measured on LightGCN: 3.5 s passive vs 27-47 s default). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
@@ -42,3 +46,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it lives in ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op torch thread for modules of tiny-tensor tests: thread hand-offs cost more than the
+    maths, and a shared 2-core box made them up to 30x slower. Restores the setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
