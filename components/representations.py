@@ -241,7 +241,7 @@ def refresh_representations(
     """
     from components.embeddings.text import make_text_encoder
     from components.embeddings.vector_store import load_ad_vectors, refresh_ad_vectors
-    from components.embeddings.visual import make_image_encoder
+    from components.embeddings.visual import decodable_images, make_image_encoder
     from components.graph import refresh_graph
     from components.semantic_ids import assign_codes, code_columns, codebook_report, fit_or_load_codebook, \
         load_codebook
@@ -268,9 +268,21 @@ def refresh_representations(
         t0 = time.perf_counter()
         encoder = make(settings)
         contents = ads.column(column).to_pylist()  # str / bytes / None per ad: what the encoders take
+        unreadable: list[int] = []
+        if space == "visual":
+            # A corrupt photo must not stop the day: the ad is treated as having no photo, and counted.
+            ok = decodable_images(contents)
+            unreadable = [int(a) for a, c, good in zip(ad_ids, contents, ok) if c is not None and not good]
+            contents = [c if good else None for c, good in zip(contents, ok)]
+            if unreadable:
+                log.warning("%d ads have an undecodable photo and are treated as having none (ad_ids %s%s)",
+                            len(unreadable), unreadable[:10], " ..." if len(unreadable) > 10 else "")
         encoded = refresh_ad_vectors(settings, space, ad_ids, contents, encoder, progress=progress)
         stores[space] = load_ad_vectors(settings, space)
         report[space] = encoded.to_dict()
+        if space == "visual":
+            report[space]["photos_unreadable"] = len(unreadable)
+            report[space]["unreadable_ad_ids"] = unreadable[:100]
         seconds[f"{space}_vectors"] = time.perf_counter() - t0
 
     # --- 2. visual semantic IDs ----------------------------------------------------------------------

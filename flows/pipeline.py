@@ -22,6 +22,7 @@ from components import steps
 from components.config import Settings, load_settings
 from components.representations import representations_summary
 from components.runs import RunSummary
+from flows.report import fmt_share
 
 
 def _settings(config_file: str | None) -> Settings:
@@ -46,7 +47,7 @@ def _describe(stage: str, day: dt.date, result: dict[str, Any]) -> str:
     if stage == "representations":
         r = representations_summary(result)
         return (f"representations {day}: encoded text {r['text_encoded']}, images {r['visual_encoded']}; "
-                f"codebook usage {r['codebook_usage']}, collision rate {r['collision_rate']}; "
+                f"codebook usage {fmt_share(r['codebook_usage'])}, collision rate {fmt_share(r['collision_rate'])}; "
                 f"graph edges {r['graph_edges']}")
     return f"{stage} {day}: done"
 

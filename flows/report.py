@@ -17,7 +17,7 @@ def _n(x: Any) -> str:
     return "-" if x is None else f"{x:,}" if isinstance(x, int) else str(x)
 
 
-def _pct(x: Any) -> str:
+def fmt_share(x: Any) -> str:
     if isinstance(x, (list, tuple)):  # one share per codebook level
         return " / ".join(f"L{i + 1} {v:.0%}" for i, v in enumerate(x))
     return "-" if x is None else f"{x:.1%}" if isinstance(x, float) else str(x)
@@ -85,7 +85,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         r = reps[-1]
         blocks.append(
             f"representations ({r.get('day')}): visual semantic IDs codebook {r.get('codebook_version')}, "
-            f"usage {_pct(r.get('codebook_usage'))}, collision rate {_pct(r.get('collision_rate'))}; "
+            f"usage {fmt_share(r.get('codebook_usage'))}, collision rate {fmt_share(r.get('collision_rate'))}; "
             f"graph {_n(r.get('graph_edges'))} click edges, final BPR loss {_num(r.get('graph_final_loss'))}"
         )
         stage_s = r.get("stage_seconds") or {}

@@ -411,3 +411,15 @@ def test_mobilenet_nearest_neighbour_shares_article_type(mobilenet, catalog) -> 
     assert 0.03 < chance < 0.08
     assert rate >= 0.52, f"visual NN same-type rate {rate:.3f} (chance {chance:.3f})"
     assert rate / chance >= 8
+
+
+def test_decodable_images_flags_corrupt_truncated_and_missing_photos(shared_data) -> None:
+    import pyarrow.parquet as pq
+
+    from components.embeddings.visual import decodable_images
+
+    jpegs = pq.read_table(shared_data / "fashion" / "images-00.parquet", columns=["jpeg"]).slice(0, 3)
+    good = jpegs.column("jpeg").to_pylist()
+    assert decodable_images(good) == [True, True, True]
+    truncated = good[0][: len(good[0]) // 2]
+    assert decodable_images([b"not a jpeg", truncated, None, b"", good[1]]) == [False, False, False, False, True]
