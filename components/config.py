@@ -125,6 +125,21 @@ class RepresentationConfig(_Section):
     seed: int = 11
 
 
+class TrainingConfig(_Section):
+    """The ranker the daily run trains (issue 4): ``ranker`` is a models.config.RankerConfig as a mapping,
+    ``train`` a components.train.TrainConfig; both are validated when the step runs."""
+
+    enabled: bool = True
+    valid_days: int = Field(1, ge=1, description="the newest days of the window, held out for evaluation")
+    # CPU-friendly defaults for the daily demo: MNSE digits summed over bases (METHODS.md's option; the
+    # concat default triples the numeric fields) and two epochs, which the demo's validation AUC
+    # stops improving after (docs/training.md). On a GPU, use {"arch": "stem"} and more epochs.
+    ranker: dict[str, Any] = Field(default_factory=lambda: {"arch": "stem", "mnse_combine": "sum"})
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 2, "batch_size": 2048, "patience": 1})
+    ipw: bool = Field(True, description="repeated-exposure inverse propensity weights on positives")
+    ipw_w_min: float = Field(0.1, gt=0, le=1)
+
+
 class RealSourcesConfig(_Section):
     """Adapters for real logs that hold only positives (Taobao, MovieLens): negative sampling."""
 
@@ -152,6 +167,7 @@ class Settings(_Section):
     features: FeatureConfig = FeatureConfig()
     sources: RealSourcesConfig = RealSourcesConfig()
     representations: RepresentationConfig = RepresentationConfig()
+    training: TrainingConfig = TrainingConfig()
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------
     @property
@@ -184,6 +200,11 @@ class Settings(_Section):
     def embeddings_dir(self) -> Path:
         """Pre-trained vectors, semantic-ID codebooks and graph embeddings (versioned)."""
         return self.home / "embeddings"
+
+    @property
+    def models_dir(self) -> Path:
+        """Trained rankers, one folder per run date (weights, encoders, spec, configs, evaluation)."""
+        return self.home / "models"
 
     @property
     def mlflow_dir(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,21 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
     report["stage_seconds"] = report.pop("seconds", {})  # "seconds" is the step's wall time in summaries
     manifest.record(day, fp, report)
     return {**report, "skipped": False}
+
+
+def train(settings: Settings, end_day: dt.date, training_set_path: str, force: bool = False,
+          progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate the configured ranker on the window's training set (skipped when neither
+    the training set nor the training configuration changed)."""
+    from components.retrain import train_and_evaluate
+
+    source = _source(settings)
+    path = Path(training_set_path)
+    config = {"training": settings.training.model_dump(mode="json"), "tasks": list(source.tasks)}
+    fp = fingerprint_files([path], config)
+    manifest = StageManifest(settings, "train")
+    if not force and manifest.is_current(end_day, fp):
+        return {**manifest.read(end_day)["result"], "skipped": True}  # type: ignore[index]
+    result = train_and_evaluate(settings, end_day, path, tuple(source.tasks), progress=progress)
+    manifest.record(end_day, fp, result)
+    return {**result, "skipped": False}

@@ -88,6 +88,33 @@ def training_set_task(settings: Settings, end_day: dt.date, days: int) -> dict[s
     return result
 
 
+@task(name="train", task_run_name="train-{end_day}", cache_policy=NO_CACHE)
+def train_task(settings: Settings, end_day: dt.date, training_set_path: str, force: bool = False) -> dict[str, Any]:
+    import time
+
+    logger = get_run_logger()
+
+    def progress(event: dict[str, Any]) -> None:
+        if event.get("event") == "epoch":
+            auc = {t: round(a, 4) for t, a in (event.get("valid_auc") or {}).items()}
+            logger.info(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, validation AUC {auc}, "
+                        f"{event['samples_per_s']:,.0f} samples/s")
+        else:
+            logger.info(f"epoch {event['epoch']} step {event['step']}: loss {event['loss']:.4f}, "
+                        f"{event['samples_per_s']:,.0f} samples/s")
+
+    t0 = time.perf_counter()
+    result = steps.train(settings, end_day, training_set_path, force=force, progress=progress)
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    tr = result.get("training", {})
+    done = "unchanged, skipped" if result.get("skipped") else f"{result['seconds']:.1f} s"
+    logger.info(
+        f"trained {result.get('arch')} to {end_day}: {tr.get('epochs')} epochs, "
+        f"{tr.get('samples_per_s', 0):,.0f} samples/s; validation AUC {tr.get('valid_auc')} ({done})"
+    )
+    return result
+
+
 def _record(summary: RunSummary, stage: str, day: dt.date | None, result: dict[str, Any]) -> None:
     rec: dict[str, Any] = {"stage": stage, "day": day, "seconds": result.get("seconds"),
                            "skipped": bool(result.get("skipped"))}
@@ -213,8 +240,9 @@ def backfill(start_date: dt.date, end_date: dt.date, concurrency: int = 2, repre
 @flow(name="daily", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def daily(run_date: dt.date | None = None, force: bool = False, config_file: str | None = None) -> str:
     """The daily retrain, as far as it exists: bring every day of the training window up to date
-    (deliver, ingest, features, representations; unchanged days are skipped), then build the
-    point-in-time training set with its SEE similarities and semantic-ID codes.
+    (deliver, ingest, features, representations; unchanged days are skipped), build the point-in-time
+    training set with its SEE similarities and semantic-ID codes, then train the configured ranker on
+    all but the newest day and evaluate it there (next to the oracle AUC on the simulator).
     ``run_date`` defaults to yesterday (UTC)."""
     settings = _settings(config_file)
     run_date = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
@@ -222,5 +250,8 @@ def daily(run_date: dt.date | None = None, force: bool = False, config_file: str
     summary = RunSummary("daily", {"run_date": run_date, "force": force})
     with _summarised(settings, summary):
         _run_days(settings, days, settings.pipeline.backfill_concurrency, force, summary)
-        _record(summary, "training_set", run_date, training_set_task(settings, run_date, len(days)))
+        built = training_set_task(settings, run_date, len(days))
+        _record(summary, "training_set", run_date, built)
+        if settings.training.enabled:
+            _record(summary, "train", run_date, train_task(settings, run_date, built["path"], force))
     return _finish(summary, settings)

@@ -27,6 +27,10 @@ def _num(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else _n(x)
 
 
+def _num_rate(x: Any) -> str:
+    return f"{x:,.0f}" if isinstance(x, (int, float)) else "-"
+
+
 def _encoded(rep: dict[str, Any] | None) -> str:
     if not rep:
         return "-"
@@ -93,6 +97,19 @@ def render_summary(summary: dict[str, Any]) -> str:
             blocks.append("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stage_s.items()
                                                                 if isinstance(v, (int, float))))
     for st in extra:
+        if st["stage"] == "train":
+            tr = st.get("training") or {}
+            rows = st.get("rows") or {}
+            blocks.append(
+                f"model: {st.get('arch')} trained on {_n(rows.get('train'))} rows, evaluated on the newest day "
+                f"({_n(rows.get('valid'))} rows): {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
+                f"{_num_rate(tr.get('samples_per_s'))} samples/s on {tr.get('device')}"
+                + ("  [unchanged, skipped]" if st.get("skipped") else "")
+            )
+            if st.get("evaluation_text"):
+                blocks.append(st["evaluation_text"])
+            blocks.append(f"  saved to {st.get('model_dir')}")
+            continue
         if st["stage"] == "training_set":
             blocks.append(f"training set: {st.get('path')}  ({st.get('days')} days, {st.get('seconds', 0):.1f} s)")
             meta = st.get("meta") or {}

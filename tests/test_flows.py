@@ -97,17 +97,24 @@ def test_daily_builds_training_set_and_summary(env: Path) -> None:
     assert res.exit_code == 0, res.output
     summary = json.loads(sorted((env / "runs").glob("*-daily.json"))[-1].read_text())
     stages = [s["stage"] for s in summary["stages"]]
-    assert stages.count("ingest") == 3 and stages[-1] == "training_set"
+    assert stages.count("ingest") == 3 and stages.count("representations") == 3
+    assert stages[-2:] == ["training_set", "train"]
     ingest = [s for s in summary["stages"] if s["stage"] == "ingest"]
     for s in ingest:
         t = s["tables"]["impressions"]
         assert t["rows_in"] == t["rows_landed"] + t["rows_quarantined"]
-    ts = Path(summary["stages"][-1]["path"])
+    ts = Path(summary["stages"][-2]["path"])
     assert ts.is_file()
     table = pq.read_table(ts)
     assert {"click", "conversion", "user_id", "ad_id", "event_time"} <= set(table.column_names)
     assert table.num_rows == sum(s["tables"]["impressions"]["rows_landed"] for s in ingest)
     assert "training set" in res.output
+    trained = summary["stages"][-1]
+    assert Path(trained["model_dir"], "model.pt").is_file()
+    assert trained["rows"]["valid"] == ingest[-1]["tables"]["impressions"]["rows_landed"]  # the newest day
+    assert set(trained["evaluation"]["overall"]) == {"click", "conversion"}
+    assert 0.0 < trained["oracle"]["oracle"]["click"] <= 1.0  # next to the simulator's oracle AUC
+    assert "oracle" in res.output and "model: stem" in res.output
 
 
 def test_source_outside_its_days_is_a_clear_error(env: Path) -> None:

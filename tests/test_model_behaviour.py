@@ -1,0 +1,275 @@
+"""Model behaviour on the simulator: the claims of issue 4 measured on one fixed marketplace.
+
+The other model tests check mechanics (shapes, gradient isolation, losses against brute force). This
+module checks what the ranker *learns* on data whose generating model is known (docs/simulator.md):
+
+1. STEM (task tables + a shared table, all-forward task-specific-backward gates) against a shared-embedding
+   MMoE of the same width, experts, gates, towers and epochs, 3 seeds each, test AUC per task;
+2. repeated-exposure IPW (components/propensity.py) against no IPW: first-exposure calibration on the
+   test day;
+3. a floor on quality: the STEM model beats a per-ad popularity baseline and reaches a stated share of
+   the oracle AUC (the AUC of the true probabilities).
+
+One marketplace is simulated per module; the training table is the impressions joined with the raw ad
+and user attributes (the profile columns the feature pipeline also serves), days 1-5 train and day 6
+is the test day, which no model sees while training (no early stopping on it, the last epoch is kept).
+Measured numbers and the choice of config are in docs/evaluation.md, "Model behaviour tests".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+TASKS = ("click", "conversion")
+SEEDS = (0, 1, 2)
+DAYS = 6
+
+# The fixed marketplace. Why each knob differs from the default:
+# - preference_correlation -0.5: click and conversion tastes conflict (users click what they would not
+#   buy), the entanglement STEM is meant to untangle; with the default 0.3 the tasks mostly agree.
+# - content_weight 0: the default puts half the taste on colour and usage, which only the title/photo
+#   carry; this table has no text or image features, so that half would be noise to every model alike.
+# - preference_scale 1.5: taste is a larger share of the click logit, so ranking quality depends on it.
+# - conversion_base_logit 0.5 (p(conv | click) about 0.6 at zero affinity instead of 0.07): 630 test-day
+#   conversions instead of a few dozen, so a conversion AUC difference of 0.005 is not pure noise.
+# - 1,000 users sending 4 sessions a day on 500 ads: enough impressions per user (about 20 a day) for a
+#   user-id embedding to learn that user's taste in 5 days, at a size that trains in seconds.
+SIMULATOR: dict[str, Any] = {
+    "seed": 7,
+    "n_users": 1000,
+    "new_users_per_day": 10,
+    "n_initial_ads": 500,
+    "new_ads_per_day": 20,
+    "sessions_per_user_day": 4.0,
+    "preference_correlation": -0.5,
+    "content_weight": 0.0,
+    "preference_scale": 1.5,
+    "conversion_base_logit": 0.5,
+}
+
+# Small models of the same size class. STEM: 2 task experts + 1 shared expert, 3 tables of width 8;
+# MMoE: 3 shared experts on 1 table of width 8. Same expert MLP, gate, tower; numeric fields MNSE-summed.
+COMMON: dict[str, Any] = {
+    "embedding_dim": 8,
+    "expert_hidden": (64, 32),
+    "gate_hidden": (16,),
+    "tower_hidden": (32,),
+    "mnse_combine": "sum",
+    "sequence_encoder": None,
+}
+STEM: dict[str, Any] = {"arch": "stem", "num_shared_experts": 1, "experts_per_task": 1, **COMMON}
+MMOE: dict[str, Any] = {"arch": "mmoe", "num_shared_experts": 3, **COMMON}
+TRAIN: dict[str, Any] = {"epochs": 3, "batch_size": 512, "lr": 3e-3, "patience": 0, "log_every": 0}
+
+
+@dataclass
+class Marketplace:
+    """The simulated data, split and encoded once for the module."""
+
+    train: Any  # pyarrow.Table, days 1-5
+    test: Any  # pyarrow.Table, day 6
+    encoders: Any  # components.dataset.FeatureEncoders fitted on train
+    test_batch: dict[str, Any]
+    labels: dict[str, np.ndarray]  # test-day labels per task
+    truth: dict[str, np.ndarray]  # test-day true probabilities per task
+    first_exposure: np.ndarray  # test-day rows with exposure_index == 1
+
+
+def _feature_table(out: dict[str, Any]) -> Any:
+    """Impressions + the ad's and user's raw attributes, named like the training set's profile views
+    (``ad_profile__*``, ``user_profile__*``) so the encoders give them the right roles and groups."""
+    import pyarrow as pa
+
+    imp = out["impressions"]
+    ads = out["ads"].select(["ad_id", "advertiser_id", "campaign_id", "master_category", "sub_category",
+                             "article_type", "bid"])
+    ads = ads.rename_columns(["ad_id"] + [f"ad_profile__{c}" for c in ads.column_names[1:]])
+    users = out["users"].select(["user_id", "age_band", "gender", "region", "account_age_days", "activity"])
+    users = users.rename_columns(["user_id"] + [f"user_profile__{c}" for c in users.column_names[1:]])
+    table = imp.append_column("_row", pa.array(np.arange(imp.num_rows)))
+    table = table.join(ads, "ad_id", join_type="left outer").join(users, "user_id", join_type="left outer")
+    return table.sort_by("_row").drop_columns(["_row"])  # Arrow joins do not keep row order
+
+
+@pytest.fixture(scope="module")
+def market(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Marketplace:
+    import pyarrow.compute as pc
+
+    from components.config import load_settings
+    from components.dataset import FeatureEncoders, time_split
+    from components.sources.simulator import simulate
+
+    settings = load_settings(environ={}, overrides={
+        "home": str(tmp_path_factory.mktemp("behaviour-home")),
+        "pipeline": {"shared_data": str(shared_data)},
+        "simulator": SIMULATOR,
+    }).resolved()
+    out = simulate(settings, days=DAYS)
+    table = _feature_table(out)
+    truth = out["truth_impressions"]
+    assert table.num_rows == truth.num_rows and table["request_id"].equals(truth["request_id"])
+    train, test = time_split(table)
+    test_truth = truth.slice(train.num_rows)  # impressions are in time order, so the test day is the tail
+    assert test_truth["request_id"].equals(test["request_id"])
+    encoders = FeatureEncoders.fit(train)
+    assert not pc.any(pc.is_null(train["ad_profile__sub_category"])).as_py()
+    return Marketplace(
+        train=train,
+        test=test,
+        encoders=encoders,
+        test_batch=encoders.encode(test, with_labels=True),
+        labels={t: test[t].to_numpy().astype(np.float64) for t in TASKS},
+        truth={t: test_truth[f"p_{t}"].to_numpy() for t in TASKS},
+        first_exposure=test["exposure_index"].to_numpy() == 1,
+    )
+
+
+def _train(market: Marketplace, model: dict[str, Any], seed: int,
+           weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Train on days 1-5 for a fixed number of epochs (no validation, the last epoch is kept) and
+    return the test day's probabilities per task."""
+    from components.train import TrainConfig, predict, train_ranker
+    from models.config import RankerConfig
+
+    result = train_ranker(None, market.train, None, RankerConfig(**model),
+                          TrainConfig(**TRAIN, seed=seed, ipw=weights is not None),
+                          encoders=market.encoders, train_weights=weights)
+    return predict(result.model, market.test_batch, TASKS)
+
+
+@pytest.fixture(scope="module")
+def stem_scores(market: Marketplace, torch_one_thread: None) -> list[dict[str, np.ndarray]]:
+    return [_train(market, STEM, seed) for seed in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def mmoe_scores(market: Marketplace, torch_one_thread: None) -> list[dict[str, np.ndarray]]:
+    return [_train(market, MMOE, seed) for seed in SEEDS]
+
+
+def _mean_auc(market: Marketplace, runs: list[dict[str, np.ndarray]], task: str) -> float:
+    from components.evaluate import auc
+
+    return float(np.mean([auc(run[task], market.labels[task]) for run in runs]))
+
+
+def test_marketplace_has_the_planted_effects(market: Marketplace) -> None:
+    """The config is what the claims need: enough positives of each task on the test day, and tasks
+    whose true probabilities rank differently (the entanglement)."""
+    from components.evaluate import auc
+
+    assert market.train.num_rows > 80_000 and market.test.num_rows > 15_000
+    assert market.labels["click"].sum() > 1000 and market.labels["conversion"].sum() > 500
+    # p(conversion | click) ranks against click taste: conversion's oracle ordering is not click's.
+    p_conv_given_click = market.truth["conversion"] / market.truth["click"]
+    clicked = market.labels["click"] == 1
+    assert auc(p_conv_given_click[clicked], market.labels["conversion"][clicked]) > 0.65
+    assert np.corrcoef(np.log(market.truth["click"]), np.log(p_conv_given_click))[0, 1] < 0.0
+
+
+def test_stem_beats_shared_embedding_mmoe_on_click(market: Marketplace, stem_scores, mmoe_scores) -> None:
+    """Mean test-day AUC over seeds 0-2, measured on this config (2 cores, torch CPU, one thread):
+
+    | model | click | conversion |
+    |---|---|---|
+    | STEM (3 tables, 2 task experts + 1 shared) | 0.6662 | 0.6142 |
+    | MMoE (1 shared table, 3 experts) | 0.6575 | 0.6219 |
+
+    STEM leads on click on every seed (0.6669 / 0.6668 / 0.6650 against 0.6565 / 0.6580 / 0.6579).
+    Oracle AUC on the same rows: click 0.8451, conversion 0.8180."""
+    stem, mmoe = _mean_auc(market, stem_scores, "click"), _mean_auc(market, mmoe_scores, "click")
+    print(f"click AUC, mean of seeds: STEM {stem:.4f}, MMoE {mmoe:.4f}")
+    assert stem > mmoe, f"click AUC: STEM {stem:.4f} vs MMoE {mmoe:.4f}"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the claim does not hold on this config: mean conversion AUC over seeds 0-2 is STEM 0.6142 "
+    "(0.6149 / 0.6148 / 0.6129) vs MMoE 0.6219 (0.6211 / 0.6214 / 0.6230), MMoE ahead on every seed; "
+    "also with 6 epochs (0.6118 vs 0.6155), preference_correlation 0 (0.6534 vs 0.6562), alpha 1 "
+    "(0.6163 vs 0.6221) and embedding width 16 (0.6147 vs 0.6215). "
+    "STEM's conversion table learns from conversion positives only (~3.6k on the training days); see "
+    "docs/evaluation.md, Model behaviour tests"))
+def test_stem_beats_shared_embedding_mmoe_on_conversion(market: Marketplace, stem_scores, mmoe_scores) -> None:
+    stem, mmoe = _mean_auc(market, stem_scores, "conversion"), _mean_auc(market, mmoe_scores, "conversion")
+    print(f"conversion AUC, mean of seeds: STEM {stem:.4f}, MMoE {mmoe:.4f}")
+    assert stem > mmoe, f"conversion AUC: STEM {stem:.4f} vs MMoE {mmoe:.4f}"
+
+
+@pytest.fixture(scope="module")
+def ipw_weights(market: Marketplace) -> dict[str, np.ndarray]:
+    """Repeated-exposure IPW weights of the training rows, fitted on the training days' log."""
+    from components.propensity import ExposurePropensity
+
+    propensity = ExposurePropensity().fit(market.train)
+    return {t: propensity.weights(market.train, t) for t in TASKS}
+
+
+@pytest.fixture(scope="module")
+def ipw_scores(market: Marketplace, ipw_weights, torch_one_thread: None) -> list[dict[str, np.ndarray]]:
+    return [_train(market, STEM, seed, ipw_weights) for seed in SEEDS]
+
+
+def _first_exposure_calibration(market: Marketplace, runs: list[dict[str, np.ndarray]]) -> np.ndarray:
+    from components.evaluate import calibration
+
+    first = market.first_exposure
+    return np.array([calibration(run["click"][first], market.labels["click"][first]) for run in runs])
+
+
+def test_ipw_lowers_first_exposure_predictions(market: Marketplace, ipw_weights, stem_scores, ipw_scores) -> None:
+    """The mechanism: retargeted positives are down-weighted, so on every seed the IPW model predicts a
+    lower click rate on first exposures than the same seed without weights."""
+    reweighted = int((ipw_weights["click"] < 1).sum())
+    assert reweighted > 1000, reweighted  # the retargeting policy re-showed many clicked ads
+    assert float(ipw_weights["click"].min()) >= 0.1 - 1e-6
+    plain = _first_exposure_calibration(market, stem_scores)
+    ipw = _first_exposure_calibration(market, ipw_scores)
+    print(f"first-exposure click calibration: no IPW {np.round(plain, 3)}, IPW {np.round(ipw, 3)}")
+    assert (ipw < plain).all(), (plain, ipw)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "measured on this config (seeds 0-2): first-exposure click calibration without IPW "
+    "0.905 / 1.013 / 1.459, with IPW 0.723 / 0.832 / 1.176; mean |calibration - 1| 0.189 without and "
+    "0.207 with IPW (with alpha = 1, BCE only: 0.190 vs 0.175, so it holds there, narrowly). IPW lowers every "
+    "seed's first-exposure predictions by ~0.2 (test above) but the seed-to-seed spread of calibration "
+    "after 3 epochs is larger than that shift, and IPW down-weights repeated-exposure positives "
+    "without their negatives, so it can overshoot below 1; see docs/evaluation.md"))
+def test_ipw_brings_first_exposure_calibration_closer_to_one(market: Marketplace, stem_scores, ipw_scores) -> None:
+    """Mean over seeds of |calibration - 1| on the test day's first exposures (exposure_index == 1)."""
+    plain = _first_exposure_calibration(market, stem_scores)
+    ipw = _first_exposure_calibration(market, ipw_scores)
+    gap_plain, gap_ipw = float(np.mean(np.abs(plain - 1))), float(np.mean(np.abs(ipw - 1)))
+    print(f"mean |calibration - 1|: no IPW {gap_plain:.3f}, IPW {gap_ipw:.3f}")
+    assert gap_ipw < gap_plain, f"first-exposure click calibration: IPW {ipw} vs none {plain}"
+
+
+def test_stem_beats_popularity_and_reaches_a_share_of_the_oracle(market: Marketplace, stem_scores) -> None:
+    """Seed-0 STEM on the test day against (a) each ad's smoothed positive rate over the training days and
+    (b) the oracle AUC of the true probabilities. Measured: click STEM 0.6669, popularity 0.5787, oracle
+    0.8451 (ratio 0.79); conversion STEM 0.6149, popularity 0.5588, oracle 0.8180 (ratio 0.75)."""
+    from components.evaluate import auc
+
+    train_ads = market.train["ad_id"].to_numpy()
+    ads, codes = np.unique(train_ads, return_inverse=True)
+    shown = np.bincount(codes).astype(np.float64)
+    test_codes = np.searchsorted(ads, market.test["ad_id"].to_numpy()).clip(0, len(ads) - 1)
+    known = ads[test_codes] == market.test["ad_id"].to_numpy()
+    for task in TASKS:
+        positives = market.train[task].to_numpy().astype(np.float64)
+        prior = float(positives.mean())
+        # Each ad's rate, smoothed with 20 pseudo-impressions at the global rate.
+        rate = (np.bincount(codes, weights=positives) + 20 * prior) / (shown + 20)
+        popularity = np.where(known, rate[test_codes], prior)
+        model_auc = auc(stem_scores[0][task], market.labels[task])
+        popularity_auc = auc(popularity, market.labels[task])
+        oracle = auc(market.truth[task], market.labels[task])
+        print(f"{task}: STEM {model_auc:.4f}, popularity {popularity_auc:.4f}, oracle {oracle:.4f}")
+        assert model_auc > popularity_auc + 0.02, (task, model_auc, popularity_auc)
+        assert model_auc / oracle > 0.72, (task, model_auc, oracle)
+    assert auc(stem_scores[0]["click"], market.labels["click"]) > 0.6
