@@ -56,10 +56,12 @@ def combined_pair_loss(
     bce = F.binary_cross_entropy_with_logits(z, y, weight=w)
     if alpha == 1.0:
         return bce
-    n_pos = int((y > 0.5).sum())
-    if n_pos == 0 or n_pos == y.numel():
-        return bce
-    return alpha * bce + (1.0 - alpha) * pairwise_ranking_loss(z, y)
+    # The fallback is chosen on the device (torch.where), not with int(n_pos): it needs no host sync of its
+    # own (the pairwise term's boolean indexing is then the step's only one). Without a pair the pairwise
+    # term is an exact 0 with a 0 gradient, so the unselected branch adds nothing (and no NaN).
+    n_pos = (y > 0.5).sum()
+    has_pairs = (n_pos > 0) & (n_pos < y.numel())
+    return torch.where(has_pairs, alpha * bce + (1.0 - alpha) * pairwise_ranking_loss(z, y), bce)
 
 
 def multitask_loss(

@@ -291,7 +291,11 @@ class PLEMixer(Mixer):
         return mixed, weights
 
     def extra_experts(self) -> dict[str, torch.Tensor]:
-        return dict(self._extra)
+        # Hand the last forward's upper-level outputs over and forget them: held on the module they would
+        # keep that step's autograd graph alive and make the module impossible to deepcopy (the trainer
+        # copies the final model) after a training forward.
+        extra, self._extra = self._extra, {}
+        return extra
 
 
 def build_mixer(plan: Plan, tasks: Sequence[str], config: RankerConfig, table_dims: Sequence[int]) -> Mixer:

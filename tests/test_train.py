@@ -127,6 +127,30 @@ def test_streamed_chunks_train_exactly_like_resident_data(encoded) -> None:
     assert _state_equal(resident.state_dict, streamed.state_dict)
 
 
+def test_sparse_embeddings_train_with_sparse_adam(encoded) -> None:
+    """sparse_embeddings: the fused embedding tables (not nn.Embedding modules) must go to SparseAdam;
+    handing their sparse gradients to dense Adam used to fail the run."""
+    import math
+
+    from components.train import TrainConfig, train_ranker
+
+    enc, train, valid = encoded
+    result = train_ranker(None, train, valid, _ranker(sparse_embeddings=True),
+                          TrainConfig(epochs=2, batch_size=512, patience=0, log_every=0), spec=enc.spec())
+    losses = [h["train_loss"] for h in result.history]
+    assert all(math.isfinite(x) for x in losses) and losses[1] < losses[0]
+    assert all(0.0 <= a <= 1.0 for a in result.history[-1]["valid_auc"].values())
+
+
+def test_ple_trains_without_a_validation_set(encoded) -> None:
+    from components.train import TrainConfig, train_ranker
+
+    enc, train, _ = encoded
+    result = train_ranker(None, train, None, _ranker(arch="ple"), TrainConfig(epochs=1, batch_size=1024,
+                                                                              log_every=0), spec=enc.spec())
+    assert result.best_epoch == 1 and result.history[0]["train_loss"] > 0
+
+
 def test_early_stopping_keeps_the_best_epoch(encoded) -> None:
     from components.train import TrainConfig, train_ranker
 
