@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_model  # noqa: E402
 from components.schemas import TIMESTAMP, day_dir  # noqa: E402
 
 START = dt.date(2026, 11, 1)
@@ -121,16 +122,6 @@ def write_synthetic_store(
     return written
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="impressions in the training window")
@@ -186,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["duckdb_speedup_over_feast"] = round(t_feast / t_duck, 1)
         result["machine"] = {
             "cpu_count": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "python": platform.python_version(),
             "duckdb": duckdb.__version__,
             "feast": feast.__version__,

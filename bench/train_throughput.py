@@ -47,6 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
+
 VOCAB_SIZES: tuple[int, ...] = (
     1_000_000, 500_000, 300_000, 200_000, 100_000, 100_000, 50_000, 20_000, 10_000, 5_000, 2_000, 1_000, 1_000,
     800, 600, 500, 300, 200, 150, 100, 60, 30, 20, 15, 10, 4,
@@ -187,14 +189,7 @@ def run_one(args: argparse.Namespace, arch: str) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": cpu,
