@@ -48,7 +48,6 @@ from components.similarity import SEQUENCE_IDS, SEQUENCE_LENGTH, gather_rows, me
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from feast import FeatureStore
 
     from components.config import Settings
 

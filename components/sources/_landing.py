@@ -18,6 +18,7 @@ Everything is vectorised with numpy / Arrow: loops run over days or sampling rou
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,3 +315,56 @@ def require_file(path: Path, what: str) -> Path:
             f"(default ../shared/data beside the repository) and never copied into it"
         )
     return path
+
+
+class LoggedSource:
+    """A real log with only positives, parsed once per instance and cut into UTC days: the shared body
+    of the Taobao and MovieLens adapters. Subclasses set ``name``, ``tasks``, ``DEFAULT_SEED`` and
+    implement ``_build()`` (which fills ``self._stats`` with how the raw rows were accounted for)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    DEFAULT_SEED: int = 0
+
+    def __init__(self, settings: "Settings", negatives_per_positive: int = 4, seed: int | None = None,
+                 jitter_s: int = 120) -> None:
+        if negatives_per_positive < 0:
+            raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
+        self.settings = settings
+        self.negatives_per_positive = negatives_per_positive
+        self.seed = self.DEFAULT_SEED if seed is None else seed
+        self.jitter_s = jitter_s
+        self._lock = threading.Lock()
+        self._log: DayPartitionedLog | None = None
+        self._stats: dict[str, int] = {}
+
+    # --- Source protocol -------------------------------------------------------------------------------
+
+    def available_days(self) -> tuple[dt.date, dt.date]:
+        return self.log.day_range()
+
+    def deliver(self, day: dt.date) -> dict[str, int]:
+        """Write the day's impressions / ads / users to ``raw/<name>``; a day without events gets empty
+        tables (zeros)."""
+        return write_raw_day(self.settings, self.name, day, self.log.for_day(day))
+
+    # --- derived tables --------------------------------------------------------------------------------
+
+    @property
+    def log(self) -> DayPartitionedLog:
+        with self._lock:
+            if self._log is None:
+                self._log = self._build()
+        return self._log
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """How the raw rows were accounted for (see the adapter's module docstring)."""
+        _ = self.log
+        return dict(self._stats)
+
+    def daily_summary(self) -> list[dict[str, object]]:
+        return daily_label_rates(self.log.tables["impressions"], self.tasks)
+
+    def _build(self) -> DayPartitionedLog:
+        raise NotImplementedError

@@ -24,8 +24,6 @@ typed header such as ``user_id:token``). The mapping (docs/sources.md has the me
 
 from __future__ import annotations
 
-import datetime as dt
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +33,7 @@ import pyarrow as pa
 from components.schemas import ADS, USERS, impressions_schema
 from components.sources._landing import (
     DayPartitionedLog,
-    daily_label_rates,
+    LoggedSource,
     exposure_index,
     first_seen,
     ordinal_to_date,
@@ -45,7 +43,6 @@ from components.sources._landing import (
     sample_negatives,
     seconds_to_timestamps,
     stable_bucket,
-    write_raw_day,
 )
 
 if TYPE_CHECKING:
@@ -79,56 +76,18 @@ def read_atomic(path: Path) -> pa.Table:
     return table.rename_columns([c.split(":", 1)[0] for c in table.column_names])
 
 
-class MovieLensSource:
+class MovieLensSource(LoggedSource):
     """MovieLens-100k as a ``Source``. Parses and derives everything once per instance."""
 
     name = "movielens"
     tasks: tuple[str, ...] = TASKS
 
-    def __init__(
-        self,
-        settings: "Settings",
-        negatives_per_positive: int = 4,
-        seed: int = DEFAULT_SEED,
-        jitter_s: int = 120,
-    ) -> None:
-        if negatives_per_positive < 0:
-            raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
-        self.settings = settings
+    DEFAULT_SEED = DEFAULT_SEED
+
+    def __init__(self, settings: "Settings", negatives_per_positive: int = 4, seed: int | None = None,
+                 jitter_s: int = 120) -> None:
+        super().__init__(settings, negatives_per_positive, seed, jitter_s)
         self.folder = settings.shared_data / "movielens-100k"
-        self.negatives_per_positive = negatives_per_positive
-        self.seed = seed
-        self.jitter_s = jitter_s
-        self._lock = threading.Lock()
-        self._log: DayPartitionedLog | None = None
-        self._stats: dict[str, int] = {}
-
-    # --- Source protocol ---------------------------------------------------------------------------
-
-    def available_days(self) -> tuple[dt.date, dt.date]:
-        return self.log.day_range()
-
-    def deliver(self, day: dt.date) -> dict[str, int]:
-        """Write the day's impressions / ads / users to ``raw/movielens``; a day without ratings gets
-        empty tables (zeros)."""
-        return write_raw_day(self.settings, self.name, day, self.log.for_day(day))
-
-    # --- derived tables ----------------------------------------------------------------------------
-
-    @property
-    def log(self) -> DayPartitionedLog:
-        with self._lock:
-            if self._log is None:
-                self._log = self._build()
-        return self._log
-
-    @property
-    def stats(self) -> dict[str, int]:
-        _ = self.log
-        return dict(self._stats)
-
-    def daily_summary(self) -> list[dict[str, object]]:
-        return daily_label_rates(self.log.tables["impressions"], self.tasks)
 
     def _build(self) -> DayPartitionedLog:
         inter = read_atomic(self.folder / "ml-100k.inter")

@@ -28,7 +28,6 @@ The mapping (docs/sources.md has the full story and the measured rates):
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,7 +36,7 @@ import pyarrow as pa
 from components.schemas import ADS, USERS, impressions_schema
 from components.sources._landing import (
     DayPartitionedLog,
-    daily_label_rates,
+    LoggedSource,
     exposure_index,
     first_seen,
     pair_keys,
@@ -46,7 +45,6 @@ from components.sources._landing import (
     sample_negatives,
     seconds_to_timestamps,
     stable_bucket,
-    write_raw_day,
 )
 
 if TYPE_CHECKING:
@@ -63,57 +61,18 @@ CATEGORY_SPAN = 10_000_000  # campaign_id = advertiser_id * CATEGORY_SPAN + cate
 DEFAULT_SEED = 20171125
 
 
-class TaobaoSource:
+class TaobaoSource(LoggedSource):
     """The Taobao UserBehavior head as a ``Source``. Parses and derives everything once per instance."""
 
     name = "taobao"
     tasks: tuple[str, ...] = TASKS
 
-    def __init__(
-        self,
-        settings: "Settings",
-        negatives_per_positive: int = 4,
-        seed: int = DEFAULT_SEED,
-        jitter_s: int = 120,
-    ) -> None:
-        if negatives_per_positive < 0:
-            raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
-        self.settings = settings
+    DEFAULT_SEED = DEFAULT_SEED
+
+    def __init__(self, settings: "Settings", negatives_per_positive: int = 4, seed: int | None = None,
+                 jitter_s: int = 120) -> None:
+        super().__init__(settings, negatives_per_positive, seed, jitter_s)
         self.path = settings.shared_data / "taobao" / "user_behavior_head.csv"
-        self.negatives_per_positive = negatives_per_positive
-        self.seed = seed
-        self.jitter_s = jitter_s
-        self._lock = threading.Lock()
-        self._log: DayPartitionedLog | None = None
-        self._stats: dict[str, int] = {}
-
-    # --- Source protocol ---------------------------------------------------------------------------
-
-    def available_days(self) -> tuple[dt.date, dt.date]:
-        return self.log.day_range()
-
-    def deliver(self, day: dt.date) -> dict[str, int]:
-        """Write the day's impressions / ads / users to ``raw/taobao``; a day without events gets empty
-        tables (zeros)."""
-        return write_raw_day(self.settings, self.name, day, self.log.for_day(day))
-
-    # --- derived tables ----------------------------------------------------------------------------
-
-    @property
-    def log(self) -> DayPartitionedLog:
-        with self._lock:
-            if self._log is None:
-                self._log = self._build()
-        return self._log
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """How the raw lines were accounted for (see the module docstring)."""
-        _ = self.log
-        return dict(self._stats)
-
-    def daily_summary(self) -> list[dict[str, object]]:
-        return daily_label_rates(self.log.tables["impressions"], self.tasks)
 
     def _read_pair_days(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """DuckDB pass over the CSV: counts, one row per (user, item, UTC day) and item categories."""
