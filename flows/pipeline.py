@@ -186,6 +186,16 @@ def _summarised(settings: Settings, summary: RunSummary) -> Iterator[RunSummary]
         raise
 
 
+def _one_day_stage(flow_name: str, stage: str, stage_task: Any, run_date: dt.date, force: bool,
+                   config_file: str | None) -> str:
+    """A flow that runs one day-step for one day, with its run summary."""
+    settings = _settings(config_file)
+    summary = RunSummary(flow_name, {"run_date": run_date, "force": force})
+    with _summarised(settings, summary):
+        _record(summary, stage, run_date, stage_task(settings, run_date, force))
+    return _finish(summary, settings)
+
+
 @flow(name="ingest-day", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def ingest_day(run_date: dt.date, force: bool = False, config_file: str | None = None) -> str:
     """Deliver and ingest one day: validated rows land in the offline store, rejects in quarantine."""
@@ -200,22 +210,15 @@ def ingest_day(run_date: dt.date, force: bool = False, config_file: str | None =
 @flow(name="build-features", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def build_features(run_date: dt.date, force: bool = False, config_file: str | None = None) -> str:
     """Compute one day's feature partitions (rolling stats, behaviour sequences, profiles)."""
-    settings = _settings(config_file)
-    summary = RunSummary("build_features", {"run_date": run_date, "force": force})
-    with _summarised(settings, summary):
-        _record(summary, "features", run_date, features_task(settings, run_date, force))
-    return _finish(summary, settings)
+    return _one_day_stage("build_features", "features", features_task, run_date, force, config_file)
 
 
 @flow(name="refresh-embeddings", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def refresh_embeddings(run_date: dt.date, force: bool = False, config_file: str | None = None) -> str:
     """Refresh the pre-trained representations of one day: text and visual vectors of new or changed
     ads, visual semantic IDs, the LightGCN graph, user interest vectors (after the day's features)."""
-    settings = _settings(config_file)
-    summary = RunSummary("refresh_embeddings", {"run_date": run_date, "force": force})
-    with _summarised(settings, summary):
-        _record(summary, "representations", run_date, representations_task(settings, run_date, force))
-    return _finish(summary, settings)
+    return _one_day_stage("refresh_embeddings", "representations", representations_task, run_date, force,
+                          config_file)
 
 
 @flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=8))
