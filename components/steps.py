@@ -158,7 +158,10 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
     manifest = StageManifest(settings, "representations")
     if not force and manifest.is_current(day, fp):
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
-    report = refresh_representations(settings, day, progress=False)
+    import sys
+
+    # Encoding the first day's catalogue takes a minute on 2 cores: show bars when a person is watching.
+    report = refresh_representations(settings, day, progress=sys.stderr.isatty())
     report["stage_seconds"] = report.pop("seconds", {})  # "seconds" is the step's wall time in summaries
     manifest.record(day, fp, report)
     return {**report, "skipped": False}
