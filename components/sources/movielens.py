@@ -25,7 +25,6 @@ typed header such as ``user_id:token``). The mapping (docs/sources.md has the me
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,9 +44,6 @@ from components.sources._landing import (
     stable_bucket,
 )
 
-if TYPE_CHECKING:
-    from components.config import Settings
-
 TASKS: tuple[str, ...] = ("click", "conversion")
 LIKED_RATING = 4
 SLOT = "movielens"
@@ -59,7 +55,6 @@ GENRES = (
 # MovieLens-1M's age groups, applied to 100k's exact ages: lower bounds and labels
 AGE_BOUNDS = np.array([18, 25, 35, 45, 50, 56])
 AGE_BANDS = np.array(["under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"], dtype=object)
-DEFAULT_SEED = 19970920
 
 
 def read_atomic(path: Path) -> pa.Table:
@@ -82,12 +77,11 @@ class MovieLensSource(LoggedSource):
     name = "movielens"
     tasks: tuple[str, ...] = TASKS
 
-    DEFAULT_SEED = DEFAULT_SEED
+    DEFAULT_SEED = 19970920
 
-    def __init__(self, settings: "Settings", negatives_per_positive: int = 4, seed: int | None = None,
-                 jitter_s: int = 120) -> None:
-        super().__init__(settings, negatives_per_positive, seed, jitter_s)
-        self.folder = settings.shared_data / "movielens-100k"
+    @property
+    def folder(self) -> Path:
+        return self.settings.shared_data / "movielens-100k"
 
     def _build(self) -> DayPartitionedLog:
         inter = read_atomic(self.folder / "ml-100k.inter")

@@ -48,7 +48,7 @@ from components.sources._landing import (
 )
 
 if TYPE_CHECKING:
-    from components.config import Settings
+    from pathlib import Path
 
 CHINA = dt.timezone(dt.timedelta(hours=8))
 WINDOW_START = dt.datetime(2017, 11, 25, tzinfo=CHINA)
@@ -58,7 +58,6 @@ TASKS: tuple[str, ...] = ("click", "conversion", "cart", "fav")
 SLOT = "taobao"
 N_ADVERTISERS = 5_000
 CATEGORY_SPAN = 10_000_000  # campaign_id = advertiser_id * CATEGORY_SPAN + category_id
-DEFAULT_SEED = 20171125
 
 
 class TaobaoSource(LoggedSource):
@@ -67,12 +66,11 @@ class TaobaoSource(LoggedSource):
     name = "taobao"
     tasks: tuple[str, ...] = TASKS
 
-    DEFAULT_SEED = DEFAULT_SEED
+    DEFAULT_SEED = 20171125
 
-    def __init__(self, settings: "Settings", negatives_per_positive: int = 4, seed: int | None = None,
-                 jitter_s: int = 120) -> None:
-        super().__init__(settings, negatives_per_positive, seed, jitter_s)
-        self.path = settings.shared_data / "taobao" / "user_behavior_head.csv"
+    @property
+    def path(self) -> "Path":
+        return self.settings.shared_data / "taobao" / "user_behavior_head.csv"
 
     def _read_pair_days(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """DuckDB pass over the CSV: counts, one row per (user, item, UTC day) and item categories."""
