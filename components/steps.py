@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from typing import Any
 from components.config import Settings
 from components.runs import StageManifest, files_under, fingerprint_files
 from components.schemas import TABLES, day_dir
-
-log = logging.getLogger(__name__)
 
 
 def window_days(end_day: dt.date, days: int) -> list[dt.date]:
