@@ -146,7 +146,9 @@ def lookup(column: "pa.Array | pa.ChunkedArray", value_set: "pa.Array", kind: st
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if column.type != target:
-        if kind == "string" and not pa.types.is_string(column.type):
+        # An all-null column (pandas None -> Arrow null type, e.g. a request without a slot) is unknown.
+        ok = pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)
+        if kind == "string" and not ok:
             raise TypeError(f"expected a string column, got {column.type}")
         column = column.cast(target)
     index = pc.index_in(column, value_set=value_set)
@@ -173,6 +175,8 @@ def _list_matrix(column: "pa.ChunkedArray | pa.Array", length: int) -> tuple["pa
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if pa.types.is_null(column.type):  # every list missing (e.g. pandas None for unknown users)
+        return pa.array([], pa.null()), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     flat = pc.list_flatten(column)
     rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)

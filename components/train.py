@@ -86,6 +86,9 @@ class TrainConfig:
         stream_chunk_rows: rows per host-to-GPU copy when streaming.
         stream_data: force streaming (True) or residency (False) of the training data; None: decide by
             size (streaming is the GPU path; on CPU it only exercises the same chunk arithmetic).
+        prior_bias: start each task's output bias at the logit of its (IPW-weighted) positive rate in the
+            training set (a cascade child: of its rate given the parent), so a rare task starts calibrated
+            instead of at p = 0.5 and a short run does not end under-predicting it.
         find_unused_parameters: passed to DDP (needed when some parameters get no gradient).
     """
 
@@ -110,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     eval_batch_size: int = 65536
+    prior_bias: bool = True
     device_data_fraction: float = 0.5
     stream_chunk_rows: int = 1 << 20
     stream_data: bool | None = None
@@ -195,6 +199,53 @@ class TrainResult:
         (directory / "train_config.json").write_text(json.dumps(self.train_config.to_dict(), indent=1))
         (directory / "history.json").write_text(json.dumps({"history": self.history, **self.summary()}, indent=1))
         return directory
+
+
+@dataclass
+class TrainedModel:
+    """A saved ranker loaded back from the folder :meth:`TrainResult.save` wrote (weights, spec, encoders,
+    configs); ``model`` is in eval mode on CPU. ``score(table)`` gives probabilities per task."""
+
+    model: Any  # models.ranker.Ranker
+    encoders: FeatureEncoders | None
+    spec: "FeatureSpec"
+    ranker_config: "RankerConfig"
+    directory: Path
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.model.tasks)
+
+    def score(self, table: Any, batch_size: int = 65536) -> dict[str, np.ndarray]:
+        """Probabilities per task for every row of ``table`` (a pyarrow Table with the training set's
+        feature columns; labels are not needed)."""
+        if self.encoders is None:
+            raise ValueError(f"{self.directory} has no encoders.json: it cannot score raw rows")
+        return predict(self.model, self.encoders.encode(table, with_labels=False), self.tasks,
+                       batch_size=batch_size)
+
+
+def load_trained(directory: str | Path) -> TrainedModel:
+    """Load what :meth:`TrainResult.save` wrote to ``directory``."""
+    import json
+
+    import torch
+
+    from models.config import RankerConfig
+    from models.ranker import Ranker
+    from models.spec import FeatureSpec
+
+    directory = Path(directory)
+    missing = [n for n in ("model.pt", "spec.json", "ranker_config.json") if not (directory / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a saved ranker: missing {', '.join(missing)}")
+    spec = FeatureSpec.from_dict(json.loads((directory / "spec.json").read_text()))
+    config = RankerConfig.from_dict(json.loads((directory / "ranker_config.json").read_text()))
+    model = Ranker(spec, config)
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    encoders = FeatureEncoders.load(directory / "encoders.json") if (directory / "encoders.json").is_file() else None
+    return TrainedModel(model=model, encoders=encoders, spec=spec, ranker_config=config, directory=directory)
 
 
 # ----- metrics -------------------------------------------------------------------------------------------
@@ -301,6 +352,27 @@ class DeviceData:
             torch.index_select(v, 0, index, out=staged)
             out[k] = staged.to(self.device, non_blocking=True)
         return out
+
+
+def _init_prior_bias(model: Any, batch: Batch, use_weights: bool) -> dict[str, float]:
+    """Set each task tower's output bias to the logit of the task's positive rate in ``batch`` (positives
+    weighted by their IPW weights when ``use_weights``): the constant the weighted BCE would learn first.
+    A cascade child (``RankerConfig.cascade``) gets the logit of its rate given its parent. Returns the
+    rates."""
+    import torch
+
+    labels = batch["labels"].double()
+    weights = batch["weights"].double() if use_weights and "weights" in batch else torch.ones_like(labels)
+    pos = (labels * weights).sum(0)
+    rates = (pos / (pos + (1 - labels).sum(0)).clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
+    by_task = {t: float(rates[i]) for i, t in enumerate(model.tasks)}
+    for child, parent in model.config.cascade:
+        by_task[child] = min(max(by_task[child] / by_task[parent], 1e-6), 1 - 1e-6)
+    bias = model.towers.mlp.layers[-1].bias  # [T, 1]
+    with torch.no_grad():
+        for i, t in enumerate(model.tasks):
+            bias[i, 0] = float(np.log(by_task[t] / (1 - by_task[t])))
+    return by_task
 
 
 def _epoch_permutation(rows: int, seed: int, epoch: int) -> "torch.Tensor":
@@ -556,6 +628,8 @@ def train_ranker(
     np.random.seed(cfg.seed % (2**32))
     random.seed(cfg.seed)
     model = Ranker(spec, config)
+    if cfg.prior_bias:
+        _init_prior_bias(model, train_batch, cfg.ipw)
     # Once per run, on CPU: an out-of-range id would silently read another field's rows (docs/models.md).
     for b in (train_batch, valid_batch):
         if b is not None:

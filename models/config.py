@@ -54,6 +54,11 @@ class RankerConfig:
             softmax weights per task) or ``"gate"`` (per-task softmax gate on the summed embeddings).
         embedding_init_std: standard deviation of the normal init of embedding rows.
         sparse_embeddings: produce sparse gradients for the big tables (for row-wise optimisers).
+        cascade: ESMM-style conditional tasks, ``{child: parent}``: the child's tower predicts
+            p(child | parent) and the model outputs p(child) = p(parent) * p(child | parent) as the child's
+            logit, so an unconditional conversion label trains a post-click conversion tower.
+        cascade_detach_parent: stop the child's loss from updating the parent's path (keeps STEM's
+            task-specific backward; ESMM itself does not detach).
     """
 
     arch: str = "stem"
@@ -77,11 +82,15 @@ class RankerConfig:
     me_combine: str = "weighted"
     embedding_init_std: float = 0.05
     sparse_embeddings: bool = False
+    cascade: tuple[tuple[str, str], ...] | dict[str, str] = ()
+    cascade_detach_parent: bool = True
 
     def __post_init__(self) -> None:
         # Lists (from JSON or YAML) become tuples so configs stay hashable and comparable.
         for name in ("expert_hidden", "gate_hidden", "tower_hidden", "ame_widths", "mnse_bases"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        pairs = self.cascade.items() if isinstance(self.cascade, dict) else self.cascade
+        object.__setattr__(self, "cascade", tuple(sorted((str(c), str(p)) for c, p in pairs)))
         if isinstance(self.expert, list | tuple):
             object.__setattr__(self, "expert", tuple(self.expert))
         self._validate()
@@ -124,6 +133,11 @@ class RankerConfig:
             raise ValueError(f"RankerConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.embedding_init_std <= 0:
             raise ValueError("RankerConfig.embedding_init_std must be > 0")
+        children = dict(self.cascade)
+        for child, parent in self.cascade:
+            if child == parent or parent in children:
+                raise ValueError(f"RankerConfig.cascade {children}: a task cannot be its own parent, "
+                                 "and a parent cannot itself be a child")
 
     @property
     def expert_kinds(self) -> tuple[str, ...]:
@@ -136,6 +150,7 @@ class RankerConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["cascade"] = dict(self.cascade)
         return out
 
     @classmethod

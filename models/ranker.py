@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models.config import RankerConfig
 from models.embeddings import MultiEmbedding, output_field_groups
@@ -27,6 +28,25 @@ def _as_range(indices: Sequence[int]) -> slice | None:
     if indices and list(indices) == list(range(indices[0], indices[0] + len(indices))):
         return slice(indices[0], indices[0] + len(indices))
     return None
+
+
+def cascade_logit(parent: torch.Tensor, child: torch.Tensor, detach_parent: bool = True) -> torch.Tensor:
+    """The logit of p = sigmoid(parent) * sigmoid(child) (ESMM: p(conversion) = p(click) * p(conv | click)),
+    computed in log space: log p = logsigmoid(a) + logsigmoid(b), logit = log p - log(1 - p). [B] -> [B].
+
+    Example::
+
+        a, b = torch.tensor([0.3]), torch.tensor([-1.2])
+        torch.sigmoid(cascade_logit(a, b))   # == torch.sigmoid(a) * torch.sigmoid(b)
+    """
+    a = parent.detach() if detach_parent else parent
+    log_p = (F.logsigmoid(a) + F.logsigmoid(child)).clamp(max=-1e-7)  # p < 1: the logit stays finite
+    # log(1 - e^x) for x < 0, stable on both sides of -ln 2; each branch sees only safe inputs so that
+    # the branch torch.where discards has no inf/NaN gradient either.
+    near_one = log_p > -0.6931471805599453
+    log_1mp = torch.where(near_one, torch.log(-torch.expm1(torch.where(near_one, log_p, -1.0))),
+                          torch.log1p(-torch.exp(torch.where(near_one, -1.0, log_p))))
+    return log_p - log_1mp
 
 
 class Ranker(nn.Module):
@@ -104,6 +124,10 @@ class Ranker(nn.Module):
         table_dims = [n_fields * w for _, w in self.plan.tables]
         self.mixer = build_mixer(self.plan, self.tasks, config, table_dims)
         self.towers = Towers(len(self.tasks), config.expert_hidden[-1], config.tower_hidden, config.dropout)
+        unknown = sorted({t for pair in config.cascade for t in pair} - set(self.tasks))
+        if unknown:
+            raise ValueError(f"cascade names tasks {unknown} that the spec does not have ({list(self.tasks)})")
+        self._cascade = config.cascade
 
     # -- forward ---------------------------------------------------------------------------------------------
 
@@ -140,6 +164,8 @@ class Ranker(nn.Module):
         mixed, gates = self.mixer(self._table_stack(grouped), experts)
         logits = self.towers(mixed).float()  # [T, B]
         out = {task: logits[t] for t, task in enumerate(self.tasks)}
+        for child, parent in self._cascade:
+            out[child] = cascade_logit(out[parent], out[child], self.config.cascade_detach_parent)
         expert_outputs = {slot.name: experts[e] for e, slot in enumerate(self.plan.experts)}
         expert_outputs.update(self.mixer.extra_experts())
         aux = {"expert_outputs": expert_outputs, "gates": {task: gates[t] for t, task in enumerate(self.tasks)}}

@@ -181,6 +181,20 @@ def test_sequence_items_categories_and_log_gaps(table: pa.Table, encoders: Featu
     assert b["seq_items"][0].tolist() == [0, 0, 0, 0] and b["seq_gaps"][0].tolist() == [0, 0, 0, 0]  # null list
 
 
+def test_all_null_columns_encode_as_unknown(table: pa.Table, encoders: FeatureEncoders) -> None:
+    """A scoring request built in pandas has Arrow null-typed columns where every value is missing (an
+    unknown user's sequence, no slot): they encode like typed nulls instead of failing."""
+    rows = table.slice(0, 4)
+    typed = rows
+    for name in ("user_sequence__ad_ids", "user_sequence__categories", "ad_profile__master_category"):
+        i = rows.column_names.index(name)
+        rows = rows.set_column(i, name, pa.nulls(rows.num_rows))
+        typed = typed.set_column(i, name, pa.nulls(typed.num_rows, typed.schema.field(name).type))
+    a, b = encoders.encode_numpy(rows), encoders.encode_numpy(typed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert (a["seq_items"] == 0).all()
+
+
 def test_json_round_trip_encodes_identically(tmp_path: Path, table: pa.Table, encoders: FeatureEncoders) -> None:
     path = encoders.save(tmp_path / "enc" / "encoders.json")
     again = FeatureEncoders.load(path)

@@ -153,3 +153,27 @@ def test_plans() -> None:
     plan = build_plan(("a",), RankerConfig(arch="multi_embedding", num_tables=3, expert=("dcnv2", "mlp")), 3)
     assert [e.kind for e in plan.experts] == ["dcnv2", "mlp", "dcnv2"]
     assert build_plan(("a",), RankerConfig(arch="dcnv2"), 3).experts[0].kind == "dcnv2"
+
+
+def test_cascade_outputs_the_product_and_keeps_stem_isolation() -> None:
+    """ESMM-style cascade: sigmoid(conversion logit) = p(click) * p(conv | click); with the parent detached,
+    conversion's loss still reaches no click table, and without detaching it does."""
+    from models.ranker import cascade_logit
+
+    a, b = torch.randn(64) * 8, torch.randn(64) * 8
+    assert torch.allclose(torch.sigmoid(cascade_logit(a, b)), torch.sigmoid(a) * torch.sigmoid(b), atol=1e-6)
+    tasks = ("click", "conversion")
+    torch.manual_seed(0)
+    batch = None
+    for detach in (True, False):
+        config = RankerConfig(arch="stem", cascade={"conversion": "click"}, cascade_detach_parent=detach, **SMALL)
+        model = Ranker(_spec(tasks), config)
+        batch = random_batch(model.spec, 16, seed=1) if batch is None else batch
+        out = model(batch)
+        assert (out["conversion"] < out["click"]).all()  # p(conv) = p(click) * p(conv|click) < p(click)
+        model.zero_grad(set_to_none=True)
+        out["conversion"].sum().backward()
+        per_table = _grads_by_table(model)
+        assert per_table[1] > 0 and ((per_table[0] == 0) == detach), (detach, per_table)
+    with pytest.raises(ValueError, match="cascade names tasks"):
+        Ranker(_spec(tasks), RankerConfig(arch="stem", cascade={"buy": "click"}, **SMALL))
