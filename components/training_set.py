@@ -74,6 +74,21 @@ def _output_schema(entities: "pa.Schema", specs: list[Any]) -> "pa.Schema":
     return pa.schema(fields)
 
 
+def feature_row_schema(specs: list[Any], tasks: Sequence[str] = ()) -> "pa.Schema":
+    """The columns of a training-set row before the similarity columns: the impression's contract columns
+    (``IMPRESSIONS``), the ``tasks`` labels, then ``<view>__<feature>`` per view of ``specs``. Serving
+    (components/serving.py) builds its online rows to this schema with ``tasks=()``."""
+    from components.schemas import impressions_schema
+
+    return _output_schema(impressions_schema(list(tasks)), specs)
+
+
+def adds_similarities(settings: "Settings", representations: bool | None) -> bool:
+    """Whether a training set / online row gets the SEE similarities and semantic-ID codes: ``None``
+    means "when the representations have been refreshed" (``<home>/embeddings`` exists)."""
+    return bool(representations or (representations is None and settings.embeddings_dir.is_dir()))
+
+
 def _canonical(table: "pa.Table", schema: "pa.Schema", sort: bool = True) -> "pa.Table":
     """Same columns, order, types and row order, whichever join produced ``table`` (``sort=False``: the
     caller guarantees the (event_time, request_id) order already)."""
@@ -233,7 +248,7 @@ def build_training_set(
         raise ValueError(f"join_path must be auto, feast or duckdb, got {join_path!r}")
 
     similarity: dict[str, Any] | None = None
-    if representations or (representations is None and settings.embeddings_dir.is_dir()):
+    if adds_similarities(settings, representations):
         from components.similarity import add_similarity_features, similarity_summary
 
         table = add_similarity_features(settings, table)
