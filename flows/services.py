@@ -1,0 +1,460 @@
+"""``adsrec up`` / ``adsrec down``: the local Prefect server (UI), the MLflow UI and the deployment server.
+
+Three background processes on ``deploy.host`` (127.0.0.1 by default), each in its own process group,
+with its PID file and log under ``<home>/services/``:
+
+- ``prefect``: ``prefect server start`` on ``deploy.prefect_port`` (state in ``<home>/prefect``, the same
+  database the embedded runs use, so earlier runs show up in the UI);
+- ``mlflow``: ``mlflow server`` on ``deploy.mlflow_port`` over ``settings.mlflow_tracking_uri`` and the
+  artifact folder (optional);
+- ``deployments``: ``python -m flows.deployments serve``, which registers the deployments and runs them.
+
+``down`` stops them by PID (SIGTERM to the process group, SIGKILL after a grace period). A PID file
+whose process is gone, or now belongs to another program, is stale: it is removed, nothing is killed.
+No Prefect or MLflow import here: only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import PROJECT_ROOT, Settings
+
+SERVICE_ORDER = ("prefect", "mlflow", "deployments")
+# A substring of each service's command line: a PID file whose process no longer shows it is stale
+# (the PID may have been reused by another program, which must never be killed).
+MARKERS = {"prefect": "server start", "mlflow": "mlflow", "deployments": "flows.deployments"}
+# The deployments the deployment server registers (flows/deployments.py builds them; kept here so that
+# checking them needs no Prefect import).
+DEPLOYMENT_NAME = "adsrec"
+FLOW_NAMES = ("daily", "backfill", "promote", "rollback")
+DEPLOYMENT_NAMES = tuple(f"{name}/{DEPLOYMENT_NAME}" for name in FLOW_NAMES)
+# Filesystem lease storage: a training slot held while the server restarts is still released on expiry
+# (the default in-memory storage would forget the lease and leave the slot occupied).
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one service and how to tell that it is ready."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int | None
+    url: str | None            # what a person opens
+    health_url: str | None     # GET answers 2xx when ready
+    marker: str                # a substring of the process's command line (guards against PID reuse)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    url: str | None
+    log: Path
+
+
+def services_dir(settings: Settings) -> Path:
+    return settings.home / "services"
+
+
+def prefect_api_url(settings: Settings) -> str:
+    return f"http://{_url_host(settings.deploy.host)}:{settings.deploy.prefect_port}/api"
+
+
+def prefect_ui_url(settings: Settings) -> str:
+    return f"http://{_url_host(settings.deploy.host)}:{settings.deploy.prefect_port}"
+
+
+def mlflow_url(settings: Settings) -> str:
+    return f"http://{_url_host(settings.deploy.host)}:{settings.deploy.mlflow_port}"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def service_specs(settings: Settings, mlflow: bool = True) -> list[ServiceSpec]:
+    """The services ``up`` starts, in start order (the deployment server needs the Prefect API)."""
+    deploy = settings.deploy
+    base = dict(os.environ)
+    base.update({
+        "ADSREC_HOME": str(settings.home),
+        "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(settings.prefect_home)),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONUNBUFFERED": "1",
+    })
+    api = prefect_api_url(settings)
+    prefect_env = {k: v for k, v in base.items() if k != "PREFECT_API_URL"}
+    # Without this the UI calls the API on port 4200 whatever --port says (STACK.md, "The Prefect UI").
+    prefect_env["PREFECT_SERVER_UI_API_URL"] = api
+    prefect_env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
+    specs = [ServiceSpec(
+        name="prefect",
+        command=[sys.executable, "-m", "prefect", "server", "start", "--host", deploy.host,
+                 "--port", str(deploy.prefect_port)],
+        env=prefect_env, port=deploy.prefect_port, url=prefect_ui_url(settings), health_url=f"{api}/health",
+        marker=MARKERS["prefect"],
+    )]
+    if mlflow:
+        artifacts = settings.mlflow_artifact_location
+        # The GenAI job runner (huey consumers, periodic scoring) is not needed to browse runs and the
+        # registry; without it the UI starts faster and stops in ~2 s instead of ~15 s.
+        mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **base}
+        specs.append(ServiceSpec(
+            name="mlflow",
+            command=[sys.executable, "-m", "mlflow", "server", "--host", deploy.host, "--port", str(deploy.mlflow_port),
+                     "--workers", "1", "--backend-store-uri", settings.mlflow_tracking_uri,
+                     "--default-artifact-root", artifacts, "--artifacts-destination", artifacts],
+            env=mlflow_env, port=deploy.mlflow_port, url=mlflow_url(settings),
+            health_url=f"{mlflow_url(settings)}/health", marker=MARKERS["mlflow"],
+        ))
+    specs.append(ServiceSpec(
+        name="deployments",
+        command=[sys.executable, "-m", "flows.deployments", "serve"],
+        env={**base, "PREFECT_API_URL": api}, port=None, url=f"{prefect_ui_url(settings)}/deployments",
+        health_url=None, marker=MARKERS["deployments"],
+    ))
+    return specs
+
+
+# --- processes ----------------------------------------------------------------------------------------
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return services_dir(settings) / f"{name}.pid"
+
+
+def _log_file(settings: Settings, name: str) -> Path:
+    return services_dir(settings) / f"{name}.log"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie child of this process counts as gone and is reaped)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.is_file():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+    return True
+
+
+def _command_line(pid: int) -> str:
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.is_file():
+        try:
+            return proc.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+    out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owned_pid(settings: Settings, spec_name: str, marker: str) -> int | None:
+    """The PID in the service's PID file when that process still runs the service, else ``None``
+    (and a stale PID file is removed)."""
+    path = _pid_file(settings, spec_name)
+    pid = _read_pid(path)
+    if pid is None:
+        return None
+    if _alive(pid) and marker in _command_line(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URLs we built
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _port_free(host: str, port: int) -> bool:
+    """False when something listens on ``host:port``; :class:`ServiceError` when ``host`` cannot be bound
+    at all (not an address of this machine, or not an address)."""
+    import errno
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise ServiceError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): check deploy.host") from None
+    return True
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    if not path.is_file():
+        return "(no log)"
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def _deployments_registered(settings: Settings, since: float | None = None) -> bool:
+    """Every deployment exists on the API, and (with ``since``, a UNIX time) was (re)registered after it:
+    the database keeps the deployments of an earlier ``up``, so existence alone proves nothing."""
+    import datetime as dt
+
+    api = prefect_api_url(settings)
+    for name in DEPLOYMENT_NAMES:
+        try:
+            with urllib.request.urlopen(f"{api}/deployments/name/{name}", timeout=2.0) as resp:  # noqa: S310
+                updated = json.loads(resp.read())["updated"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            return False
+        if since is not None:
+            when = dt.datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
+            if when < since - 1.0:
+                return False
+    return True
+
+
+def _ready(settings: Settings, spec: ServiceSpec, since: float | None = None) -> bool:
+    if spec.health_url:
+        return _http_ok(spec.health_url)
+    return _deployments_registered(settings, since)
+
+
+@dataclass
+class _Launched:
+    spec: ServiceSpec
+    proc: subprocess.Popen[bytes]
+    at: float  # time.time() at launch
+
+
+def _launch(settings: Settings, spec: ServiceSpec) -> _Launched:
+    """Start one service in its own process group, its output appended to its log, its PID in its file."""
+    log_path = _log_file(settings, spec.name)
+    with open(log_path, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.command)}\n".encode())
+        log.flush()
+        at = time.time()
+        proc = subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=spec.env, cwd=PROJECT_ROOT, start_new_session=True)
+    _pid_file(settings, spec.name).write_text(f"{proc.pid}\n")
+    return _Launched(spec, proc, at)
+
+
+def _wait_ready(settings: Settings, launched: _Launched, deadline: float) -> None:
+    """Poll until the service answers; raise :class:`ServiceError` with the log's tail when it exits or
+    the deadline (``time.monotonic()``) passes."""
+    spec, proc = launched.spec, launched.proc
+    log_path = _log_file(settings, spec.name)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"the {spec.name} service exited with code {proc.returncode} while starting; "
+                               f"last lines of {log_path}:\n{_log_tail(log_path)}")
+        if _ready(settings, spec, since=launched.at):
+            return
+        time.sleep(0.5)
+    what = spec.health_url or f"deployments {', '.join(DEPLOYMENT_NAMES)} registered"
+    raise ServiceError(f"the {spec.name} service was not ready in time (waited for {what}); "
+                       f"last lines of {log_path}:\n{_log_tail(log_path)}")
+
+
+def _stop_pid(pid: int, grace: float) -> str:
+    """SIGTERM the process group led by ``pid``; SIGKILL what is left after ``grace`` seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "already gone"
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid) and not _group_alive(pid):
+            return "stopped"
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "stopped"
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    return "killed after SIGTERM timed out"
+
+
+# --- the commands -------------------------------------------------------------------------------------
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """What runs: one entry per known service (running or not), with its health."""
+    out = []
+    for spec in service_specs(settings):
+        pid = _owned_pid(settings, spec.name, spec.marker)
+        running = pid is not None
+        out.append(ServiceStatus(name=spec.name, pid=pid, running=running,
+                                 healthy=running and _ready(settings, spec), url=spec.url,
+                                 log=_log_file(settings, spec.name)))
+    return out
+
+
+def running_prefect_api_url(settings: Settings) -> str | None:
+    """The API URL of the Prefect server ``adsrec up`` started for this home, when it runs and answers."""
+    if not _pid_file(settings, "prefect").is_file():
+        return None
+    if _owned_pid(settings, "prefect", MARKERS["prefect"]) is None:
+        return None
+    api = prefect_api_url(settings)
+    return api if _http_ok(f"{api}/health", timeout=1.0) else None
+
+
+def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
+       echo: Callable[[str], None] = print) -> list[ServiceStatus]:
+    """Start every service that does not run yet and wait until each answers (``timeout`` seconds per
+    stage). The Prefect server and MLflow start side by side; the deployment server after the Prefect
+    API is healthy.
+
+    Already running services are left alone (``echo`` says so). When a start fails, the services this
+    call started are stopped again and :class:`ServiceError` says why (log tail included).
+    """
+    services_dir(settings).mkdir(parents=True, exist_ok=True)
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    if mlflow:
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        if "://" not in settings.mlflow_artifact_location:
+            Path(settings.mlflow_artifact_location).mkdir(parents=True, exist_ok=True)
+    specs = service_specs(settings, mlflow=mlflow)
+    running = {s.name: _owned_pid(settings, s.name, s.marker) for s in specs}
+    if all(running.values()):
+        echo("adsrec is already up (adsrec down stops it):")
+        return status(settings)
+    for name, pid in running.items():
+        if pid:
+            echo(f"{name}: already running (pid {pid})")
+    for spec in specs:
+        if not running[spec.name] and spec.port is not None and not _port_free(settings.deploy.host, spec.port):
+            key = f"{spec.name}_port"
+            raise ServiceError(
+                f"port {spec.port} on {settings.deploy.host} is already in use, so the {spec.name} server cannot "
+                f"start. Stop what listens there, or choose another port: deploy.{key} in the config file or "
+                f"ADSREC_DEPLOY__{key.upper()}=<port>.")
+    started: dict[str, _Launched] = {}
+    try:
+        # Stage 1: the servers (independent of each other); stage 2: the deployment server (needs the API).
+        for stage in ([s for s in specs if s.name != "deployments"], [s for s in specs if s.name == "deployments"]):
+            todo = [s for s in stage if not running[s.name]]
+            t0 = time.monotonic()
+            for spec in todo:
+                echo(f"{spec.name}: starting ...")
+                started[spec.name] = _launch(settings, spec)
+            for spec in todo:
+                _wait_ready(settings, started[spec.name], t0 + timeout)
+                echo(f"{spec.name}: ready after {time.monotonic() - t0:.1f} s "
+                     f"(pid {started[spec.name].proc.pid}, log {_log_file(settings, spec.name)})")
+    except BaseException:
+        for name, launched in reversed(list(started.items())):
+            _stop_pid(launched.proc.pid, grace=10.0)
+            _pid_file(settings, name).unlink(missing_ok=True)
+        raise
+    return status(settings)
+
+
+def down(settings: Settings, grace: float = 20.0, echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Stop the services this home's ``up`` started, deployment server first (it pauses the schedules
+    through the API), then MLflow, then Prefect. Safe when nothing runs. Returns ``{service: outcome}``."""
+    outcome: dict[str, str] = {}
+    for name in reversed(SERVICE_ORDER):
+        path = _pid_file(settings, name)
+        pid = _read_pid(path)
+        if pid is None:
+            path.unlink(missing_ok=True)
+            continue
+        if not _alive(pid) or MARKERS[name] not in _command_line(pid):
+            outcome[name] = "not running (stale PID file removed)"
+        else:
+            outcome[name] = _stop_pid(pid, grace)
+        path.unlink(missing_ok=True)
+        echo(f"{name}: {outcome[name]}")
+    if not outcome:
+        echo("nothing to stop: no adsrec service runs for this home")
+    return outcome
+
+
+def watch(settings: Settings, interval: float = 2.0, echo: Callable[[str], None] = print) -> str:
+    """Block while every started service runs (``adsrec up --foreground``); return the name of the first
+    one that stops (its log tail is echoed). Ctrl-C raises ``KeyboardInterrupt`` as usual."""
+    names = [n for n in SERVICE_ORDER if _pid_file(settings, n).is_file()]
+    while True:
+        for name in names:
+            if _owned_pid(settings, name, MARKERS[name]) is None:
+                log_path = _log_file(settings, name)
+                echo(f"{name} stopped; last lines of {log_path}:\n{_log_tail(log_path)}")
+                return name
+        time.sleep(interval)
+
+
+def urls(settings: Settings) -> dict[str, str]:
+    """What to open in a browser."""
+    ui = prefect_ui_url(settings)
+    return {"Prefect UI": ui, "deployments": f"{ui}/deployments", "Prefect API": prefect_api_url(settings),
+            "MLflow UI": mlflow_url(settings)}
+
+
+def describe(statuses: list[ServiceStatus]) -> str:
+    """A small table of the services for the terminal."""
+    rows = [f"{'service':<12} {'state':<10} {'pid':>8}  url"]
+    for s in statuses:
+        state = "healthy" if s.healthy else ("starting" if s.running else "stopped")
+        rows.append(f"{s.name:<12} {state:<10} {s.pid or '-':>8}  {s.url or ''}")
+    return "\n".join(rows)
+
+
+def as_json(statuses: list[ServiceStatus]) -> str:
+    return json.dumps([{"name": s.name, "pid": s.pid, "running": s.running, "healthy": s.healthy,
+                        "url": s.url, "log": str(s.log)} for s in statuses], indent=2)
