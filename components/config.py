@@ -64,7 +64,6 @@ class IngestConfig(_Section):
     """Validated ingestion (components/ingest.py, docs/ingestion.md)."""
 
     tasks: list[str] = ["click", "conversion"]
-    max_quarantine_rate: float = Field(0.05, ge=0, le=1, description="data gate bound")
     label_rate_bounds: dict[str, tuple[float, float]] = Field(
         default={"click": (0.001, 0.5), "conversion": (0.0, 0.5)},
         description="plausible [min, max] positive rate per task (a GX expectation; a task without bounds: [0, 1])",
@@ -140,6 +139,49 @@ class TrainingConfig(_Section):
     ipw_w_min: float = Field(0.1, gt=0, le=1)
 
 
+class GatesConfig(_Section):
+    """Quality gates (DESIGN.md section 8): a version is aliased ``challenger`` only when every gate passes.
+    Each gate returns (name, value, threshold, passed, details); see docs/gates.md."""
+
+    # data
+    max_quarantine_rate: float = Field(0.05, ge=0, le=1, description="rejected / delivered rows in the window")
+    # dimensional collapse
+    ia_max_rows: int = Field(20_000, ge=2, description="rows sampled per field for information abundance")
+    ia_floor: float = Field(0.2, ge=0, le=1, description="impression-weighted mean IA/d must stay above this")
+    ia_champion_tolerance: float = Field(0.1, ge=0, le=1, description="allowed drop of mean IA/d vs the champion")
+    # interest entanglement
+    min_separation: float = Field(0.0, description="task tables must separate conflicting pairs by more than this")
+    max_expert_correlation: float = Field(0.9, ge=0, le=1, description="mean |Pearson r| between experts")
+    entanglement_max_pairs: int = Field(50_000, ge=10, description="conflicting pairs sampled for the analysis")
+    # model
+    auc_tolerance: float = Field(0.01, ge=0, le=1, description="allowed AUC drop vs the champion, per task")
+    calibration_band: tuple[float, float] = Field((0.5, 2.0), description="mean prediction / observed rate")
+
+
+class RegistryConfig(_Section):
+    """MLflow tracking and the model registry (DESIGN.md section 9). Default: SQLite and an artifact folder
+    under ``<home>/mlflow``; point ``tracking_uri`` at an MLflow server to share them."""
+
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow/mlflow.db")
+    artifact_location: str | None = Field(None, description="default: <home>/mlflow/artifacts")
+    experiment: str = "adsrec-daily"
+    model_name: str = "adsrec-ranker"
+    enabled: bool = True
+    auto_promote: Literal["never", "if_no_champion", "always"] = Field(
+        "if_no_champion", description="after the gates pass: make the new version champion")
+
+
+class DeployConfig(_Section):
+    """``adsrec up``: the local Prefect server, MLflow UI and the served deployments (docs/deployments.md)."""
+
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    daily_cron: str = Field("0 3 * * *", description="the daily deployment's schedule")
+    timezone: str = "UTC"
+    training_concurrency_limit: str = Field("adsrec-training", description="Prefect global concurrency limit name")
+
+
 class RealSourcesConfig(_Section):
     """Adapters for real logs that hold only positives (Taobao, MovieLens): negative sampling."""
 
@@ -168,6 +210,9 @@ class Settings(_Section):
     sources: RealSourcesConfig = RealSourcesConfig()
     representations: RepresentationConfig = RepresentationConfig()
     training: TrainingConfig = TrainingConfig()
+    gates: GatesConfig = GatesConfig()
+    registry: RegistryConfig = RegistryConfig()
+    deploy: DeployConfig = DeployConfig()
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------
     @property
@@ -209,6 +254,14 @@ class Settings(_Section):
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return self.registry.artifact_location or str(self.mlflow_dir / "artifacts")
 
     @property
     def prefect_home(self) -> Path:

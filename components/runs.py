@@ -60,6 +60,19 @@ class StageManifest:
         m = self.read(day)
         return m is not None and m.get("fingerprint") == fingerprint
 
+    def days(self) -> list[dt.date]:
+        """The days this stage has a record for, oldest first."""
+        folder = self.settings.home / "manifests" / self.stage
+        if not folder.is_dir():
+            return []
+        out = []
+        for p in folder.glob("*.json"):
+            try:
+                out.append(dt.date.fromisoformat(p.stem))
+            except ValueError:
+                continue
+        return sorted(out)
+
     def record(self, day: dt.date, fingerprint: str, result: dict[str, Any]) -> None:
         write_json_atomic(
             self._path(day),

@@ -38,10 +38,19 @@ def training_window(settings: Settings, end_day: dt.date) -> list[dt.date]:
     return [d for d in window_days(end_day, settings.pipeline.training_days) if d >= first]
 
 
-def demo_window(settings: Settings, days: int) -> list[dt.date]:
-    """The first ``days`` days the source has (the demo's window)."""
+def demo_window(settings: Settings, days: int, restart: bool = False) -> list[dt.date]:
+    """The demo's window: the first ``days`` days the source has; once a demo has registered a model
+    (``manifests/register``), the ``days`` days ending the day after the newest registered one, so each
+    ``make demo`` retrains on the next day against the previous model as champion. ``restart``: the
+    first window again. The source's last day is the limit."""
+    from components.runs import StageManifest
+
     first, last = _source(settings).available_days()
-    return date_range(first, min(last, first + dt.timedelta(days=days - 1)))
+    end = min(last, first + dt.timedelta(days=days - 1))
+    registered = [] if restart else StageManifest(settings, "register").days()
+    if registered:
+        end = min(last, max(end, registered[-1] + dt.timedelta(days=1)))
+    return date_range(max(first, end - dt.timedelta(days=days - 1)), end)
 
 
 def _landed_up_to(settings: Settings, table: str, day: dt.date) -> list[Path]:

@@ -49,6 +49,11 @@ def _settings() -> "Settings":
         raise typer.Exit(2) from None
     os.environ["ADSREC_HOME"] = str(settings.home)
     configure_environment(settings)
+    from flows.services import running_prefect_api_url
+
+    # While `adsrec up` runs for this home, runs report to its server (seen in the UI, training slot honoured).
+    if "PREFECT_API_URL" not in os.environ and (api_url := running_prefect_api_url(settings)):
+        os.environ["PREFECT_API_URL"] = api_url
     return settings
 
 
@@ -71,18 +76,27 @@ def _run(flow_call) -> str:  # noqa: ANN001 - a zero-arg callable running a flow
 
 
 @app.command()
-def demo(days: Annotated[Optional[int], typer.Option(help="days to simulate (default pipeline.demo_days)")] = None) -> None:
-    """The main job on the embedded default: simulate the demo marketplace, ingest, build features
-    and the point-in-time training set for the demo window, and print a summary."""
+def demo(
+    days: Annotated[Optional[int], typer.Option(help="days in the window (default pipeline.demo_days)")] = None,
+    restart: Annotated[bool, typer.Option(help="train on the first window again instead of the next day")] = False,
+) -> None:
+    """The main job on the embedded default: the daily retrain on the demo marketplace. The first run
+    simulates and ingests the first window, trains, runs the quality gates and registers version 1 (its
+    champion); each later run moves the window one day on and compares the new model with the champion."""
+    from components.runs import StageManifest
     from components.steps import demo_window
 
     settings = _settings()
-    window = demo_window(settings, days or settings.pipeline.demo_days)
+    n_days = days or settings.pipeline.demo_days
+    window = demo_window(settings, n_days, restart=restart)
     run_date = window[-1]
+    previous = StageManifest(settings, "register").days()
+    if previous and not restart:
+        typer.echo(f"continuing the demo: the previous run registered a model for {previous[-1]}")
     typer.echo(f"adsrec demo: source={settings.pipeline.source}, {window[0]} .. {run_date}, home={settings.home}")
-    # The demo's training set covers the whole demo window.
+    # The demo's training window is the demo window.
     os.environ["ADSREC_PIPELINE__TRAINING_DAYS"] = str(len(window))
-    from flows.pipeline import daily
+    from flows.daily import daily
 
     _print_run(_run(lambda: daily(run_date=run_date)))
     from components.config import PROJECT_ROOT
@@ -92,6 +106,7 @@ def demo(days: Annotated[Optional[int], typer.Option(help="days to simulate (def
     else:
         typer.echo(f"\nFeast repository: cd feature_repo && FEAST_FS_YAML_FILE_PATH={settings.feast_dir}/"
                    "feature_store.yaml feast feature-views list")
+    typer.echo("Run `make demo` again to retrain on the next day and compare with the champion.")
 
 
 @app.command("daily")
@@ -102,7 +117,7 @@ def daily_cmd(
 ) -> None:
     """The daily pipeline for one run date (brings the training window up to date first)."""
     _settings()
-    from flows.pipeline import daily
+    from flows.daily import daily
 
     _print_run(_run(lambda: daily(run_date=run_date.date() if run_date else None, force=force)))
 
@@ -176,6 +191,27 @@ def runs(n: Annotated[int, typer.Option(help="how many")] = 5) -> None:
 
     for s in latest_summaries(load_settings().resolved(), n):
         typer.echo(render_summary(s) + "\n")
+
+
+# promote, rollback, models (flows/registry_cli.py; light at import)
+from flows.registry_cli import register as _register_registry_commands  # noqa: E402
+
+_register_registry_commands(app)
+
+# adsrec analyze collapse|entanglement (flows/analyze_cli.py; light at import)
+from flows.analyze_cli import analyze_app as _analyze_app  # noqa: E402
+
+app.add_typer(_analyze_app, name="analyze")
+
+# materialize, score (flows/serving_cli.py; light at import)
+from flows.serving_cli import register as _register_serving_commands  # noqa: E402
+
+_register_serving_commands(app)
+
+# up, down, services (flows/services_cli.py; light at import)
+from flows.services_cli import register as _register_services_commands  # noqa: E402
+
+_register_services_commands(app)
 
 
 def main() -> None:

@@ -103,8 +103,12 @@ def train_task(settings: Settings, end_day: dt.date, training_set_path: str, for
             logger.info(f"epoch {event['epoch']} step {event['step']}: loss {event['loss']:.4f}, "
                         f"{event['samples_per_s']:,.0f} samples/s")
 
+    from flows.concurrency import training_slot
+
     t0 = time.perf_counter()
-    result = steps.train(settings, end_day, training_set_path, force=force, progress=progress)
+    # One training run at a time on this Prefect API (a backfill and the schedule share the GPU and store).
+    with training_slot(settings):
+        result = steps.train(settings, end_day, training_set_path, force=force, progress=progress)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     tr = result.get("training", {})
     done = "unchanged, skipped" if result.get("skipped") else f"{result['seconds']:.1f} s"
@@ -237,24 +241,4 @@ def backfill(start_date: dt.date, end_date: dt.date, concurrency: int = 2, repre
                                       "force": force})
     with _summarised(settings, summary):
         _run_days(settings, days, max(1, min(concurrency, 8)), force, summary, representations)
-    return _finish(summary, settings)
-
-
-@flow(name="daily", task_runner=ThreadPoolTaskRunner(max_workers=8))
-def daily(run_date: dt.date | None = None, force: bool = False, config_file: str | None = None) -> str:
-    """The daily retrain, as far as it exists: bring every day of the training window up to date
-    (deliver, ingest, features, representations; unchanged days are skipped), build the point-in-time
-    training set with its SEE similarities and semantic-ID codes, then train the configured ranker on
-    all but the newest day and evaluate it there (next to the oracle AUC on the simulator).
-    ``run_date`` defaults to yesterday (UTC)."""
-    settings = _settings(config_file)
-    run_date = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
-    days = steps.training_window(settings, run_date)
-    summary = RunSummary("daily", {"run_date": run_date, "force": force})
-    with _summarised(settings, summary):
-        _run_days(settings, days, settings.pipeline.backfill_concurrency, force, summary)
-        built = training_set_task(settings, run_date, len(days))
-        _record(summary, "training_set", run_date, built)
-        if settings.training.enabled:
-            _record(summary, "train", run_date, train_task(settings, run_date, built["path"], force))
     return _finish(summary, settings)

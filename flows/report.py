@@ -110,6 +110,14 @@ def render_summary(summary: dict[str, Any]) -> str:
                 blocks.append(st["evaluation_text"])
             blocks.append(f"  saved to {st.get('model_dir')}")
             continue
+        if st["stage"] == "gates":
+            blocks.append(render_gates(st))
+            continue
+        if st["stage"] == "materialize":
+            views = st.get("views") or {}
+            blocks.append(f"online store: feature values as of {st.get('as_of')} for {len(views)} views "
+                          f"({st.get('seconds') or 0:.1f} s); score pairs with `adsrec score --pairs FILE`")
+            continue
         if st["stage"] == "training_set":
             blocks.append(f"training set: {st.get('path')}  ({st.get('days')} days, {st.get('seconds', 0):.1f} s)")
             meta = st.get("meta") or {}
@@ -122,3 +130,56 @@ def render_summary(summary: dict[str, Any]) -> str:
     if summary.get("error"):
         blocks.append(f"error: {summary['error']}")
     return "\n\n".join(blocks)
+
+
+def render_gates(st: dict[str, Any]) -> str:
+    """The newest day's metrics next to the champion's and the oracle's, the gate table, the registered
+    version and its aliases, and where to look."""
+    metrics = st.get("metrics") or {}
+    champ = st.get("champion") or {}
+    champ_m = champ.get("metrics") or {}
+    oracle = st.get("oracle") or {}
+    head = "comparison on the newest day" + (f" (champion: version {champ.get('version')})" if champ
+                                             else " (no champion yet)")
+    rows = []
+    for task, m in metrics.items():
+        c = champ_m.get(task) or {}
+        auc, cauc = m.get("auc"), c.get("auc")
+        delta = f"{auc - cauc:+.4f}" if isinstance(auc, float) and isinstance(cauc, float) else "-"
+        rows.append([task, _num(auc), _num(cauc), delta, _num(oracle.get(task)), _num(m.get("gauc")),
+                     _num(c.get("gauc")), _num(m.get("calibration")), _num(c.get("calibration"))])
+    blocks = [head, _table(["task", "AUC", "champion", "delta", "oracle", "GAUC", "champion", "calibration",
+                            "champion"], rows)]
+    blocks.append("quality gates" + ("  [unchanged, skipped]" if st.get("skipped") else "") + "\n"
+                  + (st.get("gate_table") or "-"))
+    for g in st.get("gates") or []:
+        if not g.get("passed"):
+            blocks.append(f"  {g['name']} failed: " + _gate_reason(g))
+    reg = st.get("registered")
+    if reg:
+        aliases = ", ".join(reg.get("aliases") or []) or "no alias (a gate failed)"
+        line = f"registered: {reg.get('name')} version {reg.get('version')} -> {aliases}; run {reg.get('run_id')}"
+        promoted = st.get("promoted")
+        if promoted:
+            line += f"; promoted to champion (previous: {promoted.get('previous') or 'none'})"
+        blocks.append(line)
+    else:
+        blocks.append("registry disabled (registry.enabled = false): nothing registered")
+    if st.get("plots"):
+        blocks.append("plots: " + ", ".join(st["plots"]))
+    blocks.append("where to look: `adsrec models` (versions and aliases); `adsrec up` serves the MLflow UI "
+                  "(http://127.0.0.1:5000) and the Prefect UI (http://127.0.0.1:4200) on this machine")
+    return "\n".join(blocks)
+
+
+def _gate_reason(g: dict[str, Any]) -> str:
+    d = g.get("details") or {}
+    if g["name"] == "model":
+        bad = [f"{t}: AUC {_num(v.get('auc'))} vs champion {_num(v.get('champion_auc'))}, calibration "
+               f"{_num(v.get('calibration'))}" for t, v in (d.get("tasks") or {}).items()
+               if not (v.get("auc_ok") and v.get("calibration_ok"))]
+        return "; ".join(bad) or "no metrics"
+    if g["name"] == "data":
+        return (f"quarantine rate {_num(g.get('value'))} (bound {_num(g.get('threshold'))}), days missing "
+                f"{d.get('days_missing')}, failed expectations {d.get('failed_expectations')}")
+    return f"value {_num(g.get('value'))}, threshold {_num(g.get('threshold'))}"

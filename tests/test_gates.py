@@ -1,0 +1,72 @@
+"""The quality gates as functions of their inputs (validation/gates.py); the end-to-end check that a
+collapsed model gets no ``challenger`` alias is in tests/test_flows.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from validation.gates import GateResult, all_passed, data_gate, gate_table, model_gate
+
+
+def test_model_gate_compares_with_the_champion_and_checks_calibration() -> None:
+    ok = model_gate({"click": {"auc": 0.700, "calibration": 1.1}, "conversion": {"auc": 0.65, "calibration": 0.8}},
+                    {"click": {"auc": 0.705}, "conversion": {"auc": 0.64}}, 0.01, (0.5, 2.0))
+    assert ok.passed and ok.value == pytest.approx(-0.005) and ok.threshold == -0.01
+    worse = model_gate({"click": {"auc": 0.68, "calibration": 1.0}}, {"click": {"auc": 0.70}}, 0.01, (0.5, 2.0))
+    assert not worse.passed and worse.value == pytest.approx(-0.02)
+    assert worse.details["tasks"]["click"]["auc_ok"] is False
+    miscalibrated = model_gate({"click": {"auc": 0.7, "calibration": 2.5}}, None, 0.01, (0.5, 2.0))
+    assert not miscalibrated.passed and miscalibrated.value is None  # no champion: no delta
+    assert model_gate({"click": {"auc": float("nan"), "calibration": 1.0}}, None, 0.01, (0.5, 2.0)).passed is False
+    assert model_gate({}, None, 0.01, (0.5, 2.0)).passed is False
+
+
+def test_data_gate_reads_the_ingest_manifests(settings) -> None:
+    from components.runs import StageManifest
+
+    m = StageManifest(settings, "ingest")
+    d1, d2, d3 = (dt.date(2026, 11, d) for d in (1, 2, 3))
+    m.record(d1, "x", {"rows_in": 1000, "rows_quarantined": 10, "quarantine_rate": 0.01, "expectations_passed": True})
+    m.record(d2, "y", {"rows_in": 1000, "rows_quarantined": 30, "quarantine_rate": 0.03, "expectations_passed": True})
+    g = data_gate(settings, [d1, d2])
+    assert g.passed and g.value == pytest.approx(0.02) and g.threshold == settings.gates.max_quarantine_rate
+    assert not data_gate(settings, [d1, d2, d3]).passed  # a day never ingested
+    m.record(d3, "z", {"rows_in": 100, "rows_quarantined": 60, "quarantine_rate": 0.6, "expectations_passed": False,
+                       "tables": {"impressions": {"expectations": [
+                           {"table": "impressions", "column": "click", "name": "expect_x", "success": False}]}}})
+    bad = data_gate(settings, [d1, d2, d3])
+    assert not bad.passed and bad.value == pytest.approx(100 / 2100)
+    assert bad.details["failed_expectations"] == {"2026-11-03": ["impressions.click: expect_x"]}
+
+
+def test_collapse_gate_fails_a_collapsed_table_and_passes_a_healthy_one(settings, torch_one_thread) -> None:
+    import torch
+
+    from models.config import RankerConfig
+    from models.ranker import Ranker
+    from models.spec import CategoricalField, FeatureSpec
+    from validation.gates import collapse_gate
+
+    spec = FeatureSpec((CategoricalField("user_id", 400, "user"), CategoricalField("ad_id", 300, "ad")))
+    model = Ranker(spec, RankerConfig(arch="mmoe", embedding_dim=8, expert_hidden=(8,), gate_hidden=(4,),
+                                      tower_hidden=(4,)))
+    healthy = collapse_gate(settings, model, None)
+    assert healthy.passed and healthy.value > 0.5
+    assert not collapse_gate(settings, model, None, champion_value=healthy.value + 0.2).passed  # vs a better champion
+    with torch.no_grad():
+        for w in model.embedding.weights:
+            rank1 = torch.randn(w.shape[0], 1) @ torch.randn(1, w.shape[1])
+            w.copy_(rank1.view_as(w))
+    collapsed = collapse_gate(settings, model, None)
+    assert not collapsed.passed and collapsed.value == pytest.approx(1 / 8, abs=1e-3)
+
+
+def test_gate_table_and_all_passed() -> None:
+    gates = [GateResult("data", 0.0, 0.05, True), GateResult("model", None, -0.01, False, {})]
+    text = gate_table(gates)
+    assert "FAIL" in text and "pass" in text and text.splitlines()[0].split()[:3] == ["gate", "value", "threshold"]
+    assert not all_passed(gates) and all_passed(gates[:1]) and not all_passed([])
+    assert np.isclose(gates[0].to_dict()["threshold"], 0.05)
