@@ -213,6 +213,11 @@ from flows.services_cli import register as _register_services_commands  # noqa: 
 
 _register_services_commands(app)
 
+# experiment NAME, experiment --list (flows/experiment_cli.py; light at import)
+from flows.experiment_cli import register as _register_experiment_commands  # noqa: E402
+
+_register_experiment_commands(app)
+
 
 def main() -> None:
     app()

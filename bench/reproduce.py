@@ -1,0 +1,34 @@
+"""Run every experiment of issue 6 at its default size and write docs/results.md.
+
+    .venv/bin/python bench/reproduce.py            # all six, 3 seeds each
+    .venv/bin/python bench/reproduce.py ipw temporal
+
+Each experiment is the same code as ``adsrec experiment NAME``; see docs/results.md for the numbers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from components.experiments import NAMES
+
+    names = argv or list(NAMES)
+    exe = Path(sys.executable).with_name("adsrec")
+    failed = []
+    for name in names:
+        cmd = [str(exe), "experiment", name] if exe.exists() else [sys.executable, "-m", "flows.cli", "experiment", name]
+        print(f"== {' '.join(cmd)}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,71 @@
+"""``adsrec experiment NAME`` / ``adsrec experiment --list``: the reproductions of issue 6 (docs/results.md)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+
+def _run_one(name: str, seeds: tuple[int, ...], size: str, mlflow: bool, write: bool, argv: list[str]) -> None:
+    from components.experiments import get
+    from components.experiments.base import PLOTS_DIR, ExperimentContext, write_results
+    from flows.cli import _settings
+
+    settings = _settings()
+    experiment = get(name)
+    plot_dir = PLOTS_DIR / name if size == "default" else settings.home / "experiments" / name
+    ctx = ExperimentContext(name=name, settings=settings, seeds=seeds, size=size,  # type: ignore[arg-type]
+                            plot_dir=plot_dir, mlflow=mlflow, progress=typer.echo)
+    typer.echo(f"experiment {name}: {experiment.title} ({size} size, seeds {list(seeds)})")
+    result = experiment(ctx)
+    result.command = " ".join(["adsrec", "experiment", *argv])
+    from bench.machine import describe_machine
+
+    result.machine = describe_machine()
+    typer.echo("")
+    typer.echo(result.table_markdown())
+    typer.echo(f"\nverdict: {result.verdict}. {result.finding}")
+    for p in result.plots:
+        typer.echo(f"plot: {p}")
+    if write and size == "default":
+        typer.echo(f"wrote {write_results(result)}")
+    elif write:
+        typer.echo("(small size: docs/results.md not written)")
+
+
+def experiment(
+    name: Annotated[Optional[str], typer.Argument(help="the experiment (see --list)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="name every experiment and its claim")] = False,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    size: Annotated[str, typer.Option(help="default (the documented size) or small (a smoke run)")] = "default",
+    mlflow: Annotated[bool, typer.Option(help="log every run to MLflow (adsrec-exp-<name>)")] = True,
+    write: Annotated[bool, typer.Option(help="write the result into docs/results.md")] = True,
+) -> None:
+    """Reproduce one of the papers' claims with 3 seeds: a mean ± std table, plots, a verdict, MLflow runs,
+    and its section of docs/results.md."""
+    from components.experiments import NAMES, get
+
+    if list_ or name is None:
+        for n in NAMES:
+            e = get(n)
+            typer.echo(f"{n:16s} {e.title}\n{'':16s} claim: {e.claim}")
+        return
+    if size not in ("default", "small"):
+        typer.secho(f"error: --size must be default or small, got {size!r}", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        parsed = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        typer.secho(f"error: --seeds must be integers separated by commas, got {seeds!r}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    try:
+        _run_one(name, parsed, size, mlflow, write, sys.argv[2:] if len(sys.argv) > 2 else [name])
+    except KeyError as exc:
+        typer.secho(f"error: {exc.args[0]}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("experiment")(experiment)
