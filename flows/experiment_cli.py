@@ -21,7 +21,7 @@ def _run_one(name: str, seeds: tuple[int, ...], size: str, mlflow: bool, write: 
     typer.echo(f"experiment {name}: {experiment.title} ({size} size, seeds {list(seeds)})")
     result = experiment(ctx)
     result.command = " ".join(["adsrec", "experiment", *argv])
-    from bench.machine import describe_machine
+    from components.machine import describe_machine
 
     result.machine = describe_machine()
     typer.echo("")
@@ -61,10 +61,11 @@ def experiment(
         typer.secho(f"error: --seeds must be integers separated by commas, got {seeds!r}", fg="red", err=True)
         raise typer.Exit(2) from None
     try:
-        _run_one(name, parsed, size, mlflow, write, sys.argv[2:] if len(sys.argv) > 2 else [name])
+        get(name)
     except KeyError as exc:
         typer.secho(f"error: {exc.args[0]}", fg="red", err=True)
         raise typer.Exit(2) from None
+    _run_one(name, parsed, size, mlflow, write, sys.argv[2:] if len(sys.argv) > 2 else [name])
 
 
 def register(app: typer.Typer) -> None:

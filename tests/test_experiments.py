@@ -25,6 +25,8 @@ def test_write_results_keeps_other_sections_and_updates_the_summary(tmp_path: Pa
     assert "| [collapse](#collapse) | not reproduced |" in text and "| [temporal](#temporal) | not run |" in text
     assert text.index("## collapse title") < text.index("## ipw title")  # issue order, not run order
     assert "`adsrec experiment ipw`" in text
+    write_results(_result("temporal", "partly", "mean |c - 1| 0.07"), path)  # a pipe must not split the cell
+    assert "| [temporal](#temporal) | partly | AUC mean \\|c - 1\\| 0.07 |" in path.read_text()
 
 
 def test_mean_std_and_fmt() -> None:
@@ -48,3 +50,17 @@ def test_log_run_goes_to_one_mlflow_experiment_per_comparison(settings) -> None:
     assert sorted(r.data.metrics["auc"] for r in runs) == [0.6, 0.7]
     assert all("nan" not in r.data.metrics for r in runs)
     assert lines[0].startswith("[ipw] stem/seed0: auc 0.6000")
+
+
+def test_experiment_list_names_all_six() -> None:
+    from typer.testing import CliRunner
+
+    from components.experiments import NAMES
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, ["experiment", "--list"])
+    assert res.exit_code == 0, res.output
+    assert len(NAMES) == 6 and all(f"{n} " in res.output for n in NAMES)
+    assert res.output.count("claim:") == 6
+    bad = CliRunner().invoke(app, ["experiment", "nope"])
+    assert bad.exit_code == 2 and "no experiment 'nope'" in bad.output

@@ -140,9 +140,9 @@ class ExperimentResult:
     finished: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
     def table_markdown(self) -> str:
-        head = "| " + " | ".join(self.columns) + " |"
+        head = "| " + " | ".join(_cell(c) for c in self.columns) + " |"
         sep = "|" + "|".join("---" for _ in self.columns) + "|"
-        body = ["| " + " | ".join(str(r.get(c, "")) for c in self.columns) + " |" for r in self.rows]
+        body = ["| " + " | ".join(_cell(r.get(c, "")) for c in self.columns) + " |" for r in self.rows]
         return "\n".join([head, sep, *body])
 
     def to_markdown(self, relative_to: Path = RESULTS_MD.parent) -> str:
@@ -190,30 +190,50 @@ ground truth), the Taobao slice and MovieLens-100k from `../shared/data`.
 """
 
 
+def _cell(value: Any) -> str:
+    """A markdown table cell: a literal ``|`` (as in ``|c - 1|``) must not split the cell."""
+    return re.sub(r"(?<!\\)\|", r"\\|", str(value))
+
+
 def _section(name: str, body: str) -> str:
     return f"<!-- experiment:{name} -->\n{body.rstrip()}\n<!-- /experiment:{name} -->\n"
 
 
-def write_results(result: ExperimentResult, path: Path = RESULTS_MD) -> Path:
-    """Replace (or add) ``result``'s section of ``path`` and refresh the summary table at its top."""
+def _read_results(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    text = path.read_text() if path.is_file() else ""
+    sections = {m.group(1): m.group(2) for m in re.finditer(
+        r"<!-- experiment:(\w+) -->\n(.*?)<!-- /experiment:\1 -->\n", text, flags=re.S)}
+    return sections, dict(re.findall(r"<!-- verdict:(\w+) (.*?) -->", text))
+
+
+def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[str, str]) -> Path:
     from components.experiments import NAMES
     from components.storage import write_file_atomic
 
-    text = path.read_text() if path.is_file() else ""
-    sections: dict[str, str] = {}
-    for m in re.finditer(r"<!-- experiment:(\w+) -->\n(.*?)<!-- /experiment:\1 -->\n", text, flags=re.S):
-        sections[m.group(1)] = m.group(2)
-    summaries = dict(re.findall(r"<!-- verdict:(\w+) (.*?) -->", text))
-    sections[result.name] = result.to_markdown(path.parent) + f"<!-- verdict:{result.name} {result.verdict}|{result.finding} -->\n"
-    summaries[result.name] = f"{result.verdict}|{result.finding}"
     rows = ["| experiment | verdict | the numbers |", "|---|---|---|"]
     for name in NAMES:
         verdict, _, finding = summaries.get(name, "not run|not run yet").partition("|")
-        rows.append(f"| [{name}](#{name}) | {verdict} | {finding} |")
+        rows.append(f"| [{name}](#{name}) | {verdict} | {_cell(finding)} |")
     out = _HEADER + "## Summary, claim by claim\n\n" + "\n".join(rows) + "\n\n"
     for name in NAMES:
         if name in sections:
             out += f'<a id="{name}"></a>\n\n' + _section(name, sections[name]) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(path, lambda tmp: tmp.write_text(out))
+    def write(tmp: Path) -> None:
+        tmp.write_text(out)
+
+    write_file_atomic(path, write)
     return path
+
+
+def write_results(result: ExperimentResult, path: Path = RESULTS_MD) -> Path:
+    """Replace (or add) ``result``'s section of ``path`` and refresh the summary table at its top."""
+    sections, summaries = _read_results(path)
+    sections[result.name] = result.to_markdown(path.parent) + f"<!-- verdict:{result.name} {result.verdict}|{result.finding} -->\n"
+    summaries[result.name] = f"{result.verdict}|{result.finding}"
+    return _write_results(path, sections, summaries)
+
+
+def refresh_results(path: Path = RESULTS_MD) -> Path:
+    """Rewrite ``path``'s header and summary table from its sections (after a format change)."""
+    sections, summaries = _read_results(path)
+    return _write_results(path, sections, summaries)

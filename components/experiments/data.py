@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     from components.dataset import FeatureEncoders
 
 
+# The conflicting-taste marketplace of tests/test_model_behaviour.py (its comments say why each knob) and
+# the small models it compares (d = 8 per table, MLP experts (64, 32)); shared by the experiments.
+CONFLICT_SIMULATOR: dict[str, Any] = {
+    "seed": 7, "n_users": 1000, "new_users_per_day": 10, "n_initial_ads": 500, "new_ads_per_day": 20,
+    "sessions_per_user_day": 4.0, "preference_correlation": -0.5, "content_weight": 0.0,
+    "preference_scale": 1.5, "conversion_base_logit": 0.5,
+}
+CONFLICT_SIMULATOR_SMALL: dict[str, Any] = {**CONFLICT_SIMULATOR, "n_users": 300, "new_users_per_day": 5,
+                                            "n_initial_ads": 150, "new_ads_per_day": 5}
+CONFLICT_MODEL: dict[str, Any] = {"embedding_dim": 8, "expert_hidden": (64, 32), "gate_hidden": (16,),
+                                  "tower_hidden": (32,), "mnse_combine": "sum", "sequence_encoder": None}
+
+
 @dataclass
 class Market:
     """A train/test split, its encoders fitted on train, the encoded test batch, labels and (on the
@@ -78,3 +91,209 @@ def simulated_market(settings: "Settings", simulator: dict[str, Any] | None = No
         truth={t: test_truth[f"p_{t}"].to_numpy() for t in tasks},
         extra={"first_exposure": test["exposure_index"].to_numpy() == 1},
     )
+
+
+# ----- real logs (Taobao, MovieLens-100k) ------------------------------------------------------------------
+def logged_feature_table(tables: dict[str, "pa.Table"], tasks: tuple[str, ...], ad_columns: tuple[str, ...],
+                         user_columns: tuple[str, ...]) -> "pa.Table":
+    """A real adapter's impressions joined with the ad's and user's attributes, named like the simulator's
+    (``ad_profile__*`` / ``user_profile__*``), in impression (time) order. Label columns other than
+    ``tasks`` are dropped (an unused int8 label would otherwise become a numeric feature that leaks)."""
+    import pyarrow as pa
+
+    imp = tables["impressions"]
+    labels = [c for c in imp.column_names if c in ("click", "conversion", "cart", "fav") and c not in tasks]
+    imp = imp.drop_columns(labels)
+    table = imp.append_column("_row", pa.array(np.arange(imp.num_rows)))
+    if ad_columns:
+        ads = tables["ads"].select(["ad_id", *ad_columns])
+        ads = ads.rename_columns(["ad_id"] + [f"ad_profile__{c}" for c in ad_columns])
+        table = table.join(ads, "ad_id", join_type="left outer")
+    if user_columns:
+        users = tables["users"].select(["user_id", *user_columns])
+        users = users.rename_columns(["user_id"] + [f"user_profile__{c}" for c in user_columns])
+        table = table.join(users, "user_id", join_type="left outer")
+    return table.sort_by("_row").drop_columns(["_row"])  # Arrow joins do not keep row order
+
+
+def _logged_market(name: str, table: "pa.Table", train_mask: np.ndarray, tasks: tuple[str, ...],
+                   max_train_rows: int | None) -> Market:
+    """Split ``table`` (time-ordered) by ``train_mask``, keep the newest ``max_train_rows`` training rows,
+    fit encoders on train and encode the test rows."""
+    from components.dataset import FeatureEncoders
+
+    train_idx = np.flatnonzero(train_mask)
+    if max_train_rows is not None and train_idx.size > max_train_rows:
+        train_idx = train_idx[-max_train_rows:]  # the newest rows: the ones nearest the test period
+    train, test = table.take(train_idx), table.filter(~train_mask)
+    if train.num_rows == 0 or test.num_rows == 0:
+        raise ValueError(f"{name}: the time split leaves {train.num_rows} train and {test.num_rows} test rows")
+    encoders = FeatureEncoders.fit(train, tasks=list(tasks))
+    return Market(
+        name=name, train=train, test=test, encoders=encoders, tasks=tasks,
+        test_batch=encoders.encode(test, with_labels=True),
+        labels={t: test[t].to_numpy().astype(np.float64) for t in tasks},
+        truth=None,
+        extra={"first_exposure": test["exposure_index"].to_numpy() == 1},
+    )
+
+
+def _time_us(table: "pa.Table") -> np.ndarray:
+    import pyarrow as pa
+
+    return table["event_time"].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+
+
+def taobao_market(settings: "Settings", tasks: tuple[str, ...] = ("click", "conversion"),
+                  negatives_per_positive: int = 4, max_train_rows: int | None = None) -> Market:
+    """The Taobao UserBehavior slice (components/sources/taobao.py): one impression per (user, item, day)
+    with a ``pv`` (``click`` = 1, ``conversion`` = bought that day) plus the adapter's popularity-sampled
+    negatives; the item's ``advertiser_id`` / ``campaign_id`` / ``category`` joined as ``ad_profile__*``
+    (the log has no user profile). The last UTC day is the test day (time split, as the daily retrain);
+    ``max_train_rows`` keeps the newest training rows only. ``cart`` / ``fav`` are dropped unless asked."""
+    from components.dataset import time_split
+    from components.sources.taobao import TaobaoSource
+
+    log = TaobaoSource(settings, negatives_per_positive=negatives_per_positive).log
+    table = logged_feature_table(log.tables, tasks, ("advertiser_id", "campaign_id", "category"), ())
+    train, _ = time_split(table)
+    mask = np.zeros(table.num_rows, dtype=bool)
+    mask[: train.num_rows] = True  # impressions are in time order: the test day is the tail
+    if not (_time_us(table)[: train.num_rows] < _time_us(table)[train.num_rows:].min(initial=2**62)).all():
+        raise RuntimeError("taobao impressions are not in time order")
+    return _logged_market("taobao", table, mask, tasks, max_train_rows)
+
+
+def movielens_market(settings: "Settings", tasks: tuple[str, ...] = ("click", "conversion"),
+                     negatives_per_positive: int = 4, test_share: float = 0.1,
+                     max_train_rows: int | None = None) -> Market:
+    """MovieLens-100k (components/sources/movielens.py): each rating a positive impression (``click`` =
+    rated, ``conversion`` = rating >= 4) plus the adapter's popularity-sampled negatives; the movie's
+    ``advertiser_id`` / ``campaign_id`` / ``genre`` / ``genres`` / ``release_year`` and the user's
+    ``age_band`` / ``gender`` / ``occupation`` / ``zip_prefix`` joined as profile columns. The last
+    ``test_share`` of impressions in time is the test set (the log spans 7 months, a day is too few rows);
+    ``max_train_rows`` keeps the newest training rows only."""
+    from components.sources.movielens import MovieLensSource
+
+    if not 0.0 < test_share < 1.0:
+        raise ValueError(f"test_share must be in (0, 1), got {test_share}")
+    log = MovieLensSource(settings, negatives_per_positive=negatives_per_positive).log
+    table = logged_feature_table(log.tables, tasks,
+                                 ("advertiser_id", "campaign_id", "genre", "genres", "release_year"),
+                                 ("age_band", "gender", "occupation", "zip_prefix"))
+    t_us = _time_us(table)
+    cut = np.quantile(t_us, 1.0 - test_share)
+    return _logged_market("movielens", table, t_us < cut, tasks, max_train_rows)
+
+
+# ----- the full feature pipeline on the simulator (sequences, SEE, semantic IDs) -----------------------------
+def pipeline_settings(settings: "Settings", simulator: dict[str, Any] | None = None,
+                      features: dict[str, Any] | None = None) -> "Settings":
+    """``settings`` with the simulator as the source, ``simulator`` / ``features`` overrides, and a
+    home of its own, ``<settings.home>/experiments/pipeline-<hash of the config>``: the same config
+    reuses the same pipeline state (its day-steps skip unchanged days), another config gets another."""
+    import hashlib
+    import json
+
+    sim = settings.simulator.model_copy(update=simulator or {})
+    feat = settings.features.model_copy(update=features or {})
+    pipe = settings.pipeline.model_copy(update={"source": "simulator"})
+    key = json.dumps({"simulator": sim.model_dump(mode="json"), "features": feat.model_dump(mode="json"),
+                      "representations": settings.representations.model_dump(mode="json"),
+                      "ingest": settings.ingest.model_dump(mode="json"),
+                      "start": str(pipe.start_date)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    home = settings.home / "experiments" / f"pipeline-{digest}"
+    return settings.model_copy(update={"home": home, "simulator": sim, "features": feat,
+                                       "pipeline": pipe}).resolved()
+
+
+def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, Any] | None = None,
+                    features: dict[str, Any] | None = None, tasks: tuple[str, ...] = ("click", "conversion"),
+                    progress: Any = None) -> Market:
+    """The simulator run through the daily pipeline (``components.steps``): deliver, ingest and features
+    for each of ``days`` days, then representations in date order (text/visual vectors, visual semantic
+    IDs, the LightGCN graph, interest vectors), then the point-in-time training set of the window. The
+    last day is the test day, the rest train; encoders are fitted on the full training table (select
+    columns and refit for a variant, see :func:`refit_market`).
+
+    The state lives in :func:`pipeline_settings`' home and is reused: a second call with the same config
+    only reads the training set. The first call encodes the catalogue with the offline text and image
+    models (a minute or two on 2 cores for a few hundred ads).
+
+    ``extra``: ``settings`` (the pipeline's), ``ads`` (ad_id, created_at as landed), ``new_ad`` (test rows
+    on ads created < 1 day before the impression, as ``components.evaluate``'s ``ads=new`` slice),
+    ``first_exposure``, ``seconds`` (pipeline wall time).
+    """
+    import datetime as dt
+    import time
+
+    from components import steps
+    from components.dataset import FeatureEncoders, read_training_set, time_split
+    from components.evaluate import EvalSlices, slice_masks
+    from components.offline_store import read_offline
+
+    say = progress or (lambda _msg: None)
+    ps = pipeline_settings(settings, simulator, features)
+    ps.home.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    first, _last = steps._source(ps).available_days()
+    window = steps.date_range(first, first + dt.timedelta(days=days - 1))
+    for day in window:  # deliver in date order; the simulator's days depend on earlier days
+        steps.deliver_day(ps, day)
+    for day in window:  # features of day D read the rolling window up to D: ingest D first
+        steps.ingest(ps, day)
+        steps.features(ps, day)
+    for day in window:  # in date order: the graph of day D warm-starts from D-1
+        rep = steps.representations(ps, day)
+        say(f"pipeline {ps.home.name}: representations {day} "
+            f"{'cached' if rep.get('skipped') else 'built'}")
+    out = steps.training_set(ps, window[-1], days)
+    table = read_training_set(out["path"])
+    seconds = time.perf_counter() - started
+    say(f"pipeline {ps.home.name}: {table.num_rows} rows, {days} days, {seconds:.0f} s")
+    train, test = time_split(table)
+    seq_col = ps.features.sequence_category_column
+    encoders = FeatureEncoders.fit(train, list(tasks), sequence_category_column=seq_col)
+    ads = read_offline(ps, "ads", None, window[-1], columns=["ad_id", "created_at"], latest=True)
+    masks, _notes = slice_masks(test, EvalSlices(exposure=True, new_ad_days=1.0, top_categories=0), ads=ads)
+    return Market(
+        name="simulator-pipeline", train=train, test=test, encoders=encoders, tasks=tasks,
+        test_batch=encoders.encode(test, with_labels=True),
+        labels={t: test[t].to_numpy().astype(np.float64) for t in tasks},
+        extra={"settings": ps, "ads": ads, "new_ad": masks.get("ads=new"),
+               "first_exposure": masks.get("exposure=first"), "seconds": seconds},
+    )
+
+
+def refit_market(market: Market, keep: Any = None, drop: Any = None) -> Market:
+    """``market`` with only some feature columns: ``keep(name) -> bool`` or ``drop(name) -> bool`` picks
+    the columns of train and test (labels and identifiers always stay), and the encoders are refitted, so
+    a dropped column is no feature at all (``FeatureEncoders.fit`` gives each remaining column its role
+    by name). The sequence category field is kept as the original encoders had it."""
+    from components.dataset import IDENTIFIERS, FeatureEncoders
+
+    always = set(market.tasks) | set(IDENTIFIERS) | {"exposure_index"}
+    names = [c for c in market.train.column_names
+             if c in always or ((keep is None or keep(c)) and (drop is None or not drop(c)))]
+    train, test = market.train.select(names), market.test.select(names)
+    seq = market.encoders.sequence
+    category = seq.category_field if seq is not None else None
+    encoders = FeatureEncoders.fit(train, list(market.tasks), sequence_category_column=category
+                                   if category is not None and category in names else None)
+    return Market(name=market.name, train=train, test=test, encoders=encoders, tasks=market.tasks,
+                  test_batch=encoders.encode(test, with_labels=True), labels=market.labels,
+                  truth=market.truth, extra=market.extra)
+
+
+# The pipeline marketplace of the temporal and representations experiments (one home, shared by both).
+# 1,000 users with 4 sessions a day (about 1 click a user a day, so behaviour sequences fill within the
+# window), 600 ads at the start and 80 new ones a day (the test day's new ads are the cold-start slice);
+# the sequence categories are article types, the level of the simulator's semantic-temporal boost.
+PIPELINE_SIMULATOR: dict[str, Any] = {"seed": 7, "n_users": 1000, "new_users_per_day": 20, "n_initial_ads": 600,
+                                      "new_ads_per_day": 80, "sessions_per_user_day": 4.0}
+PIPELINE_SIMULATOR_SMALL: dict[str, Any] = {"seed": 7, "n_users": 250, "new_users_per_day": 5,
+                                            "n_initial_ads": 120, "new_ads_per_day": 30,
+                                            "sessions_per_user_day": 4.0}
+PIPELINE_FEATURES: dict[str, Any] = {"sequence_category_column": "article_type"}
+PIPELINE_DAYS, PIPELINE_DAYS_SMALL = 6, 3
