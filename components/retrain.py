@@ -4,7 +4,7 @@ The daily run's model step: hold out the window's newest ``training.valid_days``
 repeated-exposure propensity on the window's impressions (IPW weights for positives on repeated
 exposures), train with early stopping on the held-out day, evaluate per task overall and on slices, and,
 on the simulator, next to the oracle AUC. The model and its evaluation are saved under
-``<home>/models/<end day>/`` (MLflow registration comes with the gates, issue 5).
+``<home>/models/<end day>/``; components/quality.py then gates and registers it (docs/gates.md).
 """
 
 from __future__ import annotations
