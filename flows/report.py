@@ -167,8 +167,10 @@ def render_gates(st: dict[str, Any]) -> str:
         blocks.append("registry disabled (registry.enabled = false): nothing registered")
     if st.get("plots"):
         blocks.append("plots: " + ", ".join(st["plots"]))
+    ui = st.get("ui") or {}
     blocks.append("where to look: `adsrec models` (versions and aliases); `adsrec up` serves the MLflow UI "
-                  "(http://127.0.0.1:5000) and the Prefect UI (http://127.0.0.1:4200) on this machine")
+                  f"({ui.get('mlflow', 'http://127.0.0.1:5000')}) and the Prefect UI "
+                  f"({ui.get('prefect', 'http://127.0.0.1:4200')}) on this machine")
     return "\n".join(blocks)
 
 
