@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
 
 
-def _run_one(name: str, seeds: tuple[int, ...], size: str, mlflow: bool, write: bool, argv: list[str]) -> None:
+def _run_one(name: str, seeds: tuple[int, ...], size: str, mlflow: bool, write: bool) -> None:
     from components.experiments import get
     from components.experiments.base import PLOTS_DIR, ExperimentContext, write_results
     from flows.cli import _settings
@@ -20,7 +19,10 @@ def _run_one(name: str, seeds: tuple[int, ...], size: str, mlflow: bool, write: 
                             plot_dir=plot_dir, mlflow=mlflow, progress=typer.echo)
     typer.echo(f"experiment {name}: {experiment.title} ({size} size, seeds {list(seeds)})")
     result = experiment(ctx)
-    result.command = " ".join(["adsrec", "experiment", *argv])
+    # The command that reproduces this result (options only where they differ from the defaults).
+    options = ([f"--seeds {','.join(map(str, seeds))}"] if seeds != (0, 1, 2) else []) + \
+        ([f"--size {size}"] if size != "default" else []) + ([] if mlflow else ["--no-mlflow"])
+    result.command = " ".join(["adsrec", "experiment", name, *options])
     from components.machine import describe_machine
 
     result.machine = describe_machine()
@@ -65,7 +67,7 @@ def experiment(
     except KeyError as exc:
         typer.secho(f"error: {exc.args[0]}", fg="red", err=True)
         raise typer.Exit(2) from None
-    _run_one(name, parsed, size, mlflow, write, sys.argv[2:] if len(sys.argv) > 2 else [name])
+    _run_one(name, parsed, size, mlflow, write)
 
 
 def register(app: typer.Typer) -> None:

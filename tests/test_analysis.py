@@ -301,22 +301,6 @@ def test_single_shared_table_separates_nothing(torch_one_thread: None) -> None:
 
 
 # ----- the simulated marketplace -----------------------------------------------------------------------------
-def _feature_table(out: dict[str, Any]) -> Any:
-    """Impressions + raw ad and user attributes named like the training set's profile views (as in
-    tests/test_model_behaviour.py)."""
-    import pyarrow as pa
-
-    imp = out["impressions"]
-    ads = out["ads"].select(["ad_id", "advertiser_id", "campaign_id", "master_category", "sub_category",
-                             "article_type", "bid"])
-    ads = ads.rename_columns(["ad_id"] + [f"ad_profile__{c}" for c in ads.column_names[1:]])
-    users = out["users"].select(["user_id", "age_band", "gender", "region", "account_age_days", "activity"])
-    users = users.rename_columns(["user_id"] + [f"user_profile__{c}" for c in users.column_names[1:]])
-    table = imp.append_column("_row", pa.array(np.arange(imp.num_rows)))
-    table = table.join(ads, "ad_id", join_type="left outer").join(users, "user_id", join_type="left outer")
-    return table.sort_by("_row").drop_columns(["_row"])
-
-
 @dataclass
 class Trained:
     table: Any
@@ -329,6 +313,7 @@ class Trained:
 def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) -> Trained:
     from components.config import load_settings
     from components.dataset import FeatureEncoders
+    from components.experiments.data import simulator_feature_table
     from components.sources.simulator import simulate
     from components.train import TrainConfig, train_ranker
     from models.config import RankerConfig
@@ -338,7 +323,7 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, torch_o
         "pipeline": {"shared_data": str(shared_data)},
         "simulator": SIMULATOR,
     }).resolved()
-    table = _feature_table(simulate(settings, days=DAYS))
+    table = simulator_feature_table(simulate(settings, days=DAYS))
     encoders = FeatureEncoders.fit(table)
 
     def train(**arch: Any) -> Any:

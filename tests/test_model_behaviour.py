@@ -29,39 +29,12 @@ TASKS = ("click", "conversion")
 SEEDS = (0, 1, 2)
 DAYS = 6
 
-# The fixed marketplace. Why each knob differs from the default:
-# - preference_correlation -0.5: click and conversion tastes conflict (users click what they would not
-#   buy), the entanglement STEM is meant to untangle; with the default 0.3 the tasks mostly agree.
-# - content_weight 0: the default puts half the taste on colour and usage, which only the title/photo
-#   carry; this table has no text or image features, so that half would be noise to every model alike.
-# - preference_scale 1.5: taste is a larger share of the click logit, so ranking quality depends on it.
-# - conversion_base_logit 0.5 (p(conv | click) about 0.6 at zero affinity instead of 0.07): 630 test-day
-#   conversions instead of a few dozen, so a conversion AUC difference of 0.005 is not pure noise.
-# - 1,000 users sending 4 sessions a day on 500 ads: enough impressions per user (about 20 a day) for a
-#   user-id embedding to learn that user's taste in 5 days, at a size that trains in seconds.
-SIMULATOR: dict[str, Any] = {
-    "seed": 7,
-    "n_users": 1000,
-    "new_users_per_day": 10,
-    "n_initial_ads": 500,
-    "new_ads_per_day": 20,
-    "sessions_per_user_day": 4.0,
-    "preference_correlation": -0.5,
-    "content_weight": 0.0,
-    "preference_scale": 1.5,
-    "conversion_base_logit": 0.5,
-}
+# The fixed marketplace and the small models, shared with the experiments (components/experiments/data.py
+# says why each knob differs from the default). STEM: 2 task experts + 1 shared expert, 3 tables of width
+# 8; MMoE: 3 shared experts on 1 table of width 8. Same expert MLP, gate, tower; numeric fields MNSE-summed.
+from components.experiments.data import CONFLICT_MODEL as COMMON  # noqa: E402
+from components.experiments.data import CONFLICT_SIMULATOR as SIMULATOR  # noqa: E402
 
-# Small models of the same size class. STEM: 2 task experts + 1 shared expert, 3 tables of width 8;
-# MMoE: 3 shared experts on 1 table of width 8. Same expert MLP, gate, tower; numeric fields MNSE-summed.
-COMMON: dict[str, Any] = {
-    "embedding_dim": 8,
-    "expert_hidden": (64, 32),
-    "gate_hidden": (16,),
-    "tower_hidden": (32,),
-    "mnse_combine": "sum",
-    "sequence_encoder": None,
-}
 STEM: dict[str, Any] = {"arch": "stem", "num_shared_experts": 1, "experts_per_task": 1, **COMMON}
 MMOE: dict[str, Any] = {"arch": "mmoe", "num_shared_experts": 3, **COMMON}
 TRAIN: dict[str, Any] = {"epochs": 3, "batch_size": 512, "lr": 3e-3, "patience": 0, "log_every": 0}
@@ -80,19 +53,13 @@ class Marketplace:
     first_exposure: np.ndarray  # test-day rows with exposure_index == 1
 
 
-def _feature_table(out: dict[str, Any]) -> Any:
-    """Impressions + the ad's and user's raw attributes (components/experiments/data.py)."""
-    from components.experiments.data import simulator_feature_table
-
-    return simulator_feature_table(out)
-
-
 @pytest.fixture(scope="module")
 def market(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Marketplace:
     import pyarrow.compute as pc
 
     from components.config import load_settings
     from components.dataset import FeatureEncoders, time_split
+    from components.experiments.data import simulator_feature_table
     from components.sources.simulator import simulate
 
     settings = load_settings(environ={}, overrides={
@@ -101,7 +68,7 @@ def market(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Marke
         "simulator": SIMULATOR,
     }).resolved()
     out = simulate(settings, days=DAYS)
-    table = _feature_table(out)
+    table = simulator_feature_table(out)
     truth = out["truth_impressions"]
     assert table.num_rows == truth.num_rows and table["request_id"].equals(truth["request_id"])
     train, test = time_split(table)

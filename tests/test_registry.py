@@ -73,12 +73,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) ->
     from components.sources.simulator import simulate
     from components.train import TrainConfig, train_ranker
     from models.config import RankerConfig
-    from tests.test_model_behaviour import _feature_table
+    from components.experiments.data import simulator_feature_table
 
     settings = load_settings(environ={}, overrides={
         "home": str(tmp_path_factory.mktemp("registry-sim")), "pipeline": {"shared_data": str(SHARED_DATA)},
         "simulator": SIMULATOR}).resolved()
-    table = _with_sequences(_feature_table(simulate(settings, days=3)))
+    table = _with_sequences(simulator_feature_table(simulate(settings, days=3)))
     train, valid = time_split(table)
     result = train_ranker(None, train, valid, RankerConfig(**RANKER),
                           TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=0, log_every=0, device="cpu"))

@@ -49,7 +49,7 @@ TASK_NAMES: dict[str, tuple[str, str]] = {
     "movielens": ("rated", "rated >= 4"),
 }
 
-# The conflicting-taste marketplace of tests/test_model_behaviour.py (its comments say why each knob).
+# The conflicting-taste marketplace (components/experiments/data.py says why each knob).
 from components.experiments.data import CONFLICT_MODEL as COMMON  # noqa: E402
 from components.experiments.data import CONFLICT_SIMULATOR as SIMULATOR  # noqa: E402
 from components.experiments.data import CONFLICT_SIMULATOR_SMALL as SIMULATOR_SMALL  # noqa: E402
