@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_PREFIX = "ADSREC_"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +61,9 @@ class SimulatorConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """Validated ingestion (components/ingest.py, docs/ingestion.md)."""
+    """Validated ingestion (components/ingest.py, docs/ingestion.md). The task label columns are the
+    source's (``Settings.tasks``): declared once, by the source."""
 
-    tasks: list[str] = ["click", "conversion"]
     label_rate_bounds: dict[str, tuple[float, float]] = Field(
         default={"click": (0.001, 0.5), "conversion": (0.0, 0.5)},
         description="plausible [min, max] positive rate per task (a GX expectation; a task without bounds: [0, 1])",
@@ -190,8 +190,70 @@ class RealSourcesConfig(_Section):
     jitter_s: int = Field(120, ge=0, description="negatives' timestamps are the positive's +- this many seconds")
 
 
+_IDENT = r"^[a-z][a-z0-9_]*$"
+# The label columns of the built-in sources, in order; the files source declares its own (files.tasks).
+BUILTIN_SOURCE_TASKS: dict[str, tuple[str, ...]] = {
+    "simulator": ("click", "conversion"),
+    "taobao": ("click", "conversion", "cart", "fav"),
+    "movielens": ("click", "conversion"),
+}
+
+
+class FileTableConfig(_Section):
+    """One of the user's tables for the ``files`` source (docs/your-own-logs.md)."""
+
+    path: str = Field(description="a file, a folder, a glob, or a URI DuckDB can read (s3://, gs://, file://)")
+    format: Literal["auto", "parquet", "csv"] = Field("auto", description="auto: from the file extensions")
+    layout: Literal["auto", "flat", "hive"] = Field(
+        "auto", description="hive: date=YYYY-MM-DD/ folders; flat: files cut into UTC days by event_time; "
+        "auto: hive when such folders exist")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="contract (or attribute) column -> DuckDB SQL expression over the file's columns, e.g. "
+        "click: 'rating >= 4'; a contract column left out is taken by name, else defaulted")
+    csv_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra DuckDB read_csv options, e.g. {delim: '\\t', header: true}")
+
+
+class NegativeSamplingConfig(_Section):
+    """Negatives for a positives-only log (as the Taobao and MovieLens adapters do): impressions the
+    user was not seen to act on, drawn by popularity (docs/sources.md)."""
+
+    per_positive: int = Field(0, ge=0, description="sampled impressions per logged one; 0 = off")
+    seed: int = 0
+    jitter_s: int = Field(120, ge=0, description="a negative's time is its positive's +- this many seconds")
+
+
+class FilesSourceConfig(_Section):
+    """``pipeline.source: files``: the user's own logs, read where they lie (never written to)."""
+
+    name: str = Field("files", pattern=_IDENT, description="landing folder name: <home>/raw/<name>/")
+    tasks: list[str] = Field(
+        ["click"], min_length=1,
+        description="label columns, in order: the one list of tasks for ingest, features, training, IPW, gates")
+    impressions: FileTableConfig | None = None
+    ads: FileTableConfig | None = None
+    users: FileTableConfig | None = None
+    start_date: dt.date | None = Field(None, description="first day delivered (default: the log's first)")
+    end_date: dt.date | None = Field(None, description="last day delivered (default: the log's last)")
+    negatives: NegativeSamplingConfig = NegativeSamplingConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, tasks: list[str]) -> list[str]:
+        import re
+
+        reserved = {"event_time", "request_id", "user_id", "ad_id", "slot", "position", "exposure_index"}
+        for t in tasks:
+            if not re.match(_IDENT, t) or t in reserved:
+                raise ValueError(f"task name {t!r} must be a lower-case identifier and not a contract column")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"task names repeat: {tasks}")
+        return tasks
+
+
 class PipelineConfig(_Section):
-    source: Literal["simulator", "taobao", "movielens"] = "simulator"
+    source: Literal["simulator", "taobao", "movielens", "files"] = "simulator"
     start_date: dt.date = dt.date(2026, 11, 1)
     demo_days: int = Field(7, ge=1, description="days the demo simulates and ingests")
     training_days: int = Field(7, ge=1, description="days in a training window")
@@ -208,11 +270,28 @@ class Settings(_Section):
     ingest: IngestConfig = IngestConfig()
     features: FeatureConfig = FeatureConfig()
     sources: RealSourcesConfig = RealSourcesConfig()
+    files: FilesSourceConfig = FilesSourceConfig()
     representations: RepresentationConfig = RepresentationConfig()
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig = RegistryConfig()
     deploy: DeployConfig = DeployConfig()
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The task label columns, in order: the source's, declared once (``files.tasks`` for the files
+        source). Ingest, features, training, IPW and the gates all read this."""
+        if self.pipeline.source == "files":
+            return tuple(self.files.tasks)
+        return BUILTIN_SOURCE_TASKS[self.pipeline.source]
+
+    @model_validator(mode="after")
+    def _source_is_configured(self) -> "Settings":
+        if self.pipeline.source == "files" and self.files.impressions is None:
+            raise ValueError("pipeline.source is 'files' but files.impressions is not set: say where the "
+                             "impression log is (files.impressions.path) and how its columns map "
+                             "(files.impressions.columns); see docs/your-own-logs.md")
+        return self
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------
     @property
@@ -356,5 +435,6 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
         raise ValueError(f"invalid configuration: {problems}") from None

@@ -197,7 +197,7 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     window, and ``ttl_days`` for the click sequence) and every ``ads`` / ``users`` partition up to ``day``.
     Idempotent: re-running a day replaces that day's partitions."""
     cfg = settings.features
-    tasks = list(tasks if tasks is not None else settings.ingest.tasks)
+    tasks = list(tasks if tasks is not None else settings.tasks)
     if not tasks:
         raise ValueError("build_features needs at least one task column (e.g. click)")
     if any(w < 1 for w in cfg.rolling_windows_days):

@@ -72,7 +72,7 @@ def offline_partitions(settings: "Settings", table: str, start: dt.date | None =
 def _contract_schema(settings: "Settings", table: str) -> pa.Schema:
     if table not in CONTRACTS:
         raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    return impressions_schema(settings.ingest.tasks) if table == "impressions" else CONTRACTS[table].required
+    return impressions_schema(settings.tasks) if table == "impressions" else CONTRACTS[table].required
 
 
 def offline_relation(con: "duckdb.DuckDBPyConnection", settings: "Settings", table: str, start: dt.date | None,

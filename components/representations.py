@@ -69,9 +69,9 @@ REPRESENTATION_VIEWS = (
 
 
 def _click_task(settings: "Settings") -> str:
-    tasks = settings.ingest.tasks
+    tasks = settings.tasks
     if not tasks:
-        raise ValueError("ingest.tasks is empty: the graph needs a click task")
+        raise ValueError("no task columns: the graph needs a click task")
     return "click" if "click" in tasks else tasks[0]
 
 

@@ -231,7 +231,7 @@ def build_training_set(
     days = days if days is not None else settings.pipeline.training_days
     if days < 1:
         raise ValueError(f"a training window needs at least one day, got days={days}")
-    tasks = list(tasks if tasks is not None else settings.ingest.tasks)
+    tasks = list(tasks if tasks is not None else settings.tasks)
     first = end_day - dt.timedelta(days=days - 1)
     started = time.perf_counter()
     entities = read_impressions(settings, first, end_day, tasks)

@@ -476,7 +476,7 @@ def test_read_offline_window_and_quarantine_summary(settings) -> None:
     dated = read_offline(settings, "impressions", days[2], days[2], with_partition_date=True)
     assert set(dated.column("partition_date").to_pylist()) == {days[2]}
     assert read_offline(settings, "impressions", DAY - dt.timedelta(days=9), DAY - dt.timedelta(days=8)).schema == \
-        impressions_schema(settings.ingest.tasks)
+        impressions_schema(settings.tasks)
 
     s = quarantine_summary(settings, days[0], days[1])
     imp = s["tables"]["impressions"]
