@@ -213,6 +213,9 @@ class FileTableConfig(_Section):
         "click: 'rating >= 4'; a contract column left out is taken by name, else defaulted")
     csv_options: dict[str, Any] = Field(
         default_factory=dict, description="extra DuckDB read_csv options, e.g. {delim: '\\t', header: true}")
+    query: str | None = Field(
+        None, description="optional DuckDB SELECT over `src` (the files as read), e.g. to aggregate events; "
+        "columns then map its output")
 
 
 class NegativeSamplingConfig(_Section):
@@ -387,6 +390,21 @@ def _parse_env_value(value: str) -> Any:
         return value
 
 
+def _anchor_file_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative ``files.<table>.path`` values in a YAML file are relative to that file's folder, so a
+    config works from any working directory (URIs and absolute paths are left as they are)."""
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return data
+    for table in ("impressions", "ads", "users"):
+        entry = files.get(table)
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            path = entry["path"]
+            if "://" not in path and not Path(path).expanduser().is_absolute():
+                entry["path"] = str(folder / path)
+    return data
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -419,7 +437,7 @@ def load_settings(
         loaded = yaml.safe_load(p.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {p} must hold a mapping at the top level")
-        data = loaded
+        data = _anchor_file_paths(loaded, p.resolve().parent)
     env_data: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":

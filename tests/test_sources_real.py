@@ -184,17 +184,30 @@ def test_exposure_index_counts_earlier_impressions_of_the_pair() -> None:
     assert exposure_index(user, ad, time, np.arange(5)).tolist() == [3, 1, 1, 1, 2]
 
 
-def test_write_raw_day_replaces_the_partition(settings) -> None:
+def test_write_raw_day_replaces_its_own_delivery_and_refuses_foreign_files(settings) -> None:
+    from components.sources._landing import DELIVERY_MARKER, ForeignFilesError
+
     day = dt.date(2020, 1, 2)
     folder = settings.raw_dir / "demo" / "impressions" / "date=2020-01-02"
-    folder.mkdir(parents=True)
-    (folder / "part-1.parquet").write_bytes(b"stale delivery")
-    (folder / "notes.txt").write_text("not a data file")
     tables = {"impressions": pa.table({"a": [1, 2, 3]}), "users": pa.table({"b": pa.array([], pa.int64())})}
     rows = write_raw_day(settings, "demo", day, tables)
     assert rows == {"impressions": 3, "users": 0}
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "part-0.parquet"]
-    assert pq.read_table(folder / "part-0.parquet").column("a").to_pylist() == [1, 2, 3]
+    (folder / "notes.txt").write_text("not a data file")
+    rows = write_raw_day(settings, "demo", day, {"impressions": pa.table({"a": [4, 5]})})  # its own: replaced
+    assert sorted(p.name for p in folder.iterdir()) == [DELIVERY_MARKER, "notes.txt", "part-0.parquet"]
+    assert pq.read_table(folder / "part-0.parquet").column("a").to_pylist() == [4, 5]
+    # a file the source did not write (any case of extension) is never overwritten nor mixed with
+    (folder / "mine.PARQUET").write_bytes(b"a user's file")
+    with pytest.raises(ForeignFilesError, match="mine.PARQUET.*did not write"):
+        write_raw_day(settings, "demo", day, tables)
+    assert (folder / "mine.PARQUET").read_bytes() == b"a user's file"
+    assert pq.read_table(folder / "part-0.parquet").column("a").to_pylist() == [4, 5]
+    (folder / "mine.PARQUET").unlink()
+    # nor is its own file once someone changed it
+    pq.write_table(pa.table({"a": [9]}), folder / "part-0.parquet")
+    with pytest.raises(ForeignFilesError, match="part-0.parquet"):
+        write_raw_day(settings, "demo", day, tables)
+    assert pq.read_table(folder / "part-0.parquet").column("a").to_pylist() == [9]
     assert pq.read_table(settings.raw_dir / "demo" / "users" / "date=2020-01-02" / "part-0.parquet").num_rows == 0
     with pytest.raises(ValueError, match="not a plain"):
         write_raw_day(settings, "../escape", day, {})

@@ -18,6 +18,7 @@ Everything is vectorised with numpy / Arrow: loops run over days or sampling rou
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import re
 from dataclasses import dataclass
@@ -43,29 +44,86 @@ _DATA_SUFFIXES = (".parquet", ".csv")
 # --- landing zone ----------------------------------------------------------------------------------
 
 
+DELIVERY_MARKER = ".adsrec-delivery.json"  # in each landing partition: the files the source wrote there
+
+
+class ForeignFilesError(RuntimeError):
+    """A landing partition holds data files its source did not write: it will not overwrite or mix them."""
+
+
+def _data_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES and not p.name.startswith("."))
+
+
+def _owned(folder: Path) -> dict[str, dict[str, int]]:
+    """What the source wrote into ``folder`` last time (name -> size, mtime_ns), from its marker. A
+    partition from before markers existed holding only ``part-0.parquet`` counts as the source's."""
+    import json
+
+    marker = folder / DELIVERY_MARKER
+    if marker.is_file():
+        return json.loads(marker.read_text()).get("files", {})
+    files = _data_files(folder)
+    if [p.name for p in files] == ["part-0.parquet"]:
+        st = files[0].stat()
+        return {"part-0.parquet": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    return {}
+
+
+def foreign_files(folder: Path) -> list[Path]:
+    """Data files in a landing partition that its source did not write (or that changed since)."""
+    own = _owned(folder)
+    out = []
+    for p in _data_files(folder):
+        st, rec = p.stat(), own.get(p.name)
+        if rec is None or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+            out.append(p)
+    return out
+
+
 def write_raw_day(
     settings: "Settings", source_name: str, day: dt.date, tables: dict[str, pa.Table]
 ) -> dict[str, int]:
     """Write each table to ``day_dir(settings.raw_dir / source_name, table, day) / "part-0.parquet"``.
 
-    The file is written under a temporary dot-name in the same folder and then ``os.replace``d
-    (``storage.write_parquet_atomic``), which is atomic on one filesystem. Other data files
-    (``*.parquet``, ``*.csv``) left in that partition by an earlier delivery are removed afterwards,
-    so the partition holds exactly this delivery. Returns rows per table.
+    The landing zone belongs to the source: each partition carries a marker naming the files the
+    source wrote. A partition holding any other data file (or one changed since) is refused with
+    ``ForeignFilesError`` before anything is written, so a source never overwrites or mixes with files
+    it did not write. Each file is written under a temporary dot-name and ``os.replace``d
+    (``storage.write_parquet_atomic``); files of the source's earlier delivery other than the new one
+    are removed, so the partition holds exactly this delivery. Returns rows per table.
     """
+    import json
+
     if not _TABLE_NAME.match(source_name):
         raise ValueError(f"source name {source_name!r} is not a plain lower-case identifier")
-    rows: dict[str, int] = {}
     root = settings.raw_dir / source_name
-    for table_name, table in tables.items():
+    for table_name in tables:
         if not _TABLE_NAME.match(table_name):
             raise ValueError(f"table name {table_name!r} is not a plain lower-case identifier")
+        foreign = foreign_files(day_dir(root, table_name, day))
+        if foreign:
+            raise ForeignFilesError(
+                f"{foreign[0].parent} holds {', '.join(p.name for p in foreign)}, which source {source_name!r} did "
+                f"not write; it will not overwrite or mix with them. Move them away; to ingest a log of your own, "
+                f"use pipeline.source: files (docs/your-own-logs.md)")
+    rows: dict[str, int] = {}
+    for table_name, table in tables.items():
         folder = day_dir(root, table_name, day)
         final = folder / "part-0.parquet"
+        previous = _owned(folder)
         write_parquet_atomic(table, final)
-        for stale in folder.iterdir():
-            if stale.name != final.name and stale.suffix in _DATA_SUFFIXES and not stale.name.startswith("."):
-                stale.unlink()
+        for name in previous:
+            if name != final.name and (folder / name).is_file():
+                (folder / name).unlink()
+        st = final.stat()
+        marker = {"source": source_name, "files": {final.name: {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}}
+        tmp = folder / f".{DELIVERY_MARKER}.tmp"
+        tmp.write_text(json.dumps(marker))
+        os.replace(tmp, folder / DELIVERY_MARKER)
         rows[table_name] = table.num_rows
     return rows
 

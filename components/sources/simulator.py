@@ -708,10 +708,11 @@ class SimulatorSource:
         first, last = self.available_days()
         if not first <= day <= last:
             raise ValueError(f"the simulator delivers days {first} to {last} (simulator.horizon_days); got {day}")
+        from components.sources._landing import write_raw_day
+
         out = _CACHE.day(self.settings, first, (day - first).days)
-        raw_root = self.settings.raw_dir / self.name
-        for table in RAW_TABLES:
-            write_parquet_atomic(out[table], day_dir(raw_root, table, day) / "part-0.parquet")
+        # refuses, before writing, a landing partition holding files the simulator did not write
+        write_raw_day(self.settings, self.name, day, {table: out[table] for table in RAW_TABLES})
         for table in TRUTH_TABLES:
             truth_table = table[len("truth_"):]
             write_parquet_atomic(out[table], day_dir(self.settings.truth_dir, truth_table, day) / "part-0.parquet")
