@@ -165,8 +165,12 @@ def test_negative_sampling_for_a_positives_only_log(tmp_path: Path, user_log) ->
     files = {**files, "negatives": {"per_positive": 2, "seed": 3}}
     src = get_source(_settings(tmp_path, files))
     imp = pa.concat_tables([src.for_day(START + dt.timedelta(days=d))["impressions"] for d in range(DAYS)])
-    neg = imp.filter(pc.starts_with(imp.column("request_id"), "neg-"))
+    logged_rows = pa.concat_tables([get_source(_settings(tmp_path / "a", user_log[1] | {"negatives": {"per_positive": 0}}))
+                                    .for_day(START + dt.timedelta(days=d))["impressions"] for d in range(DAYS)])
+    logged_ids = set(logged_rows.column("request_id").to_pylist())
+    neg = imp.filter(pc.invert(pc.is_in(imp.column("request_id"), pa.array(list(logged_ids)))))
     assert neg.num_rows == src.stats["negative_impressions"] > 0
+    assert pc.count_distinct(imp.column("request_id")).as_py() == imp.num_rows
     assert neg.num_rows + src.stats["unfilled_negatives"] == 2 * 3000
     assert pc.sum(neg.column("like")).as_py() == 0 and pc.sum(neg.column("share")).as_py() == 0
     logged = {(u, a) for u, a in zip(imp.column("user_id").to_pylist(), imp.column("ad_id").to_pylist())

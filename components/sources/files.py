@@ -378,13 +378,13 @@ class FilesSource:
         nu, na, nt = (np.concatenate([p[k] for p in parts]) if parts else np.empty(0, np.int64) for k in range(3))
         n = int(nu.size)
         self._stats.update(negative_impressions=n, unfilled_negatives=int(unfilled))
-        neg_day = pa.array(np.floor_divide(nt, US_PER_DAY).astype("datetime64[D]").astype(str))
         values: dict[str, pa.Array] = {
             "event_time": pa.array(nt, pa.int64()).cast(TIMESTAMP),
             "user_id": pa.array(nu, pa.int64()),
             "ad_id": pa.array(na, pa.int64()),
-            "request_id": pc.binary_join_element_wise("neg", neg_day, pc.cast(pa.array(nu), pa.string()),
-                                                      pc.cast(pa.array(na), pa.string()), "-"),
+            # the default request_id's form (user-ad-time in us), so an id tells nothing about the label;
+            # unique: a sampled pair is never a logged pair and at most once a day
+            "request_id": pc.binary_join_element_wise(*(pc.cast(pa.array(x), pa.string()) for x in (nu, na, nt)), "-"),
         }
         values.update({task: pa.array(np.zeros(n, np.int8)) for task in self.tasks})
         for col, default in (("slot", "default"), ("position", 1)):
