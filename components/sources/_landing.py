@@ -47,7 +47,7 @@ _DATA_SUFFIXES = (".parquet", ".csv")
 DELIVERY_MARKER = ".adsrec-delivery.json"  # in each landing partition: the files the source wrote there
 
 
-class ForeignFilesError(RuntimeError):
+class ForeignFilesError(ValueError):
     """A landing partition holds data files its source did not write: it will not overwrite or mix them."""
 
 
