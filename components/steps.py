@@ -75,6 +75,8 @@ def deliver_day(settings: Settings, day: dt.date, force: bool = False) -> dict[s
     config = {
         "source": source.name,
         "simulator": settings.simulator.model_dump(mode="json") if source.name == "simulator" else None,
+        # the files source: its mapping and its input files' identity, so a changed log re-delivers
+        "inputs": source.input_fingerprint() if hasattr(source, "input_fingerprint") else None,
     }
     raw_root = settings.raw_dir / source.name
     raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]

@@ -254,3 +254,16 @@ def test_query_aggregates_events_before_mapping(tmp_path: Path, user_log) -> Non
     imp = src.for_day(START)["impressions"]
     assert 0 < imp.num_rows < 500  # repeated (user, item) pairs of a day became one impression
     assert imp.group_by(["user_id", "ad_id"]).aggregate([("request_id", "count")]).column(2).to_pylist() == [1] * imp.num_rows
+
+
+def test_a_changed_log_is_delivered_again_and_an_unchanged_one_skipped(tmp_path: Path, user_log) -> None:
+    from components import steps
+
+    root, files = user_log
+    s = _settings(tmp_path, files)
+    assert steps.deliver_day(s, START)["skipped"] is False
+    assert steps.deliver_day(s, START)["skipped"] is True
+    t = pq.read_table(root / "events" / f"date={START}" / "part.parquet")
+    pq.write_table(t.slice(0, 100), root / "events" / f"date={START}" / "part.parquet")  # the user fixes a file
+    again = steps.deliver_day(s, START)
+    assert again["skipped"] is False and again["rows"]["impressions"] == 100

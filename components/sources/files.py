@@ -240,6 +240,10 @@ class FilesSource:
         """Write the day's rows of every table to ``<home>/raw/<name>/<table>/date=D/``."""
         return write_raw_day(self.settings, self.name, day, self.for_day(day))
 
+    def input_fingerprint(self) -> str:
+        """The configuration and the input files' identity (a re-delivery is needed when it changes)."""
+        return input_fingerprint(self.settings)
+
     # --- the parsed log ----------------------------------------------------------------------------
 
     def for_day(self, day: dt.date) -> dict[str, pa.Table]:
