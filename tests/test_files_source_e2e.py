@@ -55,17 +55,12 @@ def test_a_users_own_log_reaches_a_registered_model_from_yaml_alone(tmp_path: Pa
     daily = _adsrec("--config", str(config), "--home", str(home), "daily", "--run-date", last.isoformat(), env=env)
     assert daily.returncode == 0, daily.stdout[-3000:] + daily.stderr[-3000:]
 
-    summary = json.loads(Path(daily.stdout.strip().splitlines()[-1].split("run summary: ")[-1]).read_text()) \
-        if "run summary: " in daily.stdout.strip().splitlines()[-1] else None
-    if summary is None:
-        runs = sorted((home / "runs").glob("*-daily.json"))
-        summary = json.loads(runs[-1].read_text())
+    summary = json.loads(sorted((home / "runs").glob("*-daily.json"))[-1].read_text())
+    assert summary["status"] == "completed"
     gates = next(s for s in summary["stages"] if s["stage"] == "gates")
-    names = {g["name"] for g in gates["gates"]}
-    assert {"data", "collapse", "entanglement", "model"} <= names, names
-    assert all(g.get("value") is not None or g.get("details") for g in gates["gates"])
-    assert gates["registered"]["version"] in (1, "1")
-    train = next(s for s in summary["stages"] if s["stage"] == "train")
-    assert set(train["evaluation"]["tasks"]) == {"like", "share"} if "evaluation" in train else True
+    assert {g["name"] for g in gates["gates"]} == {"data", "collapse", "entanglement", "model"}
+    assert all("passed" in g and "threshold" in g for g in gates["gates"])  # each one evaluated
+    assert str(gates["registered"]["version"]) == "1"
+    assert "gate" in daily.stdout.lower() and "like" in daily.stdout and "share" in daily.stdout
 
     assert tree_digest(data) == before  # the user's folder, byte for byte
