@@ -267,3 +267,22 @@ def test_a_changed_log_is_delivered_again_and_an_unchanged_one_skipped(tmp_path:
     pq.write_table(t.slice(0, 100), root / "events" / f"date={START}" / "part.parquet")  # the user fixes a file
     again = steps.deliver_day(s, START)
     assert again["skipped"] is False and again["rows"]["impressions"] == 100
+
+
+def test_the_simulator_never_overwrites_a_users_file_in_its_landing_zone(tmp_path: Path, shared_data: Path) -> None:
+    """The first user moved the simulator's start date onto their own dates: their file was overwritten."""
+    from components.sources import get_source
+    from components.sources._landing import ForeignFilesError
+
+    s = load_settings(environ={}, overrides={
+        "home": str(tmp_path / "home"), "pipeline": {"shared_data": str(shared_data)},
+        "simulator": {"n_users": 200, "n_initial_ads": 300, "new_ads_per_day": 10, "new_users_per_day": 5}}).resolved()
+    day = s.pipeline.start_date
+    mine = s.raw_dir / "simulator" / "impressions" / f"date={day}" / "part-0.parquet"
+    mine.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1, 2]}), mine)
+    other = s.raw_dir / "simulator" / "impressions" / f"date={day}" / "export.csv"
+    other.write_text("x\n1\n")
+    with pytest.raises(ForeignFilesError, match="export.csv"):
+        get_source(s).deliver(day)
+    assert pq.read_table(mine).column("x").to_pylist() == [1, 2] and other.read_text() == "x\n1\n"
