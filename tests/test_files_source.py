@@ -21,6 +21,7 @@ import pytest
 
 from components.config import load_settings
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 START = dt.date(2025, 3, 1)
 DAYS = 8
 EMPTY_DAYS = (3, 6)  # day offsets with no impressions at all
@@ -286,3 +287,21 @@ def test_the_simulator_never_overwrites_a_users_file_in_its_landing_zone(tmp_pat
     with pytest.raises(ForeignFilesError, match="export.csv"):
         get_source(s).deliver(day)
     assert pq.read_table(mine).column("x").to_pylist() == [1, 2] and other.read_text() == "x\n1\n"
+
+
+@pytest.mark.parametrize("name, day, rows", [("movielens-100k", dt.date(1997, 9, 20), 3139),
+                                             ("taobao", dt.date(2017, 11, 26), 33540)])
+def test_the_shipped_configurations_ingest_the_real_raw_files_cleanly(tmp_path: Path, shared_data: Path, name: str,
+                                                                      day: dt.date, rows: int) -> None:
+    """docs/examples/*.yaml run ../shared/data's raw files through the files source from YAML alone."""
+    from components import steps
+
+    s = load_settings(REPO_ROOT / "docs" / "examples" / f"{name}.yaml", environ={},
+                      overrides={"home": str(tmp_path / "home")}).resolved()
+    delivered = steps.deliver_day(s, day)
+    assert delivered["rows"]["impressions"] == rows
+    report = steps.ingest(s, day)
+    for table in ("impressions", "ads", "users"):
+        t = report["tables"][table]
+        assert t["rows_quarantined"] == 0, (table, t["reasons"])
+        assert t["rows_landed"] == delivered["rows"][table]
