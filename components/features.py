@@ -6,7 +6,9 @@ writes each as one parquet partition ``<features_dir>/<view>/date=YYYY-MM-DD/par
 - ``user_stats`` / ``ad_stats``: per window ``w`` in ``features.rolling_windows_days``: impressions,
   positives per task and a smoothed rate per task over ``[day_end - w days, day_end)``.
 - ``user_sequence``: the user's last ``sequence_length`` clicks (ad ids, ad categories, click times),
-  newest first, padded to a fixed length.
+  newest first, padded to a fixed length. A "click" is a positive of the behaviour task
+  (``representations.behaviour_task``, default the first task); without a taxonomy column the
+  categories are all the padding value ``''``.
 - ``user_profile`` / ``ad_profile``: the latest row per id of the users / ads tables.
 
 Timestamps (every view has ``event_timestamp`` and ``created_timestamp``, Arrow timestamp[us, UTC]):
@@ -183,6 +185,27 @@ def _stats_query(
     """
 
 
+def pick_task(value: str | None, tasks: Sequence[str], key: str) -> str:
+    """The task a setting names (``key`` in the message), or the first task when it names none."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError(f"{key}: there are no task columns to choose from (Settings.tasks is empty)")
+    if value is None:
+        return tasks[0]
+    if value not in tasks:
+        raise ValueError(f"{key} is {value!r}, which is not one of the tasks {tasks} (the source's label "
+                         "columns, Settings.tasks); name one of them or leave it unset for the first")
+    return value
+
+
+def behaviour_task(settings: "Settings", tasks: Sequence[str] | None = None) -> str:
+    """The task whose positives are the user's behaviour: the click sequence here, and in
+    components/representations.py the graph's edges and the interest vectors (which average the
+    sequence's ads). ``representations.behaviour_task``, default the first task."""
+    return pick_task(settings.representations.behaviour_task,
+                     tasks if tasks is not None else settings.tasks, "representations.behaviour_task")
+
+
 def lookback_days(settings: "Settings") -> int:
     """How many days before ``day`` the build of ``day`` reads impressions partitions from: the widest
     rolling window plus the retiring day, or the click-sequence look-back (the TTL), whichever is longer,
@@ -203,7 +226,7 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     if any(w < 1 for w in cfg.rolling_windows_days):
         raise ValueError(f"features.rolling_windows_days must be >= 1, got {cfg.rolling_windows_days}")
     windows = sorted(set(cfg.rolling_windows_days))
-    click_task = "click" if "click" in tasks else tasks[0]
+    click_task = behaviour_task(settings, tasks)
     day_start, day_end = day_window(day)
     offline = settings.offline_dir
     # One extra partition at the start: with a late-event tolerance, a partition may hold events a
@@ -311,11 +334,12 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
     con.close()
 
-    _write_manifest(settings, tasks, windows, category_col)
+    _write_manifest(settings, tasks, windows, category_col, click_task)
     return {v: rows[v] for v in VIEWS}
 
 
-def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], category: str | None) -> None:
+def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], category: str | None,
+                    sequence_task: str) -> None:
     """``<features_dir>/_views.json``: how the views were built (the Feast repo reads the TTL from it)."""
     cfg = settings.features
     manifest = {
@@ -323,6 +347,7 @@ def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], 
         "tasks": tasks,
         "rolling_windows_days": windows,
         "sequence_length": cfg.sequence_length,
+        "sequence_task": sequence_task,
         "sequence_category_column": category,
         "rate_prior_strength": cfg.rate_prior_strength,
         "ttl_days": cfg.ttl_days,

@@ -119,7 +119,8 @@ def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str,
         raise FileNotFoundError(f"no ingested impressions for {day}; ingest the day first")
     # Ads and users landed on any earlier day are profile inputs too (latest row per id wins).
     inputs += _landed_up_to(settings, "ads", day) + _landed_up_to(settings, "users", day)
-    config = {"tasks": list(source.tasks), "features": settings.features.model_dump(mode="json")}
+    config = {"tasks": list(source.tasks), "features": settings.features.model_dump(mode="json"),
+              "sequence_task": settings.representations.behaviour_task}
     fp = fingerprint_files(inputs, config)
     manifest = StageManifest(settings, "features")
     if not force and manifest.is_current(day, fp):

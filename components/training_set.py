@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+
+log = logging.getLogger(__name__)
 
 JoinPath = Literal["auto", "feast", "duckdb"]
 ENTITY_COLUMNS = tuple(IMPRESSIONS.required.names)
@@ -253,6 +256,8 @@ def build_training_set(
 
         table = add_similarity_features(settings, table)
         similarity = similarity_summary(table)
+        for name, reason in (similarity.get("skipped") or {}).items():
+            log.info("training set %s: %s skipped: %s", end_day, name, reason)
 
     out_dir = settings.training_dir / end_day.isoformat()
     target = out_dir / "train.parquet"
