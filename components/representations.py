@@ -133,7 +133,7 @@ SKIPPED_OUTPUTS = {
 def _skip(report: dict[str, Any], space: str, reason: str) -> None:
     """Record and log, in one line, that ``space`` is skipped and why."""
     report[space] = {"skipped": reason}
-    report.setdefault("skipped", {})[space] = reason
+    report.setdefault("spaces_skipped", {})[space] = reason
     log.info("%s: %s; %s are skipped", space, reason, SKIPPED_OUTPUTS[space])
 
 
@@ -334,7 +334,7 @@ def refresh_representations(
     if rep.semantic_ids == "off":
         _skip(report, "semantic_ids", "switched off (representations.semantic_ids: off)")
     elif "visual" not in stores:
-        report["semantic_ids"] = {"skipped": "no visual vectors (" + report["visual"]["skipped"] + ")"}
+        report["semantic_ids"] = {"skipped": "no visual vectors: " + report["visual"]["skipped"]}
     else:
         visual = stores["visual"]
         pos, has_photo = gather_rows(visual, ad_ids)

@@ -320,7 +320,7 @@ def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Tabl
         sims, stats = interest_similarity(sequences, ad_ids, store)
         columns[f"see_{space}"] = sims
         summary[space] = {**stats, "encoder": store.encoder, "defined": int(np.isfinite(sims).sum())}
-    if "graph" not in skipped:
+    if "see_graph" not in skipped:
         sims, graph_info = graph_similarity(settings, user_ids, ad_ids, event_days)
         columns["see_graph"] = sims
         summary["graph"] = {**graph_info, "defined": int(np.isfinite(sims).sum())}
