@@ -206,6 +206,12 @@ def behaviour_task(settings: "Settings", tasks: Sequence[str] | None = None) -> 
                      tasks if tasks is not None else settings.tasks, "representations.behaviour_task")
 
 
+def impressions_landed(settings: "Settings", day: dt.date) -> bool:
+    """Whether ingestion landed ``day``'s impressions partition: its folder exists, with a parquet file
+    or, for a day without impressions, possibly none (an empty day is a day, not a missing one)."""
+    return day_dir(settings.offline_dir, "impressions", day).is_dir()
+
+
 def lookback_days(settings: "Settings") -> int:
     """How many days before ``day`` the build of ``day`` reads impressions partitions from: the widest
     rolling window plus the retiring day, or the click-sequence look-back (the TTL), whichever is longer,
@@ -232,7 +238,7 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     # One extra partition at the start: with a late-event tolerance, a partition may hold events a
     # little past its own day, so the first day of a window can start in the partition before it.
     imp_globs = _partition_globs(offline, "impressions", day - dt.timedelta(days=lookback_days(settings)), day)
-    if not any(g.startswith(str(day_dir(offline, "impressions", day))) for g in imp_globs):
+    if not impressions_landed(settings, day):
         raise FileNotFoundError(
             f"no impressions partition for {day} under {offline / 'impressions'}; ingest the day first"
         )
@@ -241,10 +247,16 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     built_at = dt.datetime.now(dt.timezone.utc)
 
     con = connect()
-    con.execute(
-        f"CREATE VIEW imp AS SELECT * FROM read_parquet({_sql_list(imp_globs)}, union_by_name = true, "
-        "hive_partitioning = false)"
-    )
+    if imp_globs:
+        con.execute(
+            f"CREATE VIEW imp AS SELECT * FROM read_parquet({_sql_list(imp_globs)}, union_by_name = true, "
+            "hive_partitioning = false)"
+        )
+    else:  # every day of the look-back is empty (landed without a file): the contract's columns, no rows
+        from components.schemas import impressions_schema
+
+        con.register("imp_empty", impressions_schema(tasks).empty_table())
+        con.execute("CREATE VIEW imp AS SELECT * FROM imp_empty")
     imp_cols = {r[0] for r in con.execute("DESCRIBE imp").fetchall()}
     missing = [t for t in tasks if t not in imp_cols]
     if missing:

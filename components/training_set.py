@@ -55,6 +55,12 @@ def read_impressions(settings: "Settings", first: dt.date, last: dt.date, tasks:
         settings.offline_dir, "impressions", first - dt.timedelta(days=1), last + dt.timedelta(days=1)
     )
     if not globs:
+        from components.features import impressions_landed
+
+        if any(impressions_landed(settings, first + dt.timedelta(days=i)) for i in range((last - first).days + 1)):
+            from components.schemas import impressions_schema
+
+            return impressions_schema(list(tasks)).empty_table().select([*ENTITY_COLUMNS, *tasks])
         raise FileNotFoundError(f"no impressions partitions for {first}..{last} under {settings.offline_dir}")
     cols = ", ".join(f'"{c}"' for c in (*ENTITY_COLUMNS, *tasks))
     con = connect()

@@ -285,3 +285,48 @@ def test_ipw_and_the_sequence_follow_a_task_not_named_click(bare: dict[str, Any]
     assert result["ipw"]["skipped"].startswith("no repeated exposures in the window's")
     assert any(r.getMessage().startswith(f"IPW skipped for {days[-1]}: no repeated exposures")
                for r in caplog.records)
+
+
+def test_an_empty_day_landed_as_an_empty_folder(bare: dict[str, Any], tmp_path: Path) -> None:
+    """An empty day may also land as a partition folder without a file: features, representations and
+    the training set treat it like the empty file (same rows), and a window of only empty days says
+    there is nothing to train on."""
+    import shutil
+
+    from components import steps
+    from components.training_set import build_training_set
+
+    src, days = bare["settings"], bare["days"]
+    home = tmp_path / "home"
+    shutil.copytree(src.home / "offline", home / "offline")
+    settings = src.model_copy(update={"home": home})
+    empty = day_dir(settings.offline_dir, "impressions", days[2])
+    for f in empty.glob("*"):
+        f.unlink()
+    for day in days:
+        steps.features(settings, day)
+        steps.representations(settings, day)
+    ours = pq.read_table(build_training_set(settings, days[-1], days=DAYS, join_path="duckdb"))
+    theirs = pq.read_table(_training_set(src, days))
+    assert ours.num_rows == theirs.num_rows > 0 and ours["request_id"].equals(theirs["request_id"])
+    with pytest.raises(ValueError, match=f"no impressions between {days[2]} and {days[2]}: nothing to train on"):
+        build_training_set(settings, days[2], days=1, join_path="duckdb")
+    missing = days[-1] + dt.timedelta(days=1)
+    with pytest.raises(FileNotFoundError, match=f"no ingested impressions for {missing}; ingest the day first"):
+        steps.features(settings, missing)
+
+
+def test_a_first_day_without_impressions_builds_empty_daily_views(bare: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from components.features import build_features, read_view
+
+    src, days = bare["settings"], bare["days"]
+    shutil.copytree(src.home / "offline", tmp_path / "home" / "offline")
+    settings = src.model_copy(update={"home": tmp_path / "home"})
+    for f in day_dir(settings.offline_dir, "impressions", days[0]).glob("*"):
+        f.unlink()
+    rows = build_features(settings, days[0])
+    assert rows["user_stats"] == rows["ad_stats"] == rows["user_sequence"] == 0
+    assert rows["ad_profile"] == read_view(src, "ad_profile", [days[0]]).num_rows > 0
+    assert "click_rate_1d" in read_view(settings, "user_stats", [days[0]]).column_names
