@@ -461,6 +461,7 @@ def representations_summary(report: dict[str, Any]) -> dict[str, Any]:
         "graph_edges": graph.get("edges"),
         "graph_final_loss": graph.get("final_loss"),
         "stage_seconds": report.get("stage_seconds", report.get("seconds")),
+        "spaces_skipped": report.get("spaces_skipped"),
     }
 
 

@@ -331,7 +331,7 @@ def online_feature_rows(
         ids = base.column(key).to_numpy() if n else np.zeros(0, np.int64)
         uniq, inverse = np.unique(ids, return_inverse=True)
         t = time.perf_counter()
-        if uniq.size:
+        if uniq.size and entity_specs:  # an entity may have no view with columns (no user profile, ...)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 values, stamps = _fetch(store, entity_specs, key, uniq)
