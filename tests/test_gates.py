@@ -108,3 +108,39 @@ def test_gates_say_what_failed_in_words(settings) -> None:
                             "undefined on the newest day (no positive or no negative there)")
     fine = model_gate({"click": {"auc": 0.71, "calibration": 1.02}}, None, 0.01, (0.5, 2.0))
     assert fine.line() == "model: pass, click AUC 0.710, calibration 1.02 (no champion yet: calibration checked only)"
+
+
+class _Report:
+    def __init__(self, pairs: list[dict], has_task_tables: bool = True) -> None:
+        self.summary = {"pairs": pairs, "has_task_tables": has_task_tables}
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+class _Model:
+    def __init__(self, tasks: tuple[str, ...], arch: str = "stem") -> None:
+        from types import SimpleNamespace
+
+        self.tasks, self.config = tasks, SimpleNamespace(arch=arch)
+
+
+def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
+    from validation.gates import entanglement_gate
+
+    pair = {"task_a": "click", "task_b": "conversion", "n_pairs_a": 40, "n_pairs_b": 12}
+    ok = entanglement_gate(settings, _Model(("click", "conversion")), None,
+                           report=_Report([{**pair, "separation": 0.041}]), expert_corr=0.47)
+    assert ok.passed and ok.reason == ("smallest separation of conflicting pairs 0.041 > 0.000 "
+                                       "(gates.min_separation); mean |r| between experts 0.470 <= 0.900 "
+                                       "(gates.max_expert_correlation)")
+    sparse = entanglement_gate(settings, _Model(("click", "conversion")), None,
+                               report=_Report([{**pair, "n_pairs_b": 0, "separation": None}]), expert_corr=0.95)
+    assert not sparse.passed and sparse.reason == (
+        "separation undefined: too few conflicting (user, ad) pairs with enough impressions (click/conversion "
+        "40+0 pairs); not > 0.000 (gates.min_separation); mean |r| between experts 0.950 > 0.900 "
+        "(gates.max_expert_correlation)")
+    # A log with one label has no task pair: only the expert bound applies.
+    single = entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3)
+    assert single.passed and single.value is None
+    assert single.line().startswith("entanglement: pass, one task (rating_high): no task pair, separation not gated")

@@ -192,13 +192,18 @@ def entanglement_gate(settings: "Settings", model: Any, rows: Any, batch: Mappin
     if report is None:
         report = entanglement_report(model, rows, max_pairs=cfg.entanglement_max_pairs)
     summary = report.to_dict()
-    seps = [p["separation"] for p in summary.get("pairs", []) if _num(p.get("separation")) is not None]
+    pairs = summary.get("pairs", [])
+    seps = [p["separation"] for p in pairs if _num(p.get("separation")) is not None]
     value = min(seps) if seps else None
     has_task_tables = bool(summary.get("has_task_tables", False))
+    tasks = tuple(getattr(model, "tasks", ()) or ())
     if expert_corr is None and batch is not None:
         expert_corr, _ = expert_correlation(model, batch)
     corr_ok = expert_corr is None or expert_corr <= cfg.max_expert_correlation
-    if has_task_tables:
+    if len(tasks) == 1 and not pairs:
+        # One task (a log with one label): there is no task pair whose interests could be entangled.
+        sep_ok, note = True, f"one task ({tasks[0]}): no task pair, separation not gated"
+    elif has_task_tables:
         sep_ok = value is not None and value > cfg.min_separation
         note = None
     else:
@@ -206,11 +211,16 @@ def entanglement_gate(settings: "Settings", model: Any, rows: Any, batch: Mappin
         note = f"arch {getattr(model.config, 'arch', '?')} has no task-specific tables: separation not gated"
     passed = bool(sep_ok and corr_ok)
     parts = []
-    if has_task_tables:
-        parts.append(f"smallest separation of conflicting pairs {_fmt(value)} "
-                     f"{'>' if sep_ok else 'not >'} {cfg.min_separation:.3f} (gates.min_separation)")
+    if note is not None:
+        parts.append(note)
+    elif value is None:
+        counts = ", ".join(f"{p.get('task_a')}/{p.get('task_b')} {p.get('n_pairs_a', 0)}+{p.get('n_pairs_b', 0)} "
+                           "pairs" for p in pairs) or "no task pair analysed"
+        parts.append(f"separation undefined: too few conflicting (user, ad) pairs with enough impressions "
+                     f"({counts}); not > {cfg.min_separation:.3f} (gates.min_separation)")
     else:
-        parts.append("separation not gated (no task-specific tables)")
+        parts.append(f"smallest separation of conflicting pairs {value:.3f} "
+                     f"{'>' if sep_ok else 'not >'} {cfg.min_separation:.3f} (gates.min_separation)")
     if expert_corr is not None:
         parts.append(f"mean |r| between experts {expert_corr:.3f} {'<=' if corr_ok else '>'} "
                      f"{cfg.max_expert_correlation:.3f} (gates.max_expert_correlation)")
