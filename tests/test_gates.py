@@ -141,6 +141,7 @@ def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
         "40+0 pairs); not > 0.000 (gates.min_separation); mean |r| between experts 0.950 > 0.900 "
         "(gates.max_expert_correlation)")
     # A log with one label has no task pair: only the expert bound applies.
-    single = entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3)
+    single = entanglement_gate(settings, _Model(("rating_high",)), None, report=None, expert_corr=0.3)
     assert single.passed and single.value is None
+    assert entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3).passed
     assert single.line().startswith("entanglement: pass, one task (rating_high): no task pair, separation not gated")

@@ -330,3 +330,37 @@ def test_a_first_day_without_impressions_builds_empty_daily_views(bare: dict[str
     assert rows["user_stats"] == rows["ad_stats"] == rows["user_sequence"] == 0
     assert rows["ad_profile"] == read_view(src, "ad_profile", [days[0]]).num_rows > 0
     assert "click_rate_1d" in read_view(settings, "user_stats", [days[0]]).column_names
+
+
+def test_a_single_task_not_named_click_trains_and_gets_gated(bare: dict[str, Any], tmp_path: Path) -> None:
+    """One label (``like``) and nothing else: features, representations, training, and the gates (the
+    entanglement gate has no task pair and says so instead of failing)."""
+    import shutil
+
+    from components.config import FilesSourceConfig, FileTableConfig
+    from components.features import build_features
+    from components.quality import assess_and_register
+    from components.representations import refresh_representations
+    from components.retrain import train_and_evaluate
+
+    src, days = bare["settings"], bare["days"]
+    home = tmp_path / "home"
+    shutil.copytree(src.home / "offline", home / "offline")
+    shutil.copytree(src.home / "manifests" / "ingest", home / "manifests" / "ingest")  # the data gate reads it
+    for f in (home / "offline" / "impressions").glob("date=*/*.parquet"):
+        t = pq.read_table(f).drop_columns(["conversion"])
+        pq.write_table(t.rename_columns(["like" if c == "click" else c for c in t.column_names]), f)
+    files = FilesSourceConfig(tasks=["like"], impressions=FileTableConfig(path=str(tmp_path / "unused")))
+    settings = src.model_copy(update={
+        "home": home, "files": files, "pipeline": src.pipeline.model_copy(update={"source": "files"}),
+        "registry": src.registry.model_copy(update={"enabled": False})})
+    for day in days:
+        build_features(settings, day)
+        refresh_representations(settings, day, progress=False)
+    path = _training_set(settings, days)
+    result = train_and_evaluate(settings, days[-1], path, ("like",))
+    assert set(result["evaluation"]["overall"]) == {"like"} and result["ipw"]["task"] == "like"
+    gates = {g["name"]: g for g in assess_and_register(settings, days[-1], result, path, days)["gates"]}
+    assert gates["entanglement"]["passed"], gates["entanglement"]["reason"]
+    assert gates["entanglement"]["reason"].startswith("one task (like): no task pair, separation not gated")
+    assert gates["model"]["reason"].startswith("like AUC ")

@@ -189,9 +189,12 @@ def entanglement_gate(settings: "Settings", model: Any, rows: Any, batch: Mappin
     from validation.entanglement import entanglement_report, expert_correlation
 
     cfg = settings.gates
-    if report is None:
-        report = entanglement_report(model, rows, max_pairs=cfg.entanglement_max_pairs)
-    summary = report.to_dict()
+    if report is None and len(tuple(getattr(model, "tasks", ()) or ())) == 1:
+        summary: dict[str, Any] = {"pairs": [], "has_task_tables": None}  # one task: no pair to analyse
+    else:
+        if report is None:
+            report = entanglement_report(model, rows, max_pairs=cfg.entanglement_max_pairs)
+        summary = report.to_dict()
     pairs = summary.get("pairs", [])
     seps = [p["separation"] for p in pairs if _num(p.get("separation")) is not None]
     value = min(seps) if seps else None
