@@ -303,6 +303,11 @@ def refresh_representations(
         if not getattr(rep, space):
             _skip(report, space, f"switched off (representations.{space}: false)")
             continue
+        what = ("an image" if space == "visual" else
+                "a title" if rep.text_columns == ["title"] else f"text in {rep.text_columns}")
+        if ads.column(column).null_count == ads.num_rows:
+            _skip(report, space, f"no ad known by {day} has {what}")
+            continue
         contents = ads.column(column).to_pylist()  # str / bytes / None per ad: what the encoders take
         unreadable: list[int] = []
         if space == "visual":
@@ -313,11 +318,8 @@ def refresh_representations(
             if unreadable:
                 log.warning("%d ads have an undecodable photo and are treated as having none (ad_ids %s%s)",
                             len(unreadable), unreadable[:10], " ..." if len(unreadable) > 10 else "")
-        if all(c is None for c in contents):
-            what = ("an image" if space == "visual" else
-                    "a title" if rep.text_columns == ["title"] else f"text in {rep.text_columns}")
-            _skip(report, space, f"no ad known by {day} has {what}")
-            seconds[f"{space}_vectors"] = time.perf_counter() - t0
+        if len(unreadable) == ads.num_rows - ads.column(column).null_count:
+            _skip(report, space, f"no ad known by {day} has a decodable image ({len(unreadable)} undecodable)")
             continue
         encoder = make(settings)
         encoded = refresh_ad_vectors(settings, space, ad_ids, contents, encoder, progress=progress)
