@@ -262,8 +262,9 @@ def build_training_set(
 
         table = add_similarity_features(settings, table)
         similarity = similarity_summary(table)
-        for name, reason in (similarity.get("skipped") or {}).items():
-            log.info("training set %s: %s skipped: %s", end_day, name, reason)
+        if similarity.get("skipped"):
+            log.info("training set %s: left out %s", end_day,
+                     "; ".join(f"{name} ({reason})" for name, reason in similarity["skipped"].items()))
 
     out_dir = settings.training_dir / end_day.isoformat()
     target = out_dir / "train.parquet"
