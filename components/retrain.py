@@ -3,9 +3,11 @@
 The daily run's model step: hold out the window's newest ``training.valid_days`` days, fit the
 repeated-exposure propensity on the window's impressions (IPW weights for positives on repeated
 exposures; the propensity's history label is ``training.ipw_task``, default the first task; skipped with
-a message when the window has no repeated exposure or the task no positive), train with early stopping on the held-out day, evaluate per task overall and on slices, and,
-on the simulator, next to the oracle AUC. The model and its evaluation are saved under
-``<home>/models/<end day>/``; components/quality.py then gates and registers it (docs/gates.md).
+a message when the window has no repeated exposure or the task no positive), train with early stopping
+on the held-out day, evaluate per task overall and on slices, and, on the simulator, next to the oracle
+AUC. A task without a positive among the training rows fails the step with a message naming it. The
+model and its evaluation are saved under ``<home>/models/<end day>/``; components/quality.py then gates
+and registers it (docs/gates.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def ipw_skip_reason(impressions: Any, task: str) -> str | None:
                 "exposure_index is 1)")
     positives = pc.sum(impressions.column(task)).as_py() or 0
     if positives == 0:
-        return f"task {task!r} (training.ipw_task) has no positives in the window's {impressions.num_rows:,} impressions"
+        return (f"task {task!r} (training.ipw_task) has no positives in the window's {impressions.num_rows:,} "
+                "impressions")
     return None
 
 

@@ -411,7 +411,8 @@ def _probabilities(scorer: Any, rows: "pa.Table") -> dict[str, np.ndarray]:
         if missing:
             raise KeyError(
                 f"the model reads columns the online rows do not have: {missing} (were the representations "
-                "refreshed for this home? the model was trained with them)"
+                "refreshed for this home, and is no representations switch (text, visual, graph, see, "
+                "semantic_ids) off that was on when the model was trained? the model was trained with them)"
             )
         probs = scorer.score(inputs)
         return {f"p_{task}": np.asarray(p, dtype=np.float32) for task, p in probs.items()}

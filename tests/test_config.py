@@ -53,7 +53,7 @@ def test_representation_switches_and_task_settings() -> None:
     rep = s.representations
     assert rep.semantic_ids == "off" and rep.see is False
     assert rep.text and rep.visual and rep.graph and rep.behaviour_task is None and s.training.ipw_task is None
-    assert load_settings(environ={}, overrides={"representations": {"semantic_ids": True}}).representations.semantic_ids \
-        == "rqkmeans"
+    on = load_settings(environ={}, overrides={"representations": {"semantic_ids": True}})
+    assert on.representations.semantic_ids == "rqkmeans"
     with pytest.raises(ValueError, match="representations.semantic_ids"):
         load_settings(environ={}, overrides={"representations": {"semantic_ids": "kmeans"}})

@@ -161,8 +161,10 @@ def collapse_gate(settings: "Settings", model: Any, id_counts: Mapping[str, Any]
     if champion_value is not None:
         threshold = max(threshold, champion_value - cfg.ia_champion_tolerance)
     passed = value is not None and value >= threshold
-    bound = (f"the champion's {champion_value:.3f} - {cfg.ia_champion_tolerance:.3f} tolerance"
-             if champion_value is not None and threshold > cfg.ia_floor else f"floor {cfg.ia_floor:.3f} (gates.ia_floor)")
+    if champion_value is not None and threshold > cfg.ia_floor:
+        bound = f"the champion's {champion_value:.3f} - {cfg.ia_champion_tolerance:.3f} tolerance"
+    else:
+        bound = f"floor {cfg.ia_floor:.3f} (gates.ia_floor)"
     if value is None:
         reason = "mean IA/d undefined (no embedding field to measure)"
     else:
