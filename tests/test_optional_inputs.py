@@ -364,3 +364,20 @@ def test_a_single_task_not_named_click_trains_and_gets_gated(bare: dict[str, Any
     assert gates["entanglement"]["passed"], gates["entanglement"]["reason"]
     assert gates["entanglement"]["reason"].startswith("one task (like): no task pair, separation not gated")
     assert gates["model"]["reason"].startswith("like AUC ")
+
+
+def test_a_column_null_on_every_training_row_is_not_a_feature() -> None:
+    """An empty users table still gives ``user_profile__*`` columns, all null: no field for them."""
+    from components.dataset import FeatureEncoders
+
+    n = 40
+    table = pa.table({
+        "user_id": pa.array(np.arange(n) % 7, pa.int64()), "ad_id": pa.array(np.arange(n) % 5, pa.int64()),
+        "user_profile__age_band": pa.nulls(n, pa.string()), "user_profile__activity": pa.nulls(n, pa.float64()),
+        "ad_stats__impressions_1d": pa.array(np.arange(n), pa.int64()),
+        "like": pa.array(np.arange(n) % 2, pa.int8()),
+    })
+    enc = FeatureEncoders.fit(table, ["like"])
+    assert enc.feature_columns == ["user_id", "ad_id", "ad_stats__impressions_1d"]
+    assert enc.ignored["user_profile__age_band"] == "no value in the training rows (all null)"
+    assert enc.ignored["user_profile__activity"] == "no value in the training rows (all null)"
