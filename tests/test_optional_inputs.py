@@ -381,3 +381,16 @@ def test_a_column_null_on_every_training_row_is_not_a_feature() -> None:
     assert enc.feature_columns == ["user_id", "ad_id", "ad_stats__impressions_1d"]
     assert enc.ignored["user_profile__age_band"] == "no value in the training rows (all null)"
     assert enc.ignored["user_profile__activity"] == "no value in the training rows (all null)"
+
+
+def test_a_task_without_positives_fails_with_the_counts(bare: dict[str, Any], tmp_path: Path) -> None:
+    from components.retrain import train_and_evaluate
+
+    settings, days = bare["settings"], bare["days"]
+    table = pq.read_table(_training_set(settings, days))
+    i = table.column_names.index("conversion")
+    path = tmp_path / "train.parquet"
+    pq.write_table(table.set_column(i, "conversion", pa.array(np.zeros(table.num_rows, np.int8))), path)
+    with pytest.raises(ValueError, match=r"task\(s\) \['conversion'\] have no positive in the [\d,]+ training rows "
+                                         r"of .*train.parquet \(positives per task: \{'click': \d+, 'conversion': 0\}"):
+        train_and_evaluate(settings, days[-1], path, settings.tasks)
