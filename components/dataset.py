@@ -14,7 +14,8 @@
   through the ``ad_id`` vocabulary, categories through the vocabulary of the ad column the sequence was
   built from, and the time from each click to the impression in log2-minute buckets (0 = padding).
 
-Never features: labels, ``request_id`` and ``event_time`` (identify the impression), ``exposure_index``
+Never features: columns null on every training row (nothing to learn; a source without that input),
+labels, ``request_id`` and ``event_time`` (identify the impression), ``exposure_index``
 (the retargeting policy chooses repeated exposures *because* of past clicks; the model must not learn
 that shortcut, inverse propensity weights correct the bias instead).
 
@@ -263,6 +264,11 @@ class FeatureEncoders:
                 continue
             if name.startswith(SEQUENCE_PREFIX) and name != SEQUENCE_LENGTH:
                 continue  # the sequence columns are encoded together below
+            if table.column(name).null_count == table.num_rows:
+                # e.g. profile columns of an empty users table, a similarity no training row has: a field
+                # that only ever holds the unknown id would be a dead input (docs/training.md).
+                ignored[name] = "no value in the training rows (all null)"
+                continue
             group = field_group(name)
             if name == SIMHASH_COLUMN and pa.types.is_integer(typ):
                 top = pc.max(table.column(name)).as_py()

@@ -6,7 +6,9 @@ writes each as one parquet partition ``<features_dir>/<view>/date=YYYY-MM-DD/par
 - ``user_stats`` / ``ad_stats``: per window ``w`` in ``features.rolling_windows_days``: impressions,
   positives per task and a smoothed rate per task over ``[day_end - w days, day_end)``.
 - ``user_sequence``: the user's last ``sequence_length`` clicks (ad ids, ad categories, click times),
-  newest first, padded to a fixed length.
+  newest first, padded to a fixed length. A "click" is a positive of the behaviour task
+  (``representations.behaviour_task``, default the first task); without a taxonomy column the
+  categories are all the padding value ``''``.
 - ``user_profile`` / ``ad_profile``: the latest row per id of the users / ads tables.
 
 Timestamps (every view has ``event_timestamp`` and ``created_timestamp``, Arrow timestamp[us, UTC]):
@@ -183,6 +185,33 @@ def _stats_query(
     """
 
 
+def pick_task(value: str | None, tasks: Sequence[str], key: str) -> str:
+    """The task a setting names (``key`` in the message), or the first task when it names none."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError(f"{key}: there are no task columns to choose from (Settings.tasks is empty)")
+    if value is None:
+        return tasks[0]
+    if value not in tasks:
+        raise ValueError(f"{key} is {value!r}, which is not one of the tasks {tasks} (the source's label "
+                         "columns, Settings.tasks); name one of them or leave it unset for the first")
+    return value
+
+
+def behaviour_task(settings: "Settings", tasks: Sequence[str] | None = None) -> str:
+    """The task whose positives are the user's behaviour: the click sequence here, and in
+    components/representations.py the graph's edges and the interest vectors (which average the
+    sequence's ads). ``representations.behaviour_task``, default the first task."""
+    return pick_task(settings.representations.behaviour_task,
+                     tasks if tasks is not None else settings.tasks, "representations.behaviour_task")
+
+
+def impressions_landed(settings: "Settings", day: dt.date) -> bool:
+    """Whether ingestion landed ``day``'s impressions partition: its folder exists, with a parquet file
+    or, for a day without impressions, possibly none (an empty day is a day, not a missing one)."""
+    return day_dir(settings.offline_dir, "impressions", day).is_dir()
+
+
 def lookback_days(settings: "Settings") -> int:
     """How many days before ``day`` the build of ``day`` reads impressions partitions from: the widest
     rolling window plus the retiring day, or the click-sequence look-back (the TTL), whichever is longer,
@@ -203,13 +232,13 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     if any(w < 1 for w in cfg.rolling_windows_days):
         raise ValueError(f"features.rolling_windows_days must be >= 1, got {cfg.rolling_windows_days}")
     windows = sorted(set(cfg.rolling_windows_days))
-    click_task = "click" if "click" in tasks else tasks[0]
+    click_task = behaviour_task(settings, tasks)
     day_start, day_end = day_window(day)
     offline = settings.offline_dir
     # One extra partition at the start: with a late-event tolerance, a partition may hold events a
     # little past its own day, so the first day of a window can start in the partition before it.
     imp_globs = _partition_globs(offline, "impressions", day - dt.timedelta(days=lookback_days(settings)), day)
-    if not any(g.startswith(str(day_dir(offline, "impressions", day))) for g in imp_globs):
+    if not impressions_landed(settings, day):
         raise FileNotFoundError(
             f"no impressions partition for {day} under {offline / 'impressions'}; ingest the day first"
         )
@@ -218,10 +247,16 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     built_at = dt.datetime.now(dt.timezone.utc)
 
     con = connect()
-    con.execute(
-        f"CREATE VIEW imp AS SELECT * FROM read_parquet({_sql_list(imp_globs)}, union_by_name = true, "
-        "hive_partitioning = false)"
-    )
+    if imp_globs:
+        con.execute(
+            f"CREATE VIEW imp AS SELECT * FROM read_parquet({_sql_list(imp_globs)}, union_by_name = true, "
+            "hive_partitioning = false)"
+        )
+    else:  # every day of the look-back is empty (landed without a file): the contract's columns, no rows
+        from components.schemas import impressions_schema
+
+        con.register("imp_empty", impressions_schema(tasks).empty_table())
+        con.execute("CREATE VIEW imp AS SELECT * FROM imp_empty")
     imp_cols = {r[0] for r in con.execute("DESCRIBE imp").fetchall()}
     missing = [t for t in tasks if t not in imp_cols]
     if missing:
@@ -311,11 +346,12 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
     con.close()
 
-    _write_manifest(settings, tasks, windows, category_col)
+    _write_manifest(settings, tasks, windows, category_col, click_task)
     return {v: rows[v] for v in VIEWS}
 
 
-def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], category: str | None) -> None:
+def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], category: str | None,
+                    sequence_task: str) -> None:
     """``<features_dir>/_views.json``: how the views were built (the Feast repo reads the TTL from it)."""
     cfg = settings.features
     manifest = {
@@ -323,6 +359,7 @@ def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], 
         "tasks": tasks,
         "rolling_windows_days": windows,
         "sequence_length": cfg.sequence_length,
+        "sequence_task": sequence_task,
         "sequence_category_column": category,
         "rate_prior_strength": cfg.rate_prior_strength,
         "ttl_days": cfg.ttl_days,

@@ -65,7 +65,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     from components.storage import write_json_atomic
     from components.train import load_trained
     from validation.collapse import collapse_report, id_counts_from_batch
-    from validation.entanglement import entanglement_report
+    from validation.entanglement import entanglement_report, expert_correlation
     from validation.gates import all_passed, collapse_gate, data_gate, entanglement_gate, gate_table, model_gate
 
     started = time.perf_counter()
@@ -97,19 +97,25 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     t_collapse = time.perf_counter() - t0
     t0 = time.perf_counter()
     sample = valid.slice(0, min(EXPERT_ROWS, valid.num_rows))
-    entangled = entanglement_report(trained, train, tasks=tasks, max_pairs=cfg.entanglement_max_pairs,
-                                    batch=trained.encoders.encode(sample, with_labels=False))
+    sample_batch = trained.encoders.encode(sample, with_labels=False)
+    entangled = expert_corr = None
+    if len(tasks) >= 2:
+        entangled = entanglement_report(trained, train, tasks=tasks, max_pairs=cfg.entanglement_max_pairs,
+                                        batch=sample_batch)
+        expert_corr = entangled.expert_mean_abs_r
+    elif sample.num_rows >= 2:  # one task: no pair to analyse, the experts can still be redundant
+        expert_corr, _ = expert_correlation(trained.model, sample_batch)
     t_entangle = time.perf_counter() - t0
     gates = [
         data_gate(settings, days),
         collapse_gate(settings, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
                       report=collapse),
-        entanglement_gate(settings, trained.model, train, report=entangled,
-                          expert_corr=entangled.expert_mean_abs_r),
+        entanglement_gate(settings, trained.model, train, report=entangled, expert_corr=expert_corr),
         model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band)),
     ]
-    plots = [collapse.plot(analysis_dir / "collapse_spectra.png"),
-             entangled.plot(analysis_dir / "entanglement_distances.png")]
+    plots = [collapse.plot(analysis_dir / "collapse_spectra.png")]
+    if entangled is not None:
+        plots.append(entangled.plot(analysis_dir / "entanglement_distances.png"))
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
     write_json_atomic(analysis_dir / "gates.json", {"gates": gate_dicts, "passed": passed})

@@ -30,6 +30,14 @@ known by the end of ``day`` (the offline store, latest row per ad):
    (components/similarity.py) average exactly the same ads. Vectors are ``list<float32>`` columns named
    ``vector`` (Feast ``Array(Float32)``).
 
+Every space is optional (docs/representations.md, "Switches"): ``representations.text`` / ``visual`` /
+``graph`` false, or ``semantic_ids: off``, skip it; so does the absence of its inputs (no ad with a
+title, no ad with a decodable photo, no positive of the behaviour task in the graph window). A skipped
+space writes no view, loads no encoder, logs one line saying what is skipped and why, and is reported as
+``{"skipped": reason}``; the SEE columns and codes of components/similarity.py follow. The graph's edges
+and the interest vectors' clicks are positives of ``representations.behaviour_task`` (default: the first
+task), the task the features' click sequence is built from.
+
 Returns a report: items encoded / reused per space, seconds per stage, codebook usage and collision rate,
 graph training statistics and rows per view. docs/representations.md has the full semantics.
 """
@@ -68,16 +76,24 @@ REPRESENTATION_VIEWS = (
 )
 
 
-def _click_task(settings: "Settings") -> str:
-    tasks = settings.tasks
-    if not tasks:
-        raise ValueError("no task columns: the graph needs a click task")
-    return "click" if "click" in tasks else tasks[0]
+def _text_columns(settings: "Settings", names: list[str]) -> list[str]:
+    """The configured text columns the ads table has. A column named explicitly in the configuration that
+    the table lacks is an error (a typo must not silently switch text off); the default ``title`` absent
+    from the ads means the log has no titles."""
+    rep = settings.representations
+    columns = rep.text_columns
+    missing = [c for c in columns if c not in names]
+    if missing and "text_columns" in rep.model_fields_set:
+        raise ValueError(
+            f"representations.text_columns {missing} are not columns of the ads table (have {names})"
+        )
+    return [c for c in columns if c in names]
 
 
 def ads_as_of(settings: "Settings", day: dt.date) -> "pa.Table":
     """The ads known at the end of ``day`` (latest row per ad in the offline store), sorted by ``ad_id``:
-    ``ad_id``, ``created_at``, ``image``, ``text`` (the text columns joined, null when all are null)."""
+    ``ad_id``, ``created_at``, ``image``, ``text`` (the text columns joined, null when all are null or
+    when the ads have none of the text columns; an ads table without ``image`` gives nulls)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -86,23 +102,39 @@ def ads_as_of(settings: "Settings", day: dt.date) -> "pa.Table":
     ads = read_offline(settings, "ads", None, day, latest=True)
     _, day_end = day_window(day)
     ads = ads.filter(pc.less(ads.column("created_at"), pa.scalar(day_end, ads.schema.field("created_at").type)))
-    columns = settings.representations.text_columns
-    missing = [c for c in columns if c not in ads.column_names]
-    if missing:
-        raise ValueError(
-            f"representations.text_columns {missing} are not columns of the ads table (have {ads.column_names})"
-        )
+    columns = _text_columns(settings, ads.column_names)
     parts = [pc.cast(ads.column(c), pa.string()) for c in columns]
-    text = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, TEXT_SEPARATOR,
-                                                                         null_handling="skip")
+    if not parts:
+        text = pa.nulls(ads.num_rows, pa.string())
+    elif len(parts) == 1:
+        text = parts[0]
+    else:
+        text = pc.binary_join_element_wise(*parts, TEXT_SEPARATOR, null_handling="skip")
     text = pc.if_else(pc.equal(pc.utf8_trim_whitespace(text), ""), pa.scalar(None, pa.string()), text)
+    image = ads.column("image") if "image" in ads.column_names else pa.nulls(ads.num_rows, pa.binary())
     out = pa.table({
         "ad_id": ads.column("ad_id"),
         "created_at": ads.column("created_at"),
-        "image": ads.column("image"),
+        "image": image,
         "text": text,
     })
     return out.sort_by("ad_id").combine_chunks()
+
+
+# What a skipped space takes with it (the log line and docs/representations.md say the same).
+SKIPPED_OUTPUTS = {
+    "text": "text vectors, user_text_interest and see_text",
+    "visual": "visual vectors, semantic IDs, user_visual_interest and see_visual",
+    "semantic_ids": "the ad_semantic_id codes",
+    "graph": "graph vectors and see_graph",
+}
+
+
+def _skip(report: dict[str, Any], space: str, reason: str) -> None:
+    """Record and log, in one line, that ``space`` is skipped and why."""
+    report[space] = {"skipped": reason}
+    report.setdefault("spaces_skipped", {})[space] = reason
+    log.info("%s: %s; %s are skipped", space, reason, SKIPPED_OUTPUTS[space])
 
 
 def vector_column(matrix: np.ndarray) -> "pa.Array":
@@ -222,7 +254,9 @@ def _window_clicks(settings: "Settings", day: dt.date) -> "pa.Table":
     from components.offline_store import read_offline
 
     first = day - dt.timedelta(days=settings.representations.graph_window_days)
-    task = _click_task(settings)
+    from components.features import behaviour_task
+
+    task = behaviour_task(settings)
     imp = read_offline(settings, "impressions", first, day, columns=["user_id", "ad_id", "event_time", task])
     return imp.filter(pc.equal(imp.column(task), 1)).select(["user_id", "ad_id", "event_time"])
 
@@ -262,10 +296,18 @@ def refresh_representations(
     report["ads"] = int(ad_ids.size)
 
     # --- 1. content vectors (incremental) ------------------------------------------------------------
+    # A space switched off, or without any input, is skipped before its encoder is even loaded.
     stores: dict[str, Any] = {}
     for space, column, make in (("text", "text", make_text_encoder), ("visual", "image", make_image_encoder)):
         t0 = time.perf_counter()
-        encoder = make(settings)
+        if not getattr(rep, space):
+            _skip(report, space, f"switched off (representations.{space}: false)")
+            continue
+        what = ("an image" if space == "visual" else
+                "a title" if rep.text_columns == ["title"] else f"text in {rep.text_columns}")
+        if ads.column(column).null_count == ads.num_rows:
+            _skip(report, space, f"no ad known by {day} has {what}")
+            continue
         contents = ads.column(column).to_pylist()  # str / bytes / None per ad: what the encoders take
         unreadable: list[int] = []
         if space == "visual":
@@ -276,6 +318,10 @@ def refresh_representations(
             if unreadable:
                 log.warning("%d ads have an undecodable photo and are treated as having none (ad_ids %s%s)",
                             len(unreadable), unreadable[:10], " ..." if len(unreadable) > 10 else "")
+        if len(unreadable) == ads.num_rows - ads.column(column).null_count:
+            _skip(report, space, f"no ad known by {day} has a decodable image ({len(unreadable)} undecodable)")
+            continue
+        encoder = make(settings)
         encoded = refresh_ad_vectors(settings, space, ad_ids, contents, encoder, progress=progress)
         stores[space] = load_ad_vectors(settings, space)
         report[space] = encoded.to_dict()
@@ -286,11 +332,16 @@ def refresh_representations(
 
     # --- 2. visual semantic IDs ----------------------------------------------------------------------
     t0 = time.perf_counter()
-    visual = stores["visual"]
-    pos, has_photo = gather_rows(visual, ad_ids)
-    X = visual.vectors[pos] * has_photo[:, None]
-    previous = load_codebook(settings)
-    if has_photo.any():
+    sid_table = None
+    if rep.semantic_ids == "off":
+        _skip(report, "semantic_ids", "switched off (representations.semantic_ids: off)")
+    elif "visual" not in stores:
+        report["semantic_ids"] = {"skipped": "no visual vectors: " + report["visual"]["skipped"]}
+    else:
+        visual = stores["visual"]
+        pos, has_photo = gather_rows(visual, ad_ids)
+        X = visual.vectors[pos] * has_photo[:, None]
+        previous = load_codebook(settings)
         codebook = fit_or_load_codebook(settings, X[has_photo], encoder=visual.encoder, refit=refit_codebook)
         codes = assign_codes(settings, ad_ids, X, has_photo)
         import pyarrow.compute as pc
@@ -304,41 +355,46 @@ def refresh_representations(
             **codebook_report(codes_today.select(sids), _sizes(codebook)),
         }
         sid_table = _semantic_id_view(ads, codes_today, sids, built_at)
-    else:
-        report["semantic_ids"] = {"skipped": "no ad known by this day has a photo"}
-        sid_table = None
     seconds["semantic_ids"] = time.perf_counter() - t0
 
     # --- 3. graph ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    clicks = _window_clicks(settings, day)
     graph = None
-    if clicks.num_rows:
-        graph, graph_report = refresh_graph(settings, day, clicks)
-        report["graph"] = graph_report
+    if not rep.graph:
+        _skip(report, "graph", "switched off (representations.graph: false)")
     else:
-        report["graph"] = {"skipped": f"no clicks in the {rep.graph_window_days} days ending {day}"}
+        clicks = _window_clicks(settings, day)
+        if clicks.num_rows:
+            graph, graph_report = refresh_graph(settings, day, clicks)
+            report["graph"] = graph_report
+        else:
+            # No edge in the window (sparse or empty days): no new snapshot; consumers keep using the
+            # newest earlier one (components/similarity.py reads the snapshot of the day before).
+            report["graph"] = {"skipped": f"no positive of the behaviour task in the {rep.graph_window_days} "
+                                          f"days ending {day}"}
+            log.info("graph: no new edges (no positive of the behaviour task in the %d days ending %s); no new "
+                     "snapshot, the newest earlier one, if any, stays in use", rep.graph_window_days, day)
     seconds["graph"] = time.perf_counter() - t0
 
     # --- 4. views ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     rows: dict[str, int] = {}
-    rows["ad_text_embedding"] = _write_view(settings, "ad_text_embedding", day,
-                                            _ad_vector_view(ads, stores["text"], built_at))
-    rows["ad_visual_embedding"] = _write_view(settings, "ad_visual_embedding", day,
-                                              _ad_vector_view(ads, stores["visual"], built_at))
-    if sid_table is not None:
-        rows["ad_semantic_id"] = _write_view(settings, "ad_semantic_id", day, sid_table)
-    for space in ("text", "visual"):
+    for space, store in stores.items():
+        rows[f"ad_{space}_embedding"] = _write_view(settings, f"ad_{space}_embedding", day,
+                                                    _ad_vector_view(ads, store, built_at))
         view = f"user_{space}_interest"
         rows[view] = _write_view(settings, view, day,
-                                 _interest_view(sequences, stores[space], day_end, built_at, rep.interest_last_n))
-    if graph is not None:
-        users_view, ads_view = _graph_views(graph, day_end, built_at)
-    else:
-        users_view, ads_view = _empty_vector_view("user_id", rep.graph_dim), _empty_vector_view("ad_id", rep.graph_dim)
-    rows["user_graph_embedding"] = _write_view(settings, "user_graph_embedding", day, users_view)
-    rows["ad_graph_embedding"] = _write_view(settings, "ad_graph_embedding", day, ads_view)
+                                 _interest_view(sequences, store, day_end, built_at, rep.interest_last_n))
+    if sid_table is not None:
+        rows["ad_semantic_id"] = _write_view(settings, "ad_semantic_id", day, sid_table)
+    if rep.graph:
+        if graph is not None:
+            users_view, ads_view = _graph_views(graph, day_end, built_at)
+        else:
+            users_view = _empty_vector_view("user_id", rep.graph_dim)
+            ads_view = _empty_vector_view("ad_id", rep.graph_dim)
+        rows["user_graph_embedding"] = _write_view(settings, "user_graph_embedding", day, users_view)
+        rows["ad_graph_embedding"] = _write_view(settings, "ad_graph_embedding", day, ads_view)
     seconds["views"] = time.perf_counter() - t0
     report["views"] = rows
     if rep.interest_last_n > settings.features.sequence_length:
@@ -346,15 +402,19 @@ def refresh_representations(
     seconds["total"] = time.perf_counter() - started
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     log.info(
-        "representations %s: %d ads; text %d encoded / %d reused, visual %d encoded / %d reused; "
-        "semantic IDs %s; graph %s; %.1f s",
-        day, report["ads"], report["text"].get("items_encoded", 0), report["text"].get("items_reused", 0),
-        report["visual"].get("items_encoded", 0), report["visual"].get("items_reused", 0),
+        "representations %s: %d ads; text %s, visual %s; semantic IDs %s; graph %s; %.1f s",
+        day, report["ads"], _encoded(report["text"]), _encoded(report["visual"]),
         {k: report["semantic_ids"].get(k) for k in ("codebook_usage", "collision_rate", "skipped") if
          k in report["semantic_ids"]},
         report["graph"].get("edges", report["graph"].get("skipped")), seconds["total"],
     )
     return report
+
+
+def _encoded(space: dict[str, Any]) -> str:
+    if "skipped" in space:
+        return "skipped"
+    return f"{space.get('items_encoded', 0)} encoded / {space.get('items_reused', 0)} reused"
 
 
 def _sizes(codebook: Any) -> list[int]:
@@ -403,6 +463,7 @@ def representations_summary(report: dict[str, Any]) -> dict[str, Any]:
         "graph_edges": graph.get("edges"),
         "graph_final_loss": graph.get("final_loss"),
         "stage_seconds": report.get("stage_seconds", report.get("seconds")),
+        "spaces_skipped": report.get("spaces_skipped"),
     }
 
 

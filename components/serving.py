@@ -331,7 +331,7 @@ def online_feature_rows(
         ids = base.column(key).to_numpy() if n else np.zeros(0, np.int64)
         uniq, inverse = np.unique(ids, return_inverse=True)
         t = time.perf_counter()
-        if uniq.size:
+        if uniq.size and entity_specs:  # an entity may have no view with columns (no user profile, ...)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 values, stamps = _fetch(store, entity_specs, key, uniq)
@@ -411,7 +411,8 @@ def _probabilities(scorer: Any, rows: "pa.Table") -> dict[str, np.ndarray]:
         if missing:
             raise KeyError(
                 f"the model reads columns the online rows do not have: {missing} (were the representations "
-                "refreshed for this home? the model was trained with them)"
+                "refreshed for this home, and is no representations switch (text, visual, graph, see, "
+                "semantic_ids) off that was on when the model was trained? the model was trained with them)"
             )
         probs = scorer.score(inputs)
         return {f"p_{task}": np.asarray(p, dtype=np.float32) for task, p in probs.items()}

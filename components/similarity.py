@@ -20,6 +20,13 @@ and adds them, with the ad's visual semantic-ID codes, to a point-in-time traini
   for an ad without a photo, null for an ad the refresh has not coded yet). Named as the
   ``ad_semantic_id`` feature view's columns, so training and serving use the same names.
 
+A column whose input is switched off or absent is not added at all (``_usable_inputs``: ``see_text`` /
+``see_visual`` without text / visual vectors or with ``representations.text`` / ``visual`` false,
+``see_graph`` without any graph snapshot or with ``representations.graph`` false, every ``see_*`` with
+``representations.see`` false, the codes without visual vectors or with ``semantic_ids: off``); the summary
+says what was skipped and why, and the model's feature spec, fitted on the training set's columns,
+follows.
+
 Everything is vectorised: sequences are de-duplicated (many impressions share one served sequence),
 vectors are gathered with ``searchsorted`` and masked means, and cosines are taken chunk by chunk so
 memory stays bounded (1M rows: a few seconds, docs/benchmarks.md).
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +46,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+
+log = logging.getLogger(__name__)
 
 SEQUENCE_IDS = "user_sequence__ad_ids"
 SEQUENCE_LENGTH = "user_sequence__length"
@@ -237,6 +247,49 @@ def _load_codes(settings: "Settings") -> "pa.Table | None":
     return semantic_ids.load_codes(settings)
 
 
+def _usable_inputs(settings: "Settings") -> tuple[dict[str, Any], dict[str, str]]:
+    """The vector stores the SEE columns are computed from, and what is skipped (``see_text``,
+    ``see_visual``, ``see_graph``, ``semantic_ids``) with the reason: switched off in
+    ``representations``, or no input (the refresh skipped the space: no ad with a title / a photo, no
+    graph snapshot yet). Training sets and online rows call this with the same settings and home, so they
+    get the same columns."""
+    from components.embeddings.vector_store import load_ad_vectors, vectors_path
+    from components.graph import graph_snapshots
+
+    rep = settings.representations
+    stores: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    visual_reason = None
+    for space in ("text", "visual"):
+        reason = None
+        if not getattr(rep, space):
+            reason = f"switched off (representations.{space}: false)"
+        elif not vectors_path(settings, space).is_file():
+            reason = f"no ad has {'an image' if space == 'visual' else 'text'} (no {space} vectors were built)"
+        else:
+            store = load_ad_vectors(settings, space)
+            if not store.has_input.any():
+                reason = f"no ad has {'an image' if space == 'visual' else 'text'} (the {space} store is empty)"
+            elif rep.see:
+                stores[space] = store
+        if reason is not None:
+            skipped[f"see_{space}"] = reason
+            if space == "visual":
+                visual_reason = reason
+    if not rep.graph:
+        skipped["see_graph"] = "switched off (representations.graph: false)"
+    elif not graph_snapshots(settings):
+        skipped["see_graph"] = "no graph snapshot yet (no positive of the behaviour task in any graph window)"
+    if not rep.see:
+        for name in SEE_COLUMNS:
+            skipped.setdefault(name, "switched off (representations.see: false)")
+    if rep.semantic_ids == "off":
+        skipped["semantic_ids"] = "switched off (representations.semantic_ids: off)"
+    elif visual_reason is not None:
+        skipped["semantic_ids"] = f"no visual vectors: {visual_reason}"
+    return stores, skipped
+
+
 def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Table":
     """``table`` (a point-in-time training set: ``user_id``, ``ad_id``, ``event_time``,
     ``user_sequence__ad_ids`` [, ``user_sequence__length``]) plus ``see_text``, ``see_visual``,
@@ -248,8 +301,6 @@ def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Tabl
     ``adsrec.representations``."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from components.embeddings.vector_store import load_ad_vectors
 
     started = time.perf_counter()
     for name in ("user_id", "ad_id", "event_time"):
@@ -264,31 +315,38 @@ def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Tabl
 
     summary: dict[str, Any] = {"rows": n}
     columns: dict[str, np.ndarray] = {}
-    for space in ("text", "visual"):
-        try:
-            vectors = load_ad_vectors(settings, space)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"no {space} vectors: run components.representations.refresh_representations first ({exc})"
-            ) from None
-        sims, stats = interest_similarity(sequences, ad_ids, vectors)
+    vectors, skipped = _usable_inputs(settings)
+    for space, store in vectors.items():
+        sims, stats = interest_similarity(sequences, ad_ids, store)
         columns[f"see_{space}"] = sims
-        summary[space] = {**stats, "encoder": vectors.encoder, "defined": int(np.isfinite(sims).sum())}
-    sims, graph_info = graph_similarity(settings, user_ids, ad_ids, event_days)
-    columns["see_graph"] = sims
-    summary["graph"] = {**graph_info, "defined": int(np.isfinite(sims).sum())}
+        summary[space] = {**stats, "encoder": store.encoder, "defined": int(np.isfinite(sims).sum())}
+    if "see_graph" not in skipped:
+        sims, graph_info = graph_similarity(settings, user_ids, ad_ids, event_days)
+        columns["see_graph"] = sims
+        summary["graph"] = {**graph_info, "defined": int(np.isfinite(sims).sum())}
 
     out = table
     for name in SEE_COLUMNS:
+        if name not in columns:
+            continue
         values = columns[name]
         arr = pa.array(values, type=pa.float32(), mask=~np.isfinite(values))
         out = _set(out, name, arr)
 
-    codes = _load_codes(settings)
-    if codes is None:
+    codes = None if "semantic_ids" in skipped else _load_codes(settings)
+    if codes is None and "semantic_ids" not in skipped:
         raise FileNotFoundError(
-            "no semantic-ID codes: run components.representations.refresh_representations first"
+            f"no semantic-ID codes under {settings.embeddings_dir / 'semantic_ids'} although the ads have visual "
+            "vectors: run components.representations.refresh_representations first"
         )
+    if skipped:
+        summary["skipped"] = skipped
+        log.debug("similarity features: skipped %s", skipped)
+    if codes is None:
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        metadata = dict(out.schema.metadata or {})
+        metadata[METADATA_KEY] = json.dumps(summary, default=str).encode()
+        return out.replace_schema_metadata(metadata)
     code_ids = codes.column("ad_id").to_numpy().astype(np.int64)
     order = np.argsort(code_ids, kind="stable")
     code_ids = code_ids[order]

@@ -112,16 +112,17 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
 
 def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
     """Compute the day's feature partitions from the offline store (looks back over the rolling windows)."""
-    from components.features import build_features, lookback_days
+    from components.features import build_features, impressions_landed, lookback_days
 
     source = _source(settings)
     lookback = lookback_days(settings) + 1  # the build reads days [day - lookback_days, day]
     inputs = [p for d in window_days(day, lookback) for p in files_under(day_dir(settings.offline_dir, "impressions", d))]
-    if not any(day_dir(settings.offline_dir, "impressions", day).glob("*.parquet")):
+    if not impressions_landed(settings, day):
         raise FileNotFoundError(f"no ingested impressions for {day}; ingest the day first")
     # Ads and users landed on any earlier day are profile inputs too (latest row per id wins).
     inputs += _landed_up_to(settings, "ads", day) + _landed_up_to(settings, "users", day)
-    config = {"tasks": list(source.tasks), "features": settings.features.model_dump(mode="json")}
+    config = {"tasks": list(source.tasks), "features": settings.features.model_dump(mode="json"),
+              "sequence_task": settings.representations.behaviour_task}
     fp = fingerprint_files(inputs, config)
     manifest = StageManifest(settings, "features")
     if not force and manifest.is_current(day, fp):
@@ -148,6 +149,7 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
     """Refresh pre-trained representations as of ``day``: text and visual vectors of new or changed ads,
     visual semantic IDs, the LightGCN graph over the click window, user interest vectors; written as
     feature-view partitions of the day."""
+    from components.features import impressions_landed
     from components.representations import refresh_representations
 
     # The click window (plus one partition of late events), the day's behaviour sequences (interest
@@ -157,7 +159,7 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
     inputs += files_under(day_dir(settings.features_dir, "user_sequence", day))
     inputs += [p for d in window_days(day - dt.timedelta(days=1), settings.representations.graph_window_days)
                for p in files_under(settings.embeddings_dir / "graph" / f"date={d.isoformat()}")]
-    if not any(day_dir(settings.offline_dir, "impressions", day).glob("*.parquet")):
+    if not impressions_landed(settings, day):
         raise FileNotFoundError(f"no ingested impressions for {day}; ingest the day first")
     inputs += _landed_up_to(settings, "ads", day)
     config = {"representations": settings.representations.model_dump(mode="json"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+
+log = logging.getLogger(__name__)
 
 JoinPath = Literal["auto", "feast", "duckdb"]
 ENTITY_COLUMNS = tuple(IMPRESSIONS.required.names)
@@ -52,6 +55,12 @@ def read_impressions(settings: "Settings", first: dt.date, last: dt.date, tasks:
         settings.offline_dir, "impressions", first - dt.timedelta(days=1), last + dt.timedelta(days=1)
     )
     if not globs:
+        from components.features import impressions_landed
+
+        if any(impressions_landed(settings, first + dt.timedelta(days=i)) for i in range((last - first).days + 1)):
+            from components.schemas import impressions_schema
+
+            return impressions_schema(list(tasks)).empty_table().select([*ENTITY_COLUMNS, *tasks])
         raise FileNotFoundError(f"no impressions partitions for {first}..{last} under {settings.offline_dir}")
     cols = ", ".join(f'"{c}"' for c in (*ENTITY_COLUMNS, *tasks))
     con = connect()
@@ -253,6 +262,9 @@ def build_training_set(
 
         table = add_similarity_features(settings, table)
         similarity = similarity_summary(table)
+        if similarity.get("skipped"):
+            log.info("training set %s: left out %s", end_day,
+                     "; ".join(f"{name} ({reason})" for name, reason in similarity["skipped"].items()))
 
     out_dir = settings.training_dir / end_day.isoformat()
     target = out_dir / "train.parquet"

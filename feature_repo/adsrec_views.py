@@ -9,6 +9,10 @@ definitions are built, because they depend on the source: one ``<task>_...`` col
 profile column per categorical / numeric attribute of the ads and users tables. Field names are the
 parquet column names; keys and timestamps are not fields.
 
+A view whose newest partition has no feature column (``user_profile`` of a log without user profiles:
+only ``user_id`` and the timestamps) is left out: Feast cannot join, materialise or serve a view with an
+empty schema, and it would add nothing to a row. It comes back as soon as a partition has columns.
+
 The pre-trained representation views (``REPRESENTATION_VIEWS``: text / visual / graph vectors, user
 interest vectors, visual semantic IDs; written by components/representations.py) are added by
 ``view_specs(..., representations=True)``. They are registered like the others but never join the
@@ -108,6 +112,7 @@ def _partitions(features: Path, name: str) -> list[Path]:
 
 def view_specs(home: Path, ttl_days: int, representations: bool = False) -> list[ViewSpec]:
     """Specs of every view under ``<home>/features``; raises naming the view when it was never built.
+    Views without any feature column are left out (see the module docstring).
 
     ``representations=True`` adds the pre-trained representation views (``REPRESENTATION_VIEWS``) that
     have been built (a missing one is left out: the daily refresh may not have run yet). The default
@@ -121,13 +126,17 @@ def view_specs(home: Path, ttl_days: int, representations: bool = False) -> list
                 f"feature view {name} has no partitions under {features / name}: build the features first "
                 "(adsrec demo, or components.features.build_features)"
             )
-        specs.append(_spec(features, name, entity, dt.timedelta(days=ttl_days) if expires else None, partitions))
+        spec = _spec(features, name, entity, dt.timedelta(days=ttl_days) if expires else None, partitions)
+        if spec.fields:  # a view with no feature column (a log without user profiles) has nothing to serve
+            specs.append(spec)
     if representations:
         ttls = {"creative": None, "daily": dt.timedelta(days=ttl_days), "graph": GRAPH_TTL}
         for name, (entity, stamping) in REPRESENTATION_VIEWS.items():
             partitions = _partitions(features, name)
             if partitions:
-                specs.append(_spec(features, name, entity, ttls[stamping], partitions))
+                spec = _spec(features, name, entity, ttls[stamping], partitions)
+                if spec.fields:
+                    specs.append(spec)
     return specs
 
 

@@ -175,6 +175,8 @@ def render_gates(st: dict[str, Any]) -> str:
 
 
 def _gate_reason(g: dict[str, Any]) -> str:
+    if g.get("reason"):  # validation/gates.py words every verdict; older manifests lack it
+        return str(g["reason"])
     d = g.get("details") or {}
     if g["name"] == "model":
         bad = [f"{t}: AUC {_num(v.get('auc'))} vs champion {_num(v.get('champion_auc'))}, calibration "

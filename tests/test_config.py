@@ -44,3 +44,16 @@ def test_bad_values_name_the_key(tmp_path: Path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         load_settings(bad, environ={})
+
+
+def test_representation_switches_and_task_settings() -> None:
+    from components.config import load_settings
+
+    s = load_settings(environ={"ADSREC_REPRESENTATIONS__SEMANTIC_IDS": "false", "ADSREC_REPRESENTATIONS__SEE": "no"})
+    rep = s.representations
+    assert rep.semantic_ids == "off" and rep.see is False
+    assert rep.text and rep.visual and rep.graph and rep.behaviour_task is None and s.training.ipw_task is None
+    on = load_settings(environ={}, overrides={"representations": {"semantic_ids": True}})
+    assert on.representations.semantic_ids == "rqkmeans"
+    with pytest.raises(ValueError, match="representations.semantic_ids"):
+        load_settings(environ={}, overrides={"representations": {"semantic_ids": "kmeans"}})

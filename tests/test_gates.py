@@ -62,6 +62,8 @@ def test_collapse_gate_fails_a_collapsed_table_and_passes_a_healthy_one(settings
             w.copy_(rank1.view_as(w))
     collapsed = collapse_gate(settings, model, None)
     assert not collapsed.passed and collapsed.value == pytest.approx(1 / 8, abs=1e-3)
+    assert collapsed.reason == ("mean IA/d 0.125 < 0.200, floor 0.200 (gates.ia_floor): embeddings collapsed "
+                                "towards few directions")
 
 
 def test_gate_table_and_all_passed() -> None:
@@ -70,3 +72,76 @@ def test_gate_table_and_all_passed() -> None:
     assert "FAIL" in text and "pass" in text and text.splitlines()[0].split()[:3] == ["gate", "value", "threshold"]
     assert not all_passed(gates) and all_passed(gates[:1]) and not all_passed([])
     assert np.isclose(gates[0].to_dict()["threshold"], 0.05)
+
+
+def test_gates_say_what_failed_in_words(settings) -> None:
+    """The verdict's reason is one readable line (validation/gates.py ``reason``), shown by gate_table and
+    the run summary, not a bare value / threshold pair."""
+    from components.runs import StageManifest
+    from flows.report import _gate_reason
+
+    m = StageManifest(settings, "ingest")
+    d1, d2 = dt.date(2026, 11, 3), dt.date(2026, 11, 4)
+    m.record(d1, "a", {"rows_in": 17_000, "rows_quarantined": 1_204, "quarantine_rate": 0.071,
+                       "expectations_passed": True,
+                       "tables": {"impressions": {"reasons": {"null_key: request_id": 1_204}, "expectations": []}}})
+    m.record(d2, "b", {"rows_in": 1_000, "rows_quarantined": 0, "quarantine_rate": 0.0, "expectations_passed": False,
+                       "tables": {"impressions": {"reasons": {}, "expectations": [
+                           {"table": "impressions", "column": "click", "name": "expect_column_mean_to_be_between",
+                            "success": False, "observed": 0.61, "bounds": {"min_value": 0.001, "max_value": 0.5}},
+                           {"table": "impressions", "column": "request_id", "success": False, "unexpected_count": 3,
+                            "name": "expect_column_values_to_be_unique"}]}}})
+    g = data_gate(settings, [d1, d2])
+    assert not g.passed
+    assert g.line() == (
+        "data: FAIL, quarantine rate 6.7% > 5.0% bound (2026-11-03: 1,204 rows impressions: null_key: request_id); "
+        "expectations failed on 2026-11-04: click rate 0.61 above 0.50 (ingest.label_rate_bounds.click); "
+        "impressions.request_id has 3 repeated values")
+    assert g.reason in gate_table([g]).splitlines()[1] and _gate_reason(g.to_dict()) == g.reason
+    ok = data_gate(settings, [])
+    assert ok.passed and ok.reason == "quarantine rate 0.0% <= 5.0% bound over 0 rows; expectations passed on 0 day(s)"
+
+    worse = model_gate({"click": {"auc": 0.68, "calibration": 2.5}, "watch": {"auc": None, "calibration": 1.0}},
+                       {"click": {"auc": 0.70}}, 0.01, (0.5, 2.0))
+    assert worse.reason == ("click AUC 0.680 is 0.020 below the champion's 0.700 (tolerance 0.010); click "
+                            "calibration 2.50 outside [0.50, 2.00] (mean prediction / observed rate); watch AUC "
+                            "undefined on the newest day (no positive or no negative there)")
+    fine = model_gate({"click": {"auc": 0.71, "calibration": 1.02}}, None, 0.01, (0.5, 2.0))
+    assert fine.line() == "model: pass, click AUC 0.710, calibration 1.02 (no champion yet: calibration checked only)"
+
+
+class _Report:
+    def __init__(self, pairs: list[dict], has_task_tables: bool = True) -> None:
+        self.summary = {"pairs": pairs, "has_task_tables": has_task_tables}
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+class _Model:
+    def __init__(self, tasks: tuple[str, ...], arch: str = "stem") -> None:
+        from types import SimpleNamespace
+
+        self.tasks, self.config = tasks, SimpleNamespace(arch=arch)
+
+
+def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
+    from validation.gates import entanglement_gate
+
+    pair = {"task_a": "click", "task_b": "conversion", "n_pairs_a": 40, "n_pairs_b": 12}
+    ok = entanglement_gate(settings, _Model(("click", "conversion")), None,
+                           report=_Report([{**pair, "separation": 0.041}]), expert_corr=0.47)
+    assert ok.passed and ok.reason == ("smallest separation of conflicting pairs 0.041 > 0.000 "
+                                       "(gates.min_separation); mean |r| between experts 0.470 <= 0.900 "
+                                       "(gates.max_expert_correlation)")
+    sparse = entanglement_gate(settings, _Model(("click", "conversion")), None,
+                               report=_Report([{**pair, "n_pairs_b": 0, "separation": None}]), expert_corr=0.95)
+    assert not sparse.passed and sparse.reason == (
+        "separation undefined: too few conflicting (user, ad) pairs with enough impressions (click/conversion "
+        "40+0 pairs); not > 0.000 (gates.min_separation); mean |r| between experts 0.950 > 0.900 "
+        "(gates.max_expert_correlation)")
+    # A log with one label has no task pair: only the expert bound applies.
+    single = entanglement_gate(settings, _Model(("rating_high",)), None, report=None, expert_corr=0.3)
+    assert single.passed and single.value is None
+    assert entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3).passed
+    assert single.line().startswith("entanglement: pass, one task (rating_high): no task pair, separation not gated")
