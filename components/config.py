@@ -319,6 +319,10 @@ class Settings(_Section):
             raise ValueError("pipeline.source is 'files' but files.impressions is not set: say where the "
                              "impression log is (files.impressions.path) and how its columns map "
                              "(files.impressions.columns); see docs/your-own-logs.md")
+        for key, task in (("representations.behaviour_task", self.representations.behaviour_task),
+                          ("training.ipw_task", self.training.ipw_task)):
+            if task is not None and task not in self.tasks:
+                raise ValueError(f"{key} is {task!r}, which is not one of the source's tasks {list(self.tasks)}")
         return self
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------

@@ -305,3 +305,10 @@ def test_the_shipped_configurations_ingest_the_real_raw_files_cleanly(tmp_path: 
         t = report["tables"][table]
         assert t["rows_quarantined"] == 0, (table, t["reasons"])
         assert t["rows_landed"] == delivered["rows"][table]
+
+
+def test_a_task_setting_naming_no_task_of_the_source_fails_at_load(tmp_path: Path, user_log) -> None:
+    _, files = user_log
+    with pytest.raises(ValueError, match=r"training.ipw_task is 'click', which is not one of .*'like', 'share'"):
+        load_settings(overrides={"pipeline": {"source": "files"}, "files": files, "training": {"ipw_task": "click"}},
+                      environ={})
