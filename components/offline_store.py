@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PART_FILE = "part-0.parquet"
 REPORTS_TABLE = "_reports"  # <quarantine>/_reports/date=D/ingest_report.json
+REJECTED_DIR = "_rejected"  # <quarantine>/_rejected/date=D/<time>/: failed deliveries that kept a landed day
 
 
 def _connect() -> "duckdb.DuckDBPyConnection":
