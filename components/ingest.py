@@ -258,6 +258,7 @@ class IngestReport:
         """The outcome in one line: the first failure (file, reason), the counts, what happened to the
         landed day, and where the full JSON report is."""
         counts = ", ".join(f"{t.table} {t.rows_in:,} in/{t.rows_landed:,} landed/{t.rows_quarantined:,} quarantined"
+                           + (f"/{len(t.files_failed)} unreadable file(s)" if t.files_failed else "")
                            for t in self.tables.values())
         where = f"; report: {self.report_path}" if self.report_path else ""
         if not self.failed:
@@ -795,10 +796,11 @@ def _ingest_table(settings: "Settings", run: _TableRun, raw_dir: Path, day: dt.d
                 rep.files_empty.append(path.name)
                 rep.warnings.append(f"{contract.name} file {path.name} is empty (0 bytes): nothing to land")
                 continue
-            problem = _one_line(f"{type(exc).__name__}: {exc}".strip(), 200)
+            # The folder is in the report already: name the file only, so the message stays one short line.
+            problem = _one_line(f"{type(exc).__name__}: {exc}".replace(str(path), path.name).strip(), 200)
             rep.files_failed[path.name] = problem
-            _fail(rep, f"{contract.name} file {path.name} cannot be read ({problem}); copied unchanged to "
-                       f"quarantine with {path.name}.reason.txt")
+            _fail(rep, f"{contract.name} file {path.name} cannot be read ({problem})")
+            rep.errors[-1] += f"; copied unchanged to quarantine with {path.name}.reason.txt"
             run.failed.append((path, problem))
             continue
         rep.files_read.append(path.name)
