@@ -99,9 +99,10 @@ class IngestDayFailed(ValueError):
     """The day's delivery failed ingestion (a data error: retrying cannot help). The message is one line
     naming the file, the reason, the counts and the path of the full JSON report."""
 
-    def __init__(self, report: "IngestReport") -> None:
-        super().__init__(report.one_line())
-        self.report = report
+    def __init__(self, report: "IngestReport | str") -> None:
+        # A message alone when rebuilt from its args (pickled by Prefect between task and flow).
+        super().__init__(report if isinstance(report, str) else report.one_line())
+        self.report = None if isinstance(report, str) else report
 
 
 # --------------------------------------------------------------------------------------------------
