@@ -78,6 +78,9 @@ class IngestConfig(_Section):
     duplicate_lookback_days: int = Field(
         0, ge=0, description="days of landed impressions searched for a repeated request_id; 0 = every landed day"
     )
+    exposure_lookback_days: int = Field(
+        30, ge=0, description="earlier days searched for a (user, ad) pair whose exposure_index does not grow "
+                              "(a warning); 0 = every landed day")
     empty_day: Literal["allow", "warn", "fail"] = Field(
         "warn", description="a day without impressions: allow (land an empty partition), warn (the same, with "
                             "a warning in the report) or fail (the day fails)")

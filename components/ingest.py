@@ -606,11 +606,11 @@ def _unknown_entities(settings: "Settings", run: _TableRun, batch: pa.Table, rea
     return reason, detail
 
 
-def _exposure_check(run: _TableRun, batch: pa.Table, reason: pa.Array, day: dt.date) -> None:
+def _exposure_check(settings: "Settings", run: _TableRun, batch: pa.Table, reason: pa.Array, day: dt.date) -> None:
     """Count (warn, reject nothing) still-valid impressions whose ``exposure_index`` is not greater than
-    the largest one their (user, ad) pair landed with on an earlier day."""
+    the largest one their (user, ad) pair landed with on an earlier day (``ingest.exposure_lookback_days``)."""
     probe = _valid_probe(batch, reason, {"user_id": "user_id", "ad_id": "ad_id", "exposure_index": "exposure_index"})
-    hits = run.index.exposure_not_growing(probe, day)
+    hits = run.index.exposure_not_growing(probe, day, settings.ingest.exposure_lookback_days)
     run.report.exposure_not_growing = hits.num_rows
     if hits.num_rows:
         first = hits.slice(0, 1).to_pylist()[0]
@@ -665,7 +665,7 @@ def _check_rows(settings: "Settings", run: _TableRun, batch: pa.Table, day: dt.d
             reason, detail = _fill_with_detail(reason, detail, mask, _reason(DUPLICATE_LANDED, key), why)
     if contract.name == "impressions":
         reason, detail = _unknown_entities(settings, run, batch, reason, detail, day)
-        _exposure_check(run, batch, reason, day)
+        _exposure_check(settings, run, batch, reason, day)
     batch = batch.set_column(batch.column_names.index(_REASON), _REASON, reason)
     return batch.set_column(batch.column_names.index(_DETAIL), _DETAIL, detail)
 

@@ -53,9 +53,10 @@ CREATE TABLE IF NOT EXISTS requests (h UBIGINT, day DATE);
 CREATE TABLE IF NOT EXISTS entities (kind VARCHAR, id BIGINT, day DATE);
 CREATE TABLE IF NOT EXISTS pairs (h UBIGINT, day DATE, max_exposure INTEGER);
 CREATE TABLE IF NOT EXISTS partitions (tbl VARCHAR, day DATE, size BIGINT, mtime_ns BIGINT);
+CREATE TABLE IF NOT EXISTS dirs (tbl VARCHAR, mtime_ns BIGINT);
 """
 _INDEXED = ("impressions", "ads", "users")
-SCHEMA_VERSION = 3  # another version on disk: the tables are dropped and rebuilt from the offline store
+SCHEMA_VERSION = 4  # another version on disk: the tables are dropped and rebuilt from the offline store
 
 
 def index_path(settings: "Settings") -> Path:
@@ -79,21 +80,65 @@ class IngestIndex:
     def sync(self) -> dict[str, int]:
         """Re-index every offline partition whose file differs from what the index recorded, drop days
         whose partition is gone. Returns {"reindexed": n, "dropped": n}."""
-        from components.offline_store import offline_partitions
-
         reindexed = dropped = 0
         for table in _INDEXED:
-            on_disk = {day: path for day, path in offline_partitions(self.settings, table)}
-            known = {d: (s, m) for d, s, m in
-                     self.con.execute("SELECT day, size, mtime_ns FROM partitions WHERE tbl = ?", [table]).fetchall()}
-            gone = sorted(set(known) - set(on_disk))
-            stale = {day: path for day, path in on_disk.items() if known.get(day) != _signature(path)}
+            mtime = self._dir_mtime(table)  # before the scan: a change during it shows at the next sync
+            if mtime == self._recorded_dir_mtime(table):
+                continue  # no partition of this table was added, replaced or removed since
+            on_disk = self._on_disk(table)
+            known = {d: (s, m) for d, s, m in self.con.execute(
+                "SELECT CAST(day AS VARCHAR), size, mtime_ns FROM partitions WHERE tbl = ?", [table]).fetchall()}
+            gone = [dt.date.fromisoformat(d) for d in sorted(set(known) - set(on_disk))]
+            stale = {dt.date.fromisoformat(d): Path(path) for d, (path, sig) in on_disk.items() if known.get(d) != sig}
             if gone or stale:
                 self._reindex(table, gone, stale)
             dropped += len(gone)
             reindexed += len(stale)
+            self._record_dir_mtime(table, mtime)
         self.synced = {"reindexed": reindexed, "dropped": dropped}
         return self.synced
+
+    # A partition is only ever replaced by a rename inside <offline>/<table>/ (storage.replace_partition),
+    # which changes that folder's mtime: an unchanged mtime means no day to look at, so a day's ingest
+    # does not stat every landed day. (A file edited in place, bypassing replace_partition, is not seen;
+    # deleting the index rebuilds it.)
+    def _dir_mtime(self, table: str) -> int:
+        try:
+            return os.stat(self.settings.offline_dir / table).st_mtime_ns
+        except FileNotFoundError:
+            return -1
+
+    def _recorded_dir_mtime(self, table: str) -> int | None:
+        row = self.con.execute("SELECT max(mtime_ns) FROM dirs WHERE tbl = ?", [table]).fetchone()
+        return None if row is None else row[0]
+
+    def _record_dir_mtime(self, table: str, mtime: int) -> None:
+        self.con.execute("DELETE FROM dirs WHERE tbl = ?", [table])
+        self.con.execute("INSERT INTO dirs VALUES (?, ?)", [table, mtime])
+
+    def _on_disk(self, table: str) -> dict[str, tuple[str, tuple[int, int]]]:
+        """{"YYYY-MM-DD": (partition file, (size, mtime_ns))} of the table's landed days: one ``stat``
+        per day with ``os.scandir`` (thousands of days in milliseconds; the same partitions as
+        ``offline_store.offline_partitions``)."""
+        from components.offline_store import PART_FILE, _DATE_DIR
+
+        out: dict[str, tuple[str, tuple[int, int]]] = {}
+        try:
+            entries = os.scandir(self.settings.offline_dir / table)
+        except FileNotFoundError:
+            return out
+        with entries:
+            for entry in entries:
+                m = _DATE_DIR.match(entry.name)
+                if not m:
+                    continue
+                path = os.path.join(entry.path, PART_FILE)
+                try:
+                    st = os.stat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                out[m.group(1)] = (path, (st.st_size, st.st_mtime_ns))
+        return out
 
     def _reindex(self, table: str, gone: list[dt.date], stale: dict[dt.date, Path]) -> None:
         """Drop ``gone`` days and re-read ``stale`` ones, in one transaction and one bulk read (a rebuild
@@ -162,6 +207,9 @@ class IngestIndex:
             self.con.unregister("_rows")
             size, mtime = _signature(path)
             self.con.execute("INSERT INTO partitions VALUES (?, ?, ?, ?)", [table, day, size, mtime])
+            if self._recorded_dir_mtime(table) is not None:
+                # The index was in step before this day's replace (synced under the lock): it still is.
+                self._record_dir_mtime(table, self._dir_mtime(table))
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -205,24 +253,32 @@ class IngestIndex:
         self.con.register("_probe", probe)
         self.con.register("_today", pa.table({"id": known_today}))
         try:
+            # The day's distinct ids are the hash-join build side; the entities table is scanned once.
             return self.con.execute(
-                "SELECT idx FROM _probe p WHERE NOT EXISTS (SELECT 1 FROM _today t WHERE t.id = p.k) "
-                "AND NOT EXISTS (SELECT 1 FROM entities e WHERE e.kind = ? AND e.day < ?::DATE AND e.id = p.k) "
-                "ORDER BY idx", [kind, day]).to_arrow_table()
+                "WITH ids AS (SELECT DISTINCT k FROM _probe), "
+                "seen AS (SELECT id FROM entities WHERE kind = ? AND day < ?::DATE AND id IN (SELECT k FROM ids) "
+                "UNION SELECT id FROM _today) "
+                "SELECT idx FROM _probe p ANTI JOIN seen s ON p.k = s.id ORDER BY idx", [kind, day]).to_arrow_table()
         finally:
             self.con.unregister("_probe")
             self.con.unregister("_today")
 
-    def exposure_not_growing(self, probe: pa.Table, day: dt.date) -> pa.Table:
+    def exposure_not_growing(self, probe: pa.Table, day: dt.date, lookback_days: int) -> pa.Table:
         """``probe`` (idx, user_id, ad_id, exposure_index): rows whose exposure_index is not greater than
-        the largest one their (user, ad) pair landed with on an earlier day; returns (idx, landed_max)."""
+        the largest one their (user, ad) pair landed with on an earlier day (within ``lookback_days``
+        before ``day``; 0 = any earlier day); returns (idx, landed_max). The day bound lets DuckDB skip
+        the older row groups of ``pairs`` (zone maps), so the check costs the window, not the history."""
+        where, params = "q.day < ?::DATE", [day]
+        if lookback_days:
+            where += " AND q.day >= ?::DATE"
+            params.append(day - dt.timedelta(days=lookback_days))
         self.con.register("_probe", probe)
         try:
             return self.con.execute(
                 "SELECT p.idx, max(q.max_exposure) AS landed_max FROM _probe p JOIN pairs q "
-                "ON q.h = hash(p.user_id, p.ad_id) WHERE q.day < ?::DATE "
+                f"ON q.h = hash(p.user_id, p.ad_id) WHERE {where} "
                 "GROUP BY p.idx, p.exposure_index HAVING p.exposure_index <= max(q.max_exposure) ORDER BY p.idx",
-                [day]).to_arrow_table()
+                params).to_arrow_table()
         finally:
             self.con.unregister("_probe")
 
@@ -231,7 +287,7 @@ def _ensure_schema(con: "duckdb.DuckDBPyConnection") -> None:
     con.execute("CREATE TABLE IF NOT EXISTS meta (version INTEGER)")
     row = con.execute("SELECT max(version) FROM meta").fetchone()
     if row is None or row[0] != SCHEMA_VERSION:
-        for table in ("requests", "entities", "pairs", "partitions", "meta"):
+        for table in ("requests", "entities", "pairs", "partitions", "dirs", "meta"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute("CREATE TABLE meta (version INTEGER)")
         con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])

@@ -310,9 +310,20 @@ def test_index_follows_a_reingested_day_and_is_rebuilt_when_deleted(settings) ->
     assert report.index["reindexed"] >= 2
     assert report.tables["impressions"].reasons == {"duplicate_landed: request_id": 10}
 
-    # Stale: a partition replaced behind the index's back is re-indexed.
+    # Stale: a partition replaced behind the index's back (another writer, an older version) is re-indexed.
+    from components import storage
+
     part = day_dir(settings.offline_dir, "impressions", DAY) / "part-0.parquet"
-    pq.write_table(pq.read_table(part).slice(0, 5), part)
+    rows = pq.read_table(part).slice(0, 5)
+    storage.replace_partition(part.parent, lambda tmp: pq.write_table(rows, tmp / "part-0.parquet"))
     with open_index(settings) as index:
         assert index.synced["reindexed"] == 1
         assert index.con.execute("SELECT count(*) FROM requests WHERE day = ?", [DAY]).fetchone() == (5,)
+
+    # A day deleted by hand is dropped from the index: its ids are free again.
+    import shutil
+
+    shutil.rmtree(day_dir(settings.offline_dir, "impressions", DAY2))
+    with open_index(settings) as index:
+        assert index.synced["dropped"] == 1
+        assert index.con.execute("SELECT count(*) FROM requests WHERE day = ?", [DAY2]).fetchone() == (0,)
