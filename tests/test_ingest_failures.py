@@ -21,7 +21,7 @@ import pytest
 
 from components.ingest import ingest_day
 from components.ingest_index import index_path, open_index
-from components.offline_store import REJECTED_DIR
+from components.offline_store import REJECTED_DIR, quarantine_summary
 from components.schemas import day_dir
 from tests.test_ingest import DAY, SOURCE, TASKS, ads, imp_table, impressions, land, landed, users
 
@@ -134,6 +134,7 @@ def test_a_bad_redelivery_never_replaces_the_good_day(settings, spoil) -> None:
         rows = pq.read_table(stash / table / "part-0.parquet")
         assert rows.num_rows == report.tables[table].rows_quarantined
     assert "kept" in (stash / "REASON.txt").read_text()
+    assert quarantine_summary(settings, DAY, DAY)["rejected_deliveries"] == {DAY.isoformat(): [str(stash)]}
 
 
 def test_a_bad_first_delivery_lands_nothing_bad_and_fails(settings) -> None:
@@ -327,3 +328,20 @@ def test_index_follows_a_reingested_day_and_is_rebuilt_when_deleted(settings) ->
     with open_index(settings) as index:
         assert index.synced["dropped"] == 1
         assert index.con.execute("SELECT count(*) FROM requests WHERE day = ?", [DAY2]).fetchone() == (0,)
+
+
+def test_prefect_retries_io_errors_only() -> None:
+    from components.ingest import IngestDayFailed
+    from flows.pipeline import retry_on_io_error
+
+    class State:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        def result(self):  # noqa: ANN202 - Prefect's State.result() raises the task's exception
+            raise self.exc
+
+    assert retry_on_io_error(None, None, State(OSError(5, "Input/output error")))
+    assert not retry_on_io_error(None, None, State(IngestDayFailed("ingest x FAILED: ...")))
+    assert not retry_on_io_error(None, None, State(FileNotFoundError("no raw files")))
+    assert not retry_on_io_error(None, None, State(ValueError("bad config")))
