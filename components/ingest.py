@@ -586,23 +586,24 @@ def _unknown_entities(settings: "Settings", run: _TableRun, batch: pa.Table, rea
     """Impressions whose ``user_id`` / ``ad_id`` no users / ads partition up to ``day`` knows: counted
     (``report.unknown_entities``) and, with ``ingest.unknown_entities = "quarantine"``, rejected."""
     rep = run.report
+    valid = pc.is_null(reason)
     for col, kind in (("user_id", "users"), ("ad_id", "ads")):
-        known = run.known.get(kind, pa.array([], pa.int64()))
-        hits = run.index.unknown(_valid_probe(batch, reason, {col: "k"}), kind, day, known)
-        n = hits.num_rows
+        values = batch.column(col).combine_chunks()
+        # The index sees the day's distinct ids only; Arrow maps the few unknown ones back to rows.
+        unknown = run.index.unknown_ids(pc.unique(values.filter(valid)), kind, day,
+                                        run.known.get(kind, pa.array([], pa.int64())))
+        mask = pc.and_(valid, pc.is_in(values, value_set=unknown)) if len(unknown) else None
+        n = pc.sum(mask).as_py() if mask is not None else 0
         rep.unknown_entities[col] = n
         if not n:
             continue
-        mask = np.zeros(batch.num_rows, dtype=bool)
-        mask[hits.column("idx").to_numpy()] = True
-        examples = pc.unique(batch.column(col).take(hits.column("idx").slice(0, 50))).slice(0, 3).to_pylist()
         action = ("quarantined" if settings.ingest.unknown_entities == "quarantine"
                   else "kept (ingest.unknown_entities = keep)")
-        rep.warnings.append(f"impressions: {n:,} row(s) have a {col} that no {kind} partition up to {day} "
-                            f"has landed (e.g. {examples}); {action}")
+        rep.warnings.append(f"impressions: {n:,} row(s) ({len(unknown):,} distinct) have a {col} that no {kind} "
+                            f"partition up to {day} has landed (e.g. {unknown.slice(0, 3).to_pylist()}); {action}")
         if settings.ingest.unknown_entities == "quarantine":
             why = pa.repeat(pa.scalar(f"no {kind} row landed on or before {day}"), n)
-            reason, detail = _fill_with_detail(reason, detail, pa.array(mask), _reason(UNKNOWN_ENTITY, col), why)
+            reason, detail = _fill_with_detail(reason, detail, mask, _reason(UNKNOWN_ENTITY, col), why)
     return reason, detail
 
 

@@ -247,21 +247,21 @@ class IngestIndex:
             self.con.unregister("_probe")
             self.con.unregister("_cand")  # a no-op when never registered
 
-    def unknown(self, probe: pa.Table, kind: str, day: dt.date, known_today: pa.Array) -> pa.Table:
-        """``probe`` (idx, k): rows whose id ``k`` is neither in ``known_today`` (the day's own landed
-        ads/users) nor landed in ``kind`` on any earlier day; returns (idx)."""
-        self.con.register("_probe", probe)
+    def unknown_ids(self, ids: pa.Array, kind: str, day: dt.date, known_today: pa.Array) -> pa.Array:
+        """Of the distinct ``ids``, those neither in ``known_today`` (the day's own landed ads/users) nor
+        landed in ``kind`` on any earlier day. The day's ids are the hash-join build side; the entities
+        table is scanned once."""
+        self.con.register("_ids", pa.table({"k": ids}))
         self.con.register("_today", pa.table({"id": known_today}))
         try:
-            # The day's distinct ids are the hash-join build side; the entities table is scanned once.
-            return self.con.execute(
-                "WITH ids AS (SELECT DISTINCT k FROM _probe), "
-                "seen AS (SELECT id FROM entities WHERE kind = ? AND day < ?::DATE AND id IN (SELECT k FROM ids) "
-                "UNION SELECT id FROM _today) "
-                "SELECT idx FROM _probe p ANTI JOIN seen s ON p.k = s.id ORDER BY idx", [kind, day]).to_arrow_table()
+            out = self.con.execute(
+                "SELECT k FROM _ids ANTI JOIN (SELECT id FROM entities WHERE kind = ? AND day < ?::DATE "
+                "AND id IN (SELECT k FROM _ids) UNION ALL SELECT id FROM _today) s ON _ids.k = s.id ORDER BY k",
+                [kind, day]).to_arrow_table()
         finally:
-            self.con.unregister("_probe")
+            self.con.unregister("_ids")
             self.con.unregister("_today")
+        return out.column("k").combine_chunks().cast(ids.type)
 
     def exposure_not_growing(self, probe: pa.Table, day: dt.date, lookback_days: int) -> pa.Table:
         """``probe`` (idx, user_id, ad_id, exposure_index): rows whose exposure_index is not greater than
