@@ -345,3 +345,15 @@ def test_prefect_retries_io_errors_only() -> None:
     assert not retry_on_io_error(None, None, State(IngestDayFailed("ingest x FAILED: ...")))
     assert not retry_on_io_error(None, None, State(FileNotFoundError("no raw files")))
     assert not retry_on_io_error(None, None, State(ValueError("bad config")))
+
+
+def test_a_hash_hit_is_confirmed_on_the_landed_string(settings) -> None:
+    """The index compares 64-bit hashes; a hash that matches (a collision, forged here) but whose
+    request_id is not in that day's landed partition must not reject the row."""
+    land(settings, "impressions", "i.parquet", imp_table(impressions(N, day=DAY2, prefix="s")), DAY2)
+    run(settings, DAY2)
+    with open_index(settings) as index:  # pretend r5's hash is a landed id of DAY2
+        index.con.execute("INSERT INTO requests SELECT hash('r5'), ?::DATE", [DAY2])
+    land(settings, "impressions", "i.parquet", imp_table(impressions(N)))
+    report = run(settings)
+    assert report.tables["impressions"].reasons == {} and report.tables["impressions"].rows_landed == N
