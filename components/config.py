@@ -65,13 +65,38 @@ class IngestConfig(_Section):
     source's (``Settings.tasks``): declared once, by the source."""
 
     label_rate_bounds: dict[str, tuple[float, float]] = Field(
-        default={"click": (0.001, 0.5), "conversion": (0.0, 0.5)},
-        description="plausible [min, max] positive rate per task (a GX expectation; a task without bounds: [0, 1])",
+        default={},
+        description="plausible [min, max] positive rate per task name (a GX expectation; failing it fails the "
+                    "data gate); a task not listed gets default_label_rate_bounds",
     )
+    default_label_rate_bounds: tuple[float, float] = Field(
+        (0.0, 0.99), description="[min, max] positive rate of a task without its own bounds: catches a label "
+                                 "that is positive on (almost) every row, passes any healthy real log")
+    label_rate_min_rows: int = Field(
+        100, ge=0, description="days with fewer landed impressions than this skip the label-rate bounds (too noisy)")
     late_tolerance_hours: float = Field(0.0, ge=0, description="accept events this far past the day's end")
     duplicate_lookback_days: int = Field(
         0, ge=0, description="days of landed impressions searched for a repeated request_id; 0 = every landed day"
     )
+    exposure_lookback_days: int = Field(
+        30, ge=0, description="earlier days searched for a (user, ad) pair whose exposure_index does not grow "
+                              "(a warning); 0 = every landed day")
+    empty_day: Literal["allow", "warn", "fail"] = Field(
+        "warn", description="a day without impressions: allow (land an empty partition), warn (the same, with "
+                            "a warning in the report) or fail (the day fails)")
+    unknown_entities: Literal["keep", "quarantine"] = Field(
+        "keep", description="impressions whose user_id / ad_id no users / ads partition up to the day has: keep "
+                            "them (counted, with a warning) or quarantine them (reason unknown_entity)")
+    max_quarantine_rate: float = Field(
+        0.25, ge=0, le=1, description="a day fails when a table quarantines more than this share of its rows")
+
+    @field_validator("label_rate_bounds", "default_label_rate_bounds")
+    @classmethod
+    def _bounds(cls, v: Any) -> Any:
+        for task, (lo, hi) in (v.items() if isinstance(v, dict) else [("default", v)]):
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"label rate bounds of {task} must satisfy 0 <= min <= max <= 1, got ({lo}, {hi})")
+        return v
 
 
 class FeatureConfig(_Section):

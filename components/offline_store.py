@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PART_FILE = "part-0.parquet"
 REPORTS_TABLE = "_reports"  # <quarantine>/_reports/date=D/ingest_report.json
+REJECTED_DIR = "_rejected"  # <quarantine>/_rejected/date=D/<time>/: failed deliveries that kept a landed day
 
 
 def _connect() -> "duckdb.DuckDBPyConnection":
@@ -131,7 +132,8 @@ def read_offline(settings: "Settings", table: str, start: dt.date | None, end: d
 def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> dict[str, Any]:
     """Rejects over days ``start..end`` (inclusive): per table and per day, rows landed, rows and
     unreadable files quarantined, the quarantine rate and the reasons; plus whether every ingested day
-    passed its expectations (from the ingest reports). Plain JSON."""
+    passed its expectations (from the ingest reports), and the failed deliveries that were kept out
+    of a landed day (``rejected_deliveries``: day -> folders under ``<quarantine>/_rejected/``). Plain JSON."""
     import pyarrow.parquet as pq
 
     con = _connect()
@@ -163,8 +165,12 @@ def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> di
             seen = t.get("rows_landed", 0) + t.get("rows_quarantined", 0)
             t["quarantine_rate"] = t.get("rows_quarantined", 0) / seen if seen else 0.0
     failing, missing = [], []
+    rejected: dict[str, list[str]] = {}
     d = start
     while d <= end:
+        folder = settings.quarantine_dir / REJECTED_DIR / f"date={d.isoformat()}"
+        if folder.is_dir():  # failed deliveries that did not replace the landed day
+            rejected[d.isoformat()] = sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
         path = day_dir(settings.quarantine_dir, REPORTS_TABLE, d) / "ingest_report.json"
         if not path.is_file():
             missing.append(d.isoformat())
@@ -179,4 +185,5 @@ def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> di
         "expectations_passed": not failing and not missing,
         "days_failing_expectations": failing,
         "days_not_ingested": missing,
+        "rejected_deliveries": rejected,
     }

@@ -36,10 +36,17 @@ def fingerprint_files(paths: Iterable[Path], extra: Any = None) -> str:
     return h.hexdigest()
 
 
-def files_under(folder: Path, patterns: tuple[str, ...] = ("*.parquet", "*.csv")) -> list[Path]:
+DATA_SUFFIXES = (".parquet", ".csv")
+
+
+def files_under(folder: Path, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[Path]:
+    """The data files directly in ``folder``, by name: any case of the extension (``part-1.PARQUET``
+    counts), hidden files (temp files of a write in progress) left out."""
     if not folder.is_dir():
         return []
-    return sorted(p for pat in patterns for p in folder.glob(pat) if p.is_file())
+    wanted = tuple(s.lower() for s in suffixes)
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in wanted and not p.name.startswith(".") and p.is_file())
 
 
 @dataclass
@@ -55,6 +62,10 @@ class StageManifest:
     def read(self, day: dt.date) -> dict[str, Any] | None:
         p = self._path(day)
         return json.loads(p.read_text()) if p.is_file() else None
+
+    def forget(self, day: dt.date) -> None:
+        """Drop the day's record, so the next run does the stage again (e.g. after it failed)."""
+        self._path(day).unlink(missing_ok=True)
 
     def is_current(self, day: dt.date, fingerprint: str) -> bool:
         m = self.read(day)

@@ -90,7 +90,11 @@ def deliver_day(settings: Settings, day: dt.date, force: bool = False) -> dict[s
 
 
 def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
-    """Validate the day's raw files and land them in the offline store (quarantining rejects)."""
+    """Validate the day's raw files and land them in the offline store (quarantining rejects).
+
+    Raises ``components.ingest.IngestDayFailed`` (a ``ValueError``: a data error, never retried) with a
+    one-line message when the day fails (docs/ingestion.md, 'When a day fails'); a failed day is never
+    recorded as done, so the next run ingests it again."""
     from components.ingest import ingest_day
 
     source = _source(settings)
@@ -105,9 +109,16 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
     manifest = StageManifest(settings, "ingest")
     if not force and manifest.is_current(day, fp):
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
-    report = ingest_day(settings, source.name, day, source.tasks).to_dict()
-    manifest.record(day, fp, report)
-    return {"skipped": False, **report}
+    report = ingest_day(settings, source.name, day, source.tasks)
+    if report.failed:
+        from components.ingest import IngestDayFailed
+
+        if not report.kept_previous:  # the day's partitions now hold this delivery: never skip it as done
+            manifest.forget(day)
+        raise IngestDayFailed(report)
+    result = report.to_dict()
+    manifest.record(day, fp, result)
+    return {"skipped": False, **result}
 
 
 def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:

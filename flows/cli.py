@@ -68,11 +68,22 @@ def _print_run(summary_path: str) -> None:
 
 
 def _run(flow_call) -> str:  # noqa: ANN001 - a zero-arg callable running a flow
+    """Run a flow; any failure exits 1 with ONE line on stderr. Data errors (``ValueError``, e.g. a
+    failed ingest day, whose message names the file, the reason, the counts and the JSON report; a
+    missing file) print their message; anything else its type too (Prefect's log above has the
+    traceback, and the run summary under <home>/runs/ the error)."""
     try:
         return flow_call()
     except (ValueError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
+        typer.secho(f"error: {_one_line(str(exc))}", fg="red", err=True)
         raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 - the command must fail with a readable line, not a traceback
+        typer.secho(f"error: {type(exc).__name__}: {_one_line(str(exc))}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 @app.command()

@@ -52,13 +52,27 @@ def _describe(stage: str, day: dt.date, result: dict[str, Any]) -> str:
     return f"{stage} {day}: done"
 
 
+def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry I/O failures only. A data error (a ``ValueError`` such as
+    ``IngestDayFailed``, a missing raw file) fails the same way on every try, so it is not retried."""
+    try:
+        state.result()
+    except (FileNotFoundError, ValueError):
+        return False
+    except OSError:
+        return True
+    except Exception as exc:  # noqa: BLE001 - DuckDB reports I/O as duckdb.IOException
+        return type(exc).__name__ in ("IOException", "TimeoutError")
+    return False
+
+
 def _stage_task(stage: str):
-    """One Prefect task per stage; I/O stages retry."""
+    """One Prefect task per stage; I/O stages retry I/O errors (never data errors)."""
     fn = {"deliver": steps.deliver_day, "ingest": steps.ingest, "features": steps.features,
           "representations": steps.representations}[stage]
 
     @task(name=stage, retries=2 if stage in ("deliver", "ingest") else 0, retry_delay_seconds=2,
-          task_run_name=f"{stage}-{{day}}", cache_policy=NO_CACHE)
+          retry_condition_fn=retry_on_io_error, task_run_name=f"{stage}-{{day}}", cache_policy=NO_CACHE)
     def run(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
         import time
 
