@@ -331,6 +331,11 @@ class Settings(_Section):
         return self.home / "models"
 
     @property
+    def gx_dir(self) -> Path:
+        """The Great Expectations project: suites, checkpoints, validation results, Data Docs."""
+        return self.home / "gx"
+
+    @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
 

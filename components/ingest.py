@@ -729,7 +729,8 @@ def ingest_day(settings: "Settings", source_name: str, day: dt.date, tasks: Sequ
             if landed.num_rows or table == "impressions":
                 from validation.expectations import validate_batch
 
-                run.report.expectations = validate_batch(landed, _expectation_spec(settings, contract, schema, day, tasks))
+                run.report.expectations = validate_batch(landed, _expectation_spec(settings, contract, schema, day, tasks),
+                                                         gx_dir=settings.gx_dir, run_name=day.isoformat())
                 for e in run.report.expectations:
                     if not e.success:
                         run.report.warnings.append(e.sentence())
