@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -163,15 +163,37 @@ def _run_days(settings: Settings, days: list[dt.date], concurrency: int, force: 
             _record(summary, "representations", day, representations_task(settings, day, force))
 
 
+def _data_docs(summary: RunSummary, settings: Settings) -> dict[str, Any] | None:
+    """The Data Docs record of a run that ingested days (their GX results are there), else None."""
+    if not any(st.get("stage") == "ingest" for st in summary.stages):
+        return None
+    from flows.services import data_docs_url
+    from validation.gx_project import data_docs_index
+
+    index = data_docs_index(settings.gx_dir)
+    validated = any(st.get("stage") == "ingest" and not st.get("skipped") for st in summary.stages)
+    # skipped: no day was validated in this run, so the Data Docs did not change
+    return {"stage": "data_docs", "day": None, "index": str(index), "exists": index.is_file(),
+            "url": data_docs_url(settings), "skipped": not validated}
+
+
 def _finish(summary: RunSummary, settings: Settings) -> str:
     from flows.report import render_summary
 
     summary.status = "completed"
+    docs = _data_docs(summary, settings)
+    if docs:
+        summary.add(docs)
     path = summary.write(settings)
     text = render_summary(summary.to_dict())
     try:
         create_markdown_artifact(markdown=f"```\n{text}\n```", key=summary.flow.replace("_", "-"),
                                  description=f"adsrec {summary.flow} summary")
+        if docs and docs["exists"]:
+            create_link_artifact(link=docs["url"], link_text="Great Expectations Data Docs",
+                                 key=f"{summary.flow.replace('_', '-')}-data-docs",
+                                 description=f"the ingested days' validation results (`adsrec up` serves them); "
+                                             f"file: {docs['index']}")
     except Exception:  # artifacts need an API; a summary must never fail a finished run
         pass
     get_run_logger().info(f"run summary written to {path}")

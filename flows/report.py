@@ -84,6 +84,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         blocks.append(_table(
             ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "encoded txt/img", "s",
              "skipped"], rows))
+    blocks += [render_data_docs(st) for st in extra if st["stage"] == "data_docs"]  # beside the expect. column
+    extra = [st for st in extra if st["stage"] != "data_docs"]
     reps = [d["repr"] for _, d in sorted(days.items()) if d.get("repr")]
     if reps:
         r = reps[-1]
@@ -130,6 +132,14 @@ def render_summary(summary: dict[str, Any]) -> str:
     if summary.get("error"):
         blocks.append(f"error: {summary['error']}")
     return "\n\n".join(blocks)
+
+
+def render_data_docs(st: dict[str, Any]) -> str:
+    """Where the ingested days' Great Expectations results are: the Data Docs file and its URL."""
+    if not st.get("exists"):
+        return f"data quality: no Great Expectations Data Docs yet (expected at {st.get('index')})"
+    return (f"data quality: Great Expectations Data Docs {st.get('index')}\n"
+            f"  `adsrec up` serves them at {st.get('url')}")
 
 
 def render_gates(st: dict[str, Any]) -> str:

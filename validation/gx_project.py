@@ -88,9 +88,10 @@ def _context(gx_dir: Path) -> Any:
 
     tune_gx()
     ctx = gx.get_context(mode="file", project_root_dir=gx_dir.parent)
-    bars = ctx.variables.progress_bars
-    if bars is None or bars.globally is not False:
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    bars = ctx.variables.progress_bars  # as loaded from the yml: a dict; None in a new project
+    stored_off = (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is False
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # GX's tqdm bars stay off
+    if not stored_off:
         ctx.variables.save()
     try:
         source = ctx.data_sources.get(DATASOURCE)
