@@ -6,13 +6,13 @@ unique), ``user_id`` / ``ad_id`` (int64), ``slot`` (a few strings), ``position``
 (int32), ``click`` / ``conversion`` (int8 0/1). Then times :func:`validation.expectations.validate_batch`
 on it with the spec ingestion builds (every column type-checked, keys non-null, ``request_id``
 unique, labels in {0, 1}, timestamps in the day, label-rate bounds). The GX import and one warm-up
-call on 1,000 rows are timed separately; with ``--gx-home`` the file-backed context (suites,
+call on 1,000 rows are timed separately; with ``--gx-dir`` the file-backed project (suites,
 checkpoint, Data Docs) is used, as ingestion does.
 
 Prints one JSON object per size (command, machine, seconds, rows/s, peak RSS).
 
     .venv/bin/python bench/gx_validation.py --rows 1000000 10000000
-    .venv/bin/python bench/gx_validation.py --rows 1000000 --gx-home /tmp/gxbench
+    .venv/bin/python bench/gx_validation.py --rows 1000000 --gx-dir /tmp/gxbench/gx
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeat", type=int, default=1, help="timed calls per size (the best is reported)")
-    parser.add_argument("--gx-home", type=Path, default=None, help="use the file-backed context under this folder")
+    parser.add_argument("--gx-dir", type=Path, default=None,
+                        help="use the file-backed GX project in this folder (named gx)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -92,8 +93,8 @@ def main() -> None:
 
     import_s = time.perf_counter() - t0
     kwargs: dict[str, Any] = {}
-    if args.gx_home is not None:
-        kwargs["gx_home"] = args.gx_home
+    if args.gx_dir is not None:
+        kwargs["gx_dir"] = args.gx_dir
     small = impressions(1_000)
     t0 = time.perf_counter()
     warm = expectations.validate_batch(small, spec_for(small), **kwargs)

@@ -10,7 +10,8 @@ What it holds (all GX's own layout, readable with ``gx.get_context(mode="file", 
 - ``validation_definitions/<table>_ingest.json`` and ``checkpoints/<table>_ingest.json``: one checkpoint
   per table, whose ``UpdateDataDocsAction`` adds each run's result to the Data Docs;
 - ``uncommitted/validations/``: every validation result (run name = the ingested day);
-- ``uncommitted/data_docs/local_site/index.html``: the Data Docs site (``adsrec up`` serves it).
+- ``uncommitted/data_docs/local_site/index.html``: the Data Docs site (``adsrec up`` serves it); its
+  index lists the newest ``INDEX_LIMIT`` results.
 
 Concurrency: backfills ingest several days at once, in threads and in processes. The GX context is not
 thread-safe and its stores are plain files, so every use goes through :func:`locked`, which holds a
@@ -37,6 +38,9 @@ BATCH_DEFINITION = "whole_batch"
 SITE = "local_site"
 TABLES = ("impressions", "ads", "users")
 LOCK_FILE = ".adsrec.lock"
+# The Data Docs index lists the newest results only (about 100 days of three tables): GX reads every
+# listed result on each rebuild, about 2 ms apiece. Older result pages stay on disk.
+INDEX_LIMIT = 300
 SPEC_KEY = "adsrec_spec_sha256"  # suite meta: the fingerprint of the expectations it was built with
 
 _GUARD = threading.Lock()
@@ -92,6 +96,12 @@ def _context(gx_dir: Path) -> Any:
     stored_off = (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is False
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # GX's tqdm bars stay off
     if not stored_off:
+        ctx.variables.save()
+    sites = ctx.variables.data_docs_sites or {}
+    index = (sites.get(SITE) or {}).get("site_index_builder")
+    if index is not None and index.get("validation_results_limit") != INDEX_LIMIT:
+        index["validation_results_limit"] = INDEX_LIMIT
+        ctx.variables.data_docs_sites = sites
         ctx.variables.save()
     try:
         source = ctx.data_sources.get(DATASOURCE)
