@@ -11,7 +11,12 @@ checkpoint, Data Docs) is used, as ingestion does.
 
 Prints one JSON object per size (command, machine, seconds, rows/s, peak RSS).
 
+``--small-day`` instead times the whole ``ingest_day`` of a small simulated day (2,000 users, 1,000
+ads; about 20,000 impressions) five times in one process, in a temporary ``ADSREC_HOME``: what the
+GX project costs a small day (the first call also imports GX).
+
     .venv/bin/python bench/gx_validation.py --rows 1000000 10000000
+    .venv/bin/python bench/gx_validation.py --small-day
     .venv/bin/python bench/gx_validation.py --rows 1000000 --gx-dir /tmp/gxbench/gx
 """
 
@@ -79,13 +84,44 @@ def spec_for(table: Any) -> Any:
     )
 
 
+def small_day(shared_data: Path) -> dict[str, Any]:
+    """Five ``ingest_day`` runs of one small simulated day (see the module docstring)."""
+    import tempfile
+
+    from components import steps
+    from components.config import load_settings
+    from components.ingest import ingest_day
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(environ={}, overrides={
+            "home": str(Path(tmp) / "home"),
+            "pipeline": {"shared_data": str(shared_data), "start_date": DAY.isoformat()},
+            "simulator": {"n_users": 2000, "n_initial_ads": 1000, "new_ads_per_day": 50},
+        }).resolved()
+        steps.deliver_day(settings, DAY)
+        source = steps._source(settings)
+        seconds = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            report = ingest_day(settings, source.name, DAY, source.tasks)
+            seconds.append(round(time.perf_counter() - t0, 3))
+    return {"command": " ".join(sys.argv), "machine": f"{cpu_model()}, {platform.python_version()}",
+            "rows": {t: r.rows_landed for t, r in report.tables.items()}, "seconds": seconds,
+            "expectations_passed": report.expectations_passed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeat", type=int, default=1, help="timed calls per size (the best is reported)")
     parser.add_argument("--gx-dir", type=Path, default=None,
                         help="use the file-backed GX project in this folder (named gx)")
+    parser.add_argument("--small-day", action="store_true", help="time ingest_day of a small simulated day")
+    parser.add_argument("--shared-data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = parser.parse_args()
+    if args.small_day:
+        print(json.dumps(small_day(args.shared_data)))
+        return
 
     t0 = time.perf_counter()
     from validation import expectations
