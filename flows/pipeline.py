@@ -182,8 +182,9 @@ def _finish(summary: RunSummary, settings: Settings) -> str:
 
     summary.status = "completed"
     docs = _data_docs(summary, settings)
-    if docs:
-        summary.add(docs)
+    if docs:  # right after the last ingest record: the stages after it keep their places
+        last = max(i for i, st in enumerate(summary.stages) if st.get("stage") == "ingest")
+        summary.stages.insert(last + 1, docs)
     path = summary.write(settings)
     text = render_summary(summary.to_dict())
     try:

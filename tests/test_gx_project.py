@@ -102,9 +102,9 @@ def test_ingested_day_is_in_the_gx_project_data_docs_and_run_summary(sim_setting
     assert str(index) in text and data_docs_url(sim_settings) in text, text
 
 
-def test_a_rerun_adds_a_result_and_keeps_the_suite_file(sim_settings: Any) -> None:
+def test_a_rerun_adds_a_result_and_keeps_the_suite_file(sim_settings: Any, capfd: pytest.CaptureFixture) -> None:
     """Re-validating the same spec leaves the stored suite untouched; a changed spec (a new task, other
-    bounds) updates it, and the checkpoint runs the updated suite."""
+    bounds) updates it, and the checkpoint runs the updated suite. GX prints no progress bars."""
     from validation.expectations import validate_batch
 
     gx_dir = sim_settings.gx_dir
@@ -125,6 +125,7 @@ def test_a_rerun_adds_a_result_and_keeps_the_suite_file(sim_settings: Any) -> No
     assert rate.success and rate.bounds == {"min_value": 0.0, "max_value": 0.3}
     runs = sorted(p.name for p in (gx_dir / "uncommitted" / "validations" / "impressions_ingest").iterdir())
     assert runs == ["a", "b", "c"]
+    assert "Calculating Metrics" not in capfd.readouterr().err  # GX's tqdm bars stay off
 
 
 # --- the expectations still catch what they must -------------------------------------------------------
@@ -190,8 +191,9 @@ def test_threads_and_processes_validate_into_one_project_without_corrupting_it(t
 
     gx_dir = tmp_path / "home" / "gx"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Another process (it imports GX first, so its writes overlap the threads' ones) and four threads.
     procs = [subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=str(REPO), gx=str(gx_dir), n=n)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in range(1)]
     errors: list[BaseException] = []
 
     def work(n: int) -> None:
@@ -213,7 +215,7 @@ def test_threads_and_processes_validate_into_one_project_without_corrupting_it(t
 
     runs = gx_dir / "uncommitted" / "validations" / "impressions_ingest"
     assert sorted(p.name for p in runs.iterdir()) == sorted(
-        [f"thread-{n}" for n in range(4)] + [f"proc-{n}-{i}" for n in range(2) for i in range(2)])
+        [f"thread-{n}" for n in range(4)] + [f"proc-0-{i}" for i in range(2)])
     for result in runs.rglob("*.json"):
         assert json.loads(result.read_text())["success"] is True
     # The stored objects still point at each other: checkpoint -> validation definition -> the yml's
@@ -228,7 +230,7 @@ def test_threads_and_processes_validate_into_one_project_without_corrupting_it(t
     assert definition["suite"]["id"] == suite["id"]
     index = gx_project.build_data_docs(gx_dir).read_text()
     assert all(f"impressions_ingest/thread-{n}/" in index for n in range(4))
-    assert all(f"impressions_ingest/proc-{n}-1/" in index for n in range(2))
+    assert "impressions_ingest/proc-0-1/" in index
 
 
 # --- adsrec up serves the Data Docs ------------------------------------------------------------------------

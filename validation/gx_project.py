@@ -88,6 +88,7 @@ def _context(gx_dir: Path) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    import validation.gx_expectations  # noqa: F401 - registers the custom expectation the stored suites use
     from validation.expectations import tune_gx
 
     tune_gx()
