@@ -163,28 +163,27 @@ def _run_days(settings: Settings, days: list[dt.date], concurrency: int, force: 
             _record(summary, "representations", day, representations_task(settings, day, force))
 
 
-def _data_docs(summary: RunSummary, settings: Settings) -> dict[str, Any] | None:
-    """The Data Docs record of a run that ingested days (their GX results are there), else None."""
-    if not any(st.get("stage") == "ingest" for st in summary.stages):
+def _link_data_docs(summary: RunSummary, settings: Settings) -> dict[str, Any] | None:
+    """Give every ingest record of the run the Data Docs link (the days' GX results are there); None
+    when the run ingested nothing."""
+    ingests = [st for st in summary.stages if st.get("stage") == "ingest"]
+    if not ingests:
         return None
     from flows.services import data_docs_url
     from validation.gx_project import data_docs_index
 
     index = data_docs_index(settings.gx_dir)
-    validated = any(st.get("stage") == "ingest" and not st.get("skipped") for st in summary.stages)
-    # skipped: no day was validated in this run, so the Data Docs did not change
-    return {"stage": "data_docs", "day": None, "index": str(index), "exists": index.is_file(),
-            "url": data_docs_url(settings), "skipped": not validated}
+    docs = {"index": str(index), "exists": index.is_file(), "url": data_docs_url(settings)}
+    for st in ingests:
+        st["data_docs"] = docs
+    return docs
 
 
 def _finish(summary: RunSummary, settings: Settings) -> str:
     from flows.report import render_summary
 
     summary.status = "completed"
-    docs = _data_docs(summary, settings)
-    if docs:  # right after the last ingest record: the stages after it keep their places
-        last = max(i for i, st in enumerate(summary.stages) if st.get("stage") == "ingest")
-        summary.stages.insert(last + 1, docs)
+    docs = _link_data_docs(summary, settings)
     path = summary.write(settings)
     text = render_summary(summary.to_dict())
     try:

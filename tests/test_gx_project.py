@@ -64,7 +64,7 @@ def _spec(table: pa.Table, labels: tuple[str, ...] = ("click",), bounds: tuple[f
 def test_ingested_day_is_in_the_gx_project_data_docs_and_run_summary(sim_settings: Any) -> None:
     from components import steps
     from components.runs import RunSummary
-    from flows.pipeline import _data_docs, _record
+    from flows.pipeline import _link_data_docs, _record
     from flows.report import render_summary
     from flows.services import data_docs_url
 
@@ -97,7 +97,7 @@ def test_ingested_day_is_in_the_gx_project_data_docs_and_run_summary(sim_setting
 
     summary = RunSummary("ingest_day", {"run_date": DAY})
     _record(summary, "ingest", DAY, result)
-    summary.add(_data_docs(summary, sim_settings))
+    _link_data_docs(summary, sim_settings)
     text = render_summary(json.loads(json.dumps(summary.to_dict(), default=str)))
     assert str(index) in text and data_docs_url(sim_settings) in text, text
 

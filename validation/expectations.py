@@ -118,9 +118,9 @@ def gx_type_name(arrow_type: "pa.DataType") -> str | None:
     import pyarrow as pa
 
     if pa.types.is_timestamp(arrow_type):
-        return "Timestamp"  # tz-aware pandas columns are checked value by value: pd.Timestamp
+        return "Timestamp"  # a tz-aware column's dtype holds pd.Timestamp (GX checks the dtype)
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return "str"
+        return "str"  # ArrowDtype(string) holds str (see _frame)
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return None
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
@@ -333,8 +333,9 @@ def validate_batch(table: "pa.Table", spec: BatchSpec, *, gx_dir: "Path | str | 
 
         from validation import gx_project
 
-        run_id = RunIdentifier(run_name=run_name or spec.table, run_time=dt.datetime.now(dt.timezone.utc))
         with gx_project.locked(Path(gx_dir)) as ctx:
+            # Taken under the lock, so two runs of one day never share a run time (the result's key).
+            run_id = RunIdentifier(run_name=run_name or spec.table, run_time=dt.datetime.now(dt.timezone.utc))
             checkpoint = gx_project.checkpoint_for(ctx, spec.table, build_suite(spec))
             result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=params,
                                     run_id=run_id)
