@@ -230,7 +230,9 @@ def build_suite(spec: BatchSpec, n_rows: int | None = None) -> Any:
     """The expectation suite for ``spec``, as stored in the GX project. The run window enters as the
     suite parameters ``window_start`` / ``window_end`` (:func:`suite_parameters`), so the suite is the
     same every day. ``n_rows`` is ignored (kept for callers of the old signature): label rates are
-    always expected; on an empty batch they fail next to the row count.
+    always expected. On an empty batch the min/max and mean expectations fail next to the row count
+    (nothing to measure); ingestion validates an empty batch only for impressions, where an empty day
+    is a failure anyway.
 
     Every rule that reads whole columns is a column aggregate expectation, which GX's pandas engine
     computes on the column itself; its map expectations first copy the whole batch once per column.
