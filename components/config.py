@@ -222,11 +222,13 @@ class RegistryConfig(_Section):
 
 
 class DeployConfig(_Section):
-    """``adsrec up``: the local Prefect server, MLflow UI and the served deployments (docs/deployments.md)."""
+    """``adsrec up``: the local Prefect server, MLflow UI, GX Data Docs and the served deployments
+    (docs/deployments.md)."""
 
     host: str = "127.0.0.1"
     prefect_port: int = Field(4200, ge=1, le=65535)
     mlflow_port: int = Field(5000, ge=1, le=65535)
+    data_docs_port: int = Field(5100, ge=1, le=65535, description="the Great Expectations Data Docs site")
     daily_cron: str = Field("0 3 * * *", description="the daily deployment's schedule")
     timezone: str = "UTC"
     training_concurrency_limit: str = Field("adsrec-training", description="Prefect global concurrency limit name")
@@ -386,6 +388,11 @@ class Settings(_Section):
     def models_dir(self) -> Path:
         """Trained rankers, one folder per run date (weights, encoders, spec, configs, evaluation)."""
         return self.home / "models"
+
+    @property
+    def gx_dir(self) -> Path:
+        """The Great Expectations project: suites, checkpoints, validation results, Data Docs."""
+        return self.home / "gx"
 
     @property
     def mlflow_dir(self) -> Path:

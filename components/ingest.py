@@ -975,7 +975,8 @@ def ingest_day(settings: "Settings", source_name: str, day: dt.date, tasks: Sequ
 
                     spec = _expectation_spec(settings, run.contract, run.schema, day, tasks, landed.num_rows)
                     with _timed(report, "expectations_gx"):
-                        run.report.expectations = validate_batch(landed, spec)
+                        run.report.expectations = validate_batch(landed, spec, gx_dir=settings.gx_dir,
+                                                                 run_name=day.isoformat())
                     run.report.warnings += [e.sentence() for e in run.report.expectations if not e.success]
                 if run.report.quarantine_rate:
                     _row_messages(run, outputs[table][1], _window(settings, day))

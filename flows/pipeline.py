@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -177,15 +177,37 @@ def _run_days(settings: Settings, days: list[dt.date], concurrency: int, force: 
             _record(summary, "representations", day, representations_task(settings, day, force))
 
 
+def _link_data_docs(summary: RunSummary, settings: Settings) -> dict[str, Any] | None:
+    """Give every ingest record of the run the Data Docs link (the days' GX results are there); None
+    when the run ingested nothing."""
+    ingests = [st for st in summary.stages if st.get("stage") == "ingest"]
+    if not ingests:
+        return None
+    from flows.services import data_docs_url
+    from validation.gx_project import data_docs_index
+
+    index = data_docs_index(settings.gx_dir)
+    docs = {"index": str(index), "exists": index.is_file(), "url": data_docs_url(settings)}
+    for st in ingests:
+        st["data_docs"] = docs
+    return docs
+
+
 def _finish(summary: RunSummary, settings: Settings) -> str:
     from flows.report import render_summary
 
     summary.status = "completed"
+    docs = _link_data_docs(summary, settings)
     path = summary.write(settings)
     text = render_summary(summary.to_dict())
     try:
         create_markdown_artifact(markdown=f"```\n{text}\n```", key=summary.flow.replace("_", "-"),
                                  description=f"adsrec {summary.flow} summary")
+        if docs and docs["exists"]:
+            create_link_artifact(link=docs["url"], link_text="Great Expectations Data Docs",
+                                 key=f"{summary.flow.replace('_', '-')}-data-docs",
+                                 description=f"the ingested days' validation results (`adsrec up` serves them); "
+                                             f"file: {docs['index']}")
     except Exception:  # artifacts need an API; a summary must never fail a finished run
         pass
     get_run_logger().info(f"run summary written to {path}")

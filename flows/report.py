@@ -51,6 +51,7 @@ def render_summary(summary: dict[str, Any]) -> str:
             if st["stage"] == "ingest":
                 d["ingest"] = st.get("tables") or {}
                 d["expectations_passed"] = st.get("expectations_passed")
+                d["data_docs"] = st.get("data_docs")
             elif st["stage"] == "features":
                 d["features"] = st.get("rows") or {}
             elif st["stage"] == "representations":
@@ -84,6 +85,9 @@ def render_summary(summary: dict[str, Any]) -> str:
         blocks.append(_table(
             ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "encoded txt/img", "s",
              "skipped"], rows))
+    docs = next((d["data_docs"] for _, d in sorted(days.items()) if d.get("data_docs")), None)
+    if docs:  # right under the table's expect. column
+        blocks.append(render_data_docs(docs))
     reps = [d["repr"] for _, d in sorted(days.items()) if d.get("repr")]
     if reps:
         r = reps[-1]
@@ -130,6 +134,15 @@ def render_summary(summary: dict[str, Any]) -> str:
     if summary.get("error"):
         blocks.append(f"error: {summary['error']}")
     return "\n\n".join(blocks)
+
+
+def render_data_docs(st: dict[str, Any]) -> str:
+    """Where the ingested days' Great Expectations results are: the Data Docs file and its URL (an
+    ingest record's ``data_docs``)."""
+    if not st.get("exists"):
+        return f"data quality: no Great Expectations Data Docs yet (expected at {st.get('index')})"
+    return (f"data quality: Great Expectations Data Docs {st.get('index')}\n"
+            f"  `adsrec up` serves them at {st.get('url')}")
 
 
 def render_gates(st: dict[str, Any]) -> str:

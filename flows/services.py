@@ -1,12 +1,16 @@
-"""``adsrec up`` / ``adsrec down``: the local Prefect server (UI), the MLflow UI and the deployment server.
+"""``adsrec up`` / ``adsrec down``: the local Prefect server (UI), the MLflow UI, the Great Expectations
+Data Docs and the deployment server.
 
-Three background processes on ``deploy.host`` (127.0.0.1 by default), each in its own process group,
+Four background processes on ``deploy.host`` (127.0.0.1 by default), each in its own process group,
 with its PID file and log under ``<home>/services/``:
 
 - ``prefect``: ``prefect server start`` on ``deploy.prefect_port`` (state in ``<home>/prefect``, the same
   database the embedded runs use, so earlier runs show up in the UI);
 - ``mlflow``: ``mlflow server`` on ``deploy.mlflow_port`` over ``settings.mlflow_tracking_uri`` and the
   artifact folder (optional);
+- ``data_docs``: ``python -m http.server`` on ``deploy.data_docs_port`` over the GX Data Docs site
+  (``<home>/gx/uncommitted/data_docs/local_site``, rebuilt by every ingest; optional). A static file
+  server is all the site needs: GX renders plain HTML;
 - ``deployments``: ``python -m flows.deployments serve``, which registers the deployments and runs them.
 
 ``down`` stops them by PID (SIGTERM to the process group, SIGKILL after a grace period). A PID file
@@ -25,16 +29,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import PROJECT_ROOT, Settings
 
-SERVICE_ORDER = ("prefect", "mlflow", "deployments")
+SERVICE_ORDER = ("prefect", "mlflow", "data_docs", "deployments")
 # A substring of each service's command line: a PID file whose process no longer shows it is stale
 # (the PID may have been reused by another program, which must never be killed).
-MARKERS = {"prefect": "server start", "mlflow": "mlflow", "deployments": "flows.deployments"}
+MARKERS = {"prefect": "server start", "mlflow": "mlflow", "data_docs": "http.server",
+           "deployments": "flows.deployments"}
 # The deployments the deployment server registers (flows/deployments.py builds them; kept here so that
 # checking them needs no Prefect import).
 DEPLOYMENT_NAME = "adsrec"
@@ -88,13 +93,25 @@ def mlflow_url(settings: Settings) -> str:
     return f"http://{_url_host(settings.deploy.host)}:{settings.deploy.mlflow_port}"
 
 
+def data_docs_url(settings: Settings) -> str:
+    """Where ``adsrec up`` serves the GX Data Docs (their ``index.html``)."""
+    return f"http://{_url_host(settings.deploy.host)}:{settings.deploy.data_docs_port}/index.html"
+
+
+def data_docs_site(settings: Settings) -> Path:
+    """The Data Docs folder the server serves (validation/gx_project.py builds it)."""
+    from validation.gx_project import data_docs_dir
+
+    return data_docs_dir(settings.gx_dir)
+
+
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
 
-def service_specs(settings: Settings, mlflow: bool = True) -> list[ServiceSpec]:
+def service_specs(settings: Settings, mlflow: bool = True, data_docs: bool = True) -> list[ServiceSpec]:
     """The services ``up`` starts, in start order (the deployment server needs the Prefect API)."""
     deploy = settings.deploy
     base = dict(os.environ)
@@ -130,6 +147,17 @@ def service_specs(settings: Settings, mlflow: bool = True) -> list[ServiceSpec]:
                      "--default-artifact-root", artifacts, "--artifacts-destination", artifacts],
             env=mlflow_env, port=deploy.mlflow_port, url=mlflow_url(settings),
             health_url=f"{mlflow_url(settings)}/health", marker=MARKERS["mlflow"],
+        ))
+    if data_docs:
+        port = deploy.data_docs_port
+        root = f"http://{_url_host(deploy.host)}:{port}/"
+        specs.append(ServiceSpec(
+            name="data_docs",
+            command=[sys.executable, "-m", "http.server", str(port), "--bind", deploy.host,
+                     "--directory", str(data_docs_site(settings))],
+            env=base, port=port, url=data_docs_url(settings),
+            health_url=root,  # the site folder (a listing until the first ingest writes index.html)
+            marker=MARKERS["data_docs"],
         ))
     specs.append(ServiceSpec(
         name="deployments",
@@ -355,10 +383,11 @@ def running_prefect_api_url(settings: Settings) -> str | None:
 
 
 def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
-       echo: Callable[[str], None] = print) -> list[ServiceStatus]:
+       echo: Callable[[str], None] = print, data_docs: bool = True,
+       only: Collection[str] | None = None) -> list[ServiceStatus]:
     """Start every service that does not run yet and wait until each answers (``timeout`` seconds per
-    stage). The Prefect server and MLflow start side by side; the deployment server after the Prefect
-    API is healthy.
+    stage). The Prefect server, MLflow and the Data Docs server start side by side; the deployment
+    server after the Prefect API is healthy. ``only`` (service names) starts just those.
 
     Already running services are left alone (``echo`` says so). When a start fails, the services this
     call started are stopped again and :class:`ServiceError` says why (log tail included).
@@ -369,7 +398,17 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
         if "://" not in settings.mlflow_artifact_location:
             Path(settings.mlflow_artifact_location).mkdir(parents=True, exist_ok=True)
-    specs = service_specs(settings, mlflow=mlflow)
+    if data_docs:
+        data_docs_site(settings).mkdir(parents=True, exist_ok=True)
+    specs = service_specs(settings, mlflow=mlflow, data_docs=data_docs)
+    if only is not None:
+        unknown = sorted(set(only) - {s.name for s in specs})
+        if unknown:
+            raise ServiceError(f"unknown or disabled service(s) {', '.join(unknown)}: choose from "
+                               f"{', '.join(s.name for s in specs)}")
+        if "deployments" in only and "prefect" not in only and not running_prefect_api_url(settings):
+            raise ServiceError("the deployments service needs the Prefect server: start it too (or first)")
+        specs = [s for s in specs if s.name in only]
     running = {s.name: _owned_pid(settings, s.name, s.marker) for s in specs}
     if all(running.values()):
         echo("adsrec is already up (adsrec down stops it):")
@@ -407,7 +446,8 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
 
 def down(settings: Settings, grace: float = 20.0, echo: Callable[[str], None] = print) -> dict[str, str]:
     """Stop the services this home's ``up`` started, deployment server first (it pauses the schedules
-    through the API), then MLflow, then Prefect. Safe when nothing runs. Returns ``{service: outcome}``."""
+    through the API), then the Data Docs server, MLflow, then Prefect. Safe when nothing runs.
+    Returns ``{service: outcome}``."""
     outcome: dict[str, str] = {}
     for name in reversed(SERVICE_ORDER):
         path = _pid_file(settings, name)
@@ -443,7 +483,7 @@ def urls(settings: Settings) -> dict[str, str]:
     """What to open in a browser."""
     ui = prefect_ui_url(settings)
     return {"Prefect UI": ui, "deployments": f"{ui}/deployments", "Prefect API": prefect_api_url(settings),
-            "MLflow UI": mlflow_url(settings)}
+            "MLflow UI": mlflow_url(settings), "Data Docs": data_docs_url(settings)}
 
 
 def describe(statuses: list[ServiceStatus]) -> str:

@@ -1,5 +1,5 @@
-"""``adsrec up``, ``adsrec down`` and ``adsrec services``: the local Prefect UI, MLflow UI and deployment
-server (flows/services.py does the work; docs/deployments.md explains them).
+"""``adsrec up``, ``adsrec down`` and ``adsrec services``: the local Prefect UI, MLflow UI, GX Data Docs
+and deployment server (flows/services.py does the work; docs/deployments.md explains them).
 
 Registered on the main app by ``flows/cli.py``; importing this module loads only typer.
 """
@@ -13,17 +13,20 @@ import typer
 
 def up(
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="also start the MLflow UI")] = True,
+    data_docs: Annotated[bool, typer.Option("--data-docs/--no-data-docs",
+                                            help="also serve the Great Expectations Data Docs")] = True,
     foreground: Annotated[bool, typer.Option("--foreground", help="stay attached; Ctrl-C stops everything")] = False,
     timeout: Annotated[float, typer.Option(min=10, help="seconds to wait for each service to answer")] = 180.0,
 ) -> None:
-    """Start the Prefect server (UI) on 127.0.0.1, the MLflow UI and the deployment server (daily on its
-    schedule, backfill, promote, rollback), in the background; adsrec down stops them."""
+    """Start the Prefect server (UI) on 127.0.0.1, the MLflow UI, a server for the Great Expectations
+    Data Docs and the deployment server (daily on its schedule, backfill, promote, rollback), in the
+    background; adsrec down stops them."""
     from flows import services
     from flows.cli import _settings
 
     settings = _settings()
     try:
-        statuses = services.up(settings, mlflow=mlflow, timeout=timeout, echo=typer.echo)
+        statuses = services.up(settings, mlflow=mlflow, data_docs=data_docs, timeout=timeout, echo=typer.echo)
     except services.ServiceError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -32,6 +35,8 @@ def up(
     links = services.urls(settings)
     if not mlflow:
         links.pop("MLflow UI")
+    if not data_docs:
+        links.pop("Data Docs")
     typer.echo("")
     for what, url in links.items():
         typer.echo(f"{what + ':':<13} {url}")
@@ -57,7 +62,8 @@ def up(
 def down(
     grace: Annotated[float, typer.Option(min=0, help="seconds between SIGTERM and SIGKILL")] = 20.0,
 ) -> None:
-    """Stop what adsrec up started (deployment server, MLflow UI, Prefect server); safe when nothing runs."""
+    """Stop what adsrec up started (deployment server, Data Docs, MLflow UI, Prefect server); safe when
+    nothing runs."""
     from flows import services
     from flows.cli import _settings
 
