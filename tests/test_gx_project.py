@@ -272,3 +272,25 @@ def test_up_refuses_an_unknown_service(settings: Any) -> None:
 
     with pytest.raises(services.ServiceError, match="unknown or disabled service.*nope"):
         services.up(settings, only=("nope",), echo=lambda _: None)
+
+
+def test_an_allowed_empty_batch_measures_nothing_and_a_null_int_column_keeps_its_type() -> None:
+    """An empty day the policy allows passes (no min/max/mean of nothing); with min_rows it fails. An
+    int64 column of nulls (a log without advertisers) is int64, not pandas' float64."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from validation.expectations import BatchSpec, validate_batch
+
+    day = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    empty = pa.table({"like": pa.array([], pa.int8()), "event_time": pa.array([], pa.timestamp("us", tz="UTC"))})
+    spec = BatchSpec(table="impressions", column_types={"like": "int8"}, labels=("like",), time_column="event_time",
+                     time_min=day, time_max=day + dt.timedelta(days=1))
+    assert all(r.success for r in validate_batch(empty, spec))
+    strict = BatchSpec(**{**spec.__dict__, "min_rows": 1})
+    assert not all(r.success for r in validate_batch(empty, strict))
+    ads = pa.table({"ad_id": pa.array([1, 2], pa.int64()), "advertiser_id": pa.array([None, None], pa.int64())})
+    results = validate_batch(ads, BatchSpec(table="ads", column_types={"ad_id": "int64", "advertiser_id": "int64"},
+                                            not_null=("ad_id",)))
+    assert all(r.success for r in results), [r.sentence() for r in results]
