@@ -117,7 +117,7 @@ def throughput(rows: int, profile: bool) -> dict:
 
             profiler.disable()
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
+            pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(int(os.environ.get("PROFILE_TOP", "25")))
             print(out.getvalue(), file=sys.stderr)
     imp = report.tables["impressions"]
     assert imp.rows_landed == rows and not report.failed, report.summary()

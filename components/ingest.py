@@ -633,8 +633,9 @@ def _check_rows(settings: "Settings", run: _TableRun, batch: pa.Table, day: dt.d
     for key in contract.keys:
         col = batch.column(key)
         cond = pc.is_null(col)
-        if pa.types.is_string(col.type):  # an empty id is no id; Kleene or: null OR x is true, not null
-            cond = pc.or_kleene(cond, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
+        if pa.types.is_string(col.type):  # an empty or blank id is no id; Kleene or: null OR x is true
+            blank = pc.or_kleene(pc.equal(pc.binary_length(col), 0), pc.utf8_is_space(col))  # no copy, unlike trim
+            cond = pc.or_kleene(cond, blank)
         reason = _fill_reason(reason, cond, _reason(NULL_KEY, key))
     ts = batch.column(contract.time_column)
     if contract.name == "impressions":
