@@ -841,7 +841,9 @@ def _split(settings: "Settings", run: _TableRun, day: dt.date, ingested_at: dt.d
     """(rows to land, quarantine rows) of a checked table; fills the counts and reasons of its report."""
     rep, batch = run.report, run.batch
     if batch is not None:
-        landed = batch.filter(pc.is_null(batch.column(_REASON)))
+        reasons = batch.column(_REASON)
+        # a clean batch (the usual day) lands whole: no filter pass copying every column
+        landed = batch if reasons.null_count == batch.num_rows else batch.filter(pc.is_null(reasons))
         landed = landed.select([f.name for f in run.schema] + rep.kept_extra_columns)
         target = pa.schema(list(run.schema) + [landed.schema.field(c) for c in rep.kept_extra_columns])
         landed = landed.cast(target)
