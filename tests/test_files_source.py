@@ -312,3 +312,13 @@ def test_a_task_setting_naming_no_task_of_the_source_fails_at_load(tmp_path: Pat
     with pytest.raises(ValueError, match=r"training.ipw_task is 'click', which is not one of .*'like', 'share'"):
         load_settings(overrides={"pipeline": {"source": "files"}, "files": files, "training": {"ipw_task": "click"}},
                       environ={})
+
+
+def test_a_failing_expression_is_named_with_its_key(tmp_path: Path, user_log) -> None:
+    from components.sources import get_source
+    from components.sources.files import SourceConfigError
+
+    _, files = user_log
+    files["ads"]["columns"]["title"] = "upper(nme)"  # a typo in the user's column name
+    with pytest.raises(SourceConfigError, match=r"files.ads.columns.title = 'upper\(nme\)' fails in DuckDB: .*nme"):
+        get_source(_settings(tmp_path, files)).available_days()

@@ -212,6 +212,22 @@ def _run(con: "duckdb.DuckDBPyConnection", sql: str, table: str) -> pa.Table:
         raise SourceConfigError(f"files.{table}: a column expression failed in DuckDB: {exc}") from None
 
 
+def _run_mapped(con: "duckdb.DuckDBPyConnection", select: str, source: str, cfg: "FileTableConfig",
+                table: str) -> pa.Table:
+    """The mapped table; when DuckDB rejects the SELECT, the error names the first mapping entry that
+    fails on its own (``files.<table>.columns.<name> = <expression>``)."""
+    try:
+        return con.sql(f"SELECT {select} FROM ({source})").to_arrow_table()
+    except Exception as exc:
+        for name, expr in cfg.columns.items():
+            try:
+                con.sql(f"SELECT ({expr}) FROM ({source}) LIMIT 0").fetchall()
+            except Exception as one:
+                raise SourceConfigError(f"files.{table}.columns.{name} = {expr!r} fails in DuckDB: "
+                                        f"{' '.join(str(one).split())}") from None
+        raise SourceConfigError(f"files.{table}: the mapping fails in DuckDB: {' '.join(str(exc).split())}") from None
+
+
 # --------------------------------------------------------------------------------------------------
 # The source
 # --------------------------------------------------------------------------------------------------
@@ -316,7 +332,7 @@ class FilesSource:
         given = [c for c in ("request_id", "exposure_index") if c in cfg.columns or c in columns]
         self._stats["computed_request_id"] = int("request_id" not in given)
         self._stats["computed_exposure_index"] = int("exposure_index" not in given)
-        t = _run(con, f"SELECT {select} FROM ({sql})", "impressions")
+        t = _run_mapped(con, select, sql, cfg, "impressions")
         et = t.column("event_time")
         if not pa.types.is_timestamp(et.type):
             raise SourceConfigError(
@@ -434,7 +450,7 @@ class FilesSource:
         else:
             sql = source_sql(cfg, table)
             select = mapped_select(read_columns(con, sql, table), cfg, table, schema.names, {key}, {})
-            dim = _run(con, f"SELECT {select} FROM ({sql})", table)
+            dim = _run_mapped(con, select, sql, cfg, table)
         created = "CAST(NULL AS TIMESTAMPTZ)"
         if "created_at" in dim.column_names:
             ca = dim.column("created_at")
