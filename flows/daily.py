@@ -28,10 +28,11 @@ def gates_task(settings: Settings, end_day: dt.date, train_result: dict[str, Any
     from components.quality import assess_and_register
 
     logger = get_run_logger()
-    from flows.services import mlflow_url, prefect_ui_url
+    from flows.services import data_docs_url, mlflow_url, prefect_ui_url
 
     result = assess_and_register(settings, end_day, train_result, training_set_path, days, force=force)
-    result["ui"] = {"mlflow": mlflow_url(settings), "prefect": prefect_ui_url(settings)}  # for the summary
+    result["ui"] = {"mlflow": mlflow_url(settings), "prefect": prefect_ui_url(settings),  # for the summary
+                    "data_docs": data_docs_url(settings)}
     logger.info(f"quality gates for {end_day}:\n{result['gate_table']}")
     reg = result.get("registered")
     if reg:

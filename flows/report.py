@@ -182,8 +182,9 @@ def render_gates(st: dict[str, Any]) -> str:
         blocks.append("plots: " + ", ".join(st["plots"]))
     ui = st.get("ui") or {}
     blocks.append("where to look: `adsrec models` (versions and aliases); `adsrec up` serves the MLflow UI "
-                  f"({ui.get('mlflow', 'http://127.0.0.1:5000')}) and the Prefect UI "
-                  f"({ui.get('prefect', 'http://127.0.0.1:4200')}) on this machine")
+                  f"({ui.get('mlflow', 'http://127.0.0.1:5000')}), the Prefect UI "
+                  f"({ui.get('prefect', 'http://127.0.0.1:4200')}) and the Data Docs "
+                  f"({ui.get('data_docs', 'http://127.0.0.1:5100/index.html')}) on this machine")
     return "\n".join(blocks)
 
 
