@@ -294,9 +294,9 @@ class FilesSource:
             return self._tables
 
     def _parse(self) -> dict[str, pa.Table]:
-        from components.offline_store import _connect  # noqa: PLC2701 - the one DuckDB connect
+        from components.features import connect  # an in-memory DuckDB in UTC
 
-        con = _connect()
+        con = connect()
         try:
             impressions = self._impressions(con)
             first, last = self._clip_days(impressions)
