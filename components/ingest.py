@@ -570,9 +570,10 @@ def _duplicates_in_batch(batch: pa.Table, reason: pa.Array, key: str, con: "duck
 
 def _valid_probe(batch: pa.Table, reason: pa.Array, columns: dict[str, str]) -> pa.Table:
     """(idx, <columns renamed>) of the rows that are still valid: what the index joins against."""
-    ok = pc.is_null(reason)
     cols = {"idx": pa.array(np.arange(batch.num_rows))} | {new: batch.column(old) for old, new in columns.items()}
-    return pa.table(cols).filter(ok)
+    probe = pa.table(cols)
+    # every row still valid (a clean day): no filter pass copying the columns
+    return probe if reason.null_count == len(reason) else probe.filter(pc.is_null(reason))
 
 
 def _landed_elsewhere(settings: "Settings", run: _TableRun, batch: pa.Table, reason: pa.Array, key: str,
