@@ -61,7 +61,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.schemas import ADS, IMPRESSIONS, TIMESTAMP, USERS, impressions_schema
+from components.schemas import ADS, IMPRESSIONS, TIMESTAMP, USERS
 from components.sources._landing import (
     US_PER_DAY,
     date_to_ordinal,
@@ -242,6 +242,7 @@ class FilesSource:
         self.name = self.cfg.name
         self.tasks: tuple[str, ...] = tuple(self.cfg.tasks)
         self._stats: dict[str, int] = {}
+        self._computed: set[str] = set()  # contract columns the log lacks and the source computes
         self._tables: dict[str, pa.Table] | None = None
         self._days: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -271,12 +272,6 @@ class FilesSource:
             out[name] = table.slice(int(lo), int(hi - lo))
         return out
 
-    def daily_summary(self) -> list[dict[str, object]]:
-        from components.sources._landing import daily_label_rates
-
-        imp = self._build()["impressions"].filter(pc.is_valid(pc.field("event_time")))
-        return daily_label_rates(imp, self.tasks)
-
     @property
     def stats(self) -> dict[str, int]:
         """How the log's rows were accounted for (rows read, negatives, dimension fixes, ...)."""
@@ -300,9 +295,8 @@ class FilesSource:
         try:
             impressions = self._impressions(con)
             first, last = self._clip_days(impressions)
-            self._stats["first_day_delivered"] = first
             impressions = self._negatives(con, impressions, first, last)
-            impressions = self._exposure_and_ids(con, impressions)
+            impressions = self._exposure_and_ids(con, impressions, first)
             first_time = {k: self._first_impression(con, impressions, k) for k in ("user_id", "ad_id")}
             ads = self._dimension(con, "ads", ADS.required, "ad_id", first_time["ad_id"], first)
             users = self._dimension(con, "users", USERS.required, "user_id", first_time["user_id"], first)
@@ -329,9 +323,7 @@ class FilesSource:
         # request_id and exposure_index are computed after negative sampling when not given
         select = mapped_select(columns, cfg, "impressions", contract, required,
                                {**DEFAULTS, "request_id": "CAST(NULL AS VARCHAR)", "exposure_index": "CAST(NULL AS BIGINT)"})
-        given = [c for c in ("request_id", "exposure_index") if c in cfg.columns or c in columns]
-        self._stats["computed_request_id"] = int("request_id" not in given)
-        self._stats["computed_exposure_index"] = int("exposure_index" not in given)
+        self._computed = {c for c in ("request_id", "exposure_index") if c not in cfg.columns and c not in columns}
         t = _run_mapped(con, select, sql, cfg, "impressions")
         et = t.column("event_time")
         if not pa.types.is_timestamp(et.type):
@@ -409,17 +401,17 @@ class FilesSource:
         values.update({task: pa.array(np.zeros(n, np.int8)) for task in self.tasks})
         for col, default in (("slot", "default"), ("position", 1)):
             logged = pc.unique(imp.column(col)).to_pylist()  # a constant of the log carries over
-            values[col] = pa.array([logged[0] if len(logged) == 1 else default] * 1).take(pa.array(np.zeros(n, np.int64)))
+            values[col] = pa.repeat(pa.scalar(logged[0] if len(logged) == 1 else default), n)
         cols = {c: (pc.cast(values[c], f.type) if c in values else pa.nulls(n, f.type)) for c, f in zip(imp.column_names, imp.schema)}
         return pa.concat_tables([imp, pa.table(cols, schema=imp.schema)])
 
-    def _exposure_and_ids(self, con: "duckdb.DuckDBPyConnection", imp: pa.Table) -> pa.Table:
+    def _exposure_and_ids(self, con: "duckdb.DuckDBPyConnection", imp: pa.Table, first_day: int) -> pa.Table:
         """Fill request_id and exposure_index where the log does not give them; sort by time; add the
         delivery day (rows without a time go to the first day, where ingestion quarantines them)."""
         request = ("coalesce(request_id, concat_ws('-', user_id, ad_id, epoch_us(event_time)))"
-                   if self._stats.get("computed_request_id") else "request_id")
+                   if "request_id" in self._computed else "request_id")
         exposure = (f"row_number() OVER (PARTITION BY user_id, ad_id ORDER BY event_time, {request})"
-                    if self._stats.get("computed_exposure_index") else "exposure_index")
+                    if "exposure_index" in self._computed else "exposure_index")
         cols = [_sql_ident(c) for c in imp.column_names if c not in ("request_id", "exposure_index")]
         sql = (f"SELECT {', '.join(cols)}, {request} AS request_id, {exposure} AS exposure_index, "
                f"CAST(floor(epoch_us(event_time) / {US_PER_DAY}) AS BIGINT) AS {_DAY} FROM imp "
@@ -427,8 +419,7 @@ class FilesSource:
         out = con.from_arrow(imp).query("imp", sql).to_arrow_table()
         days = out.column(_DAY)
         if days.null_count:  # no event time: deliver on the first day so ingestion quarantines the rows
-            first = self._stats.get("first_day_delivered", 0)
-            out = out.set_column(out.column_names.index(_DAY), _DAY, pc.fill_null(days, first))
+            out = out.set_column(out.column_names.index(_DAY), _DAY, pc.fill_null(days, first_day))
         names = IMPRESSIONS.required.names + list(self.tasks)
         return out.select(names + [c for c in out.column_names if c not in names and c != _DAY] + [_DAY])
 
