@@ -145,3 +145,18 @@ def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
     assert single.passed and single.value is None
     assert entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3).passed
     assert single.line().startswith("entanglement: pass, one task (rating_high): no task pair, separation not gated")
+
+
+def test_data_gate_rate_is_the_worst_tables_so_a_lost_users_table_cannot_hide(settings) -> None:
+    """610 users rejected beside 100,000 clean impressions is 0.6% pooled; per table it is 100%."""
+    from components.runs import StageManifest
+
+    day = dt.date(2026, 11, 1)
+    StageManifest(settings, "ingest").record(day, "x", {
+        "rows_in": 100_610, "rows_quarantined": 610, "expectations_passed": True,
+        "tables": {"impressions": {"rows_in": 100_000, "rows_quarantined": 0, "reasons": {}},
+                   "users": {"rows_in": 610, "rows_quarantined": 610, "reasons": {"created_after_day: created_at": 610}}}})
+    g = data_gate(settings, [day])
+    assert not g.passed and g.value == pytest.approx(1.0)
+    assert g.reason.startswith("quarantine rate of users 100.0% > 5.0% bound")
+    assert g.details["quarantine_rate_per_table"] == {"impressions": 0.0, "users": 1.0}

@@ -92,13 +92,15 @@ def expectation_words(e: Mapping[str, Any], bounds_key: str = "ingest.label_rate
 
 # ----- data -------------------------------------------------------------------------------------------------
 def data_gate(settings: "Settings", days: Iterable[dt.date]) -> GateResult:
-    """The window's ingestion: every day ingested, its expectations passed, and the quarantine rate
-    (quarantined / arrived rows over the whole window) at most ``gates.max_quarantine_rate``."""
+    """The window's ingestion: every day ingested, its expectations passed, and the quarantine rate at
+    most ``gates.max_quarantine_rate``. The rate is the worst table's (quarantined / arrived rows of that
+    table over the window), so a users table lost wholesale cannot hide among many clean impressions."""
     from components.runs import StageManifest
 
     bound = settings.gates.max_quarantine_rate
     manifest = StageManifest(settings, "ingest")
     rows_in = quarantined = 0
+    per_table: dict[str, list[int]] = {}  # table -> [rows in, rows quarantined] over the window
     missing: list[str] = []
     failed: dict[str, list[str]] = {}
     failed_words: dict[str, list[str]] = {}
@@ -115,6 +117,10 @@ def data_gate(settings: "Settings", days: Iterable[dt.date]) -> GateResult:
         quarantined += day_quarantined
         per_day[day.isoformat()] = float(res.get("quarantine_rate", 0.0))
         tables = res.get("tables", {}) or {}
+        for name, tr in tables.items():
+            acc = per_table.setdefault(name, [0, 0])
+            acc[0] += int(tr.get("rows_in", 0))
+            acc[1] += int(tr.get("rows_quarantined", 0))
         if day_quarantined > worst[0]:
             reasons = sorted(((n, f"{t}: {r}") for t, tr in tables.items()
                               for r, n in (tr.get("reasons") or {}).items()), reverse=True)
@@ -124,12 +130,15 @@ def data_gate(settings: "Settings", days: Iterable[dt.date]) -> GateResult:
             failed[day.isoformat()] = sorted({f"{e.get('table')}.{e.get('column')}: {e.get('name')}" for e in bad})
             failed_words[day.isoformat()] = [expectation_words(e) for e in bad] or [
                 "the ingest report says its expectations failed"]
-    rate = quarantined / rows_in if rows_in else 0.0
+    table_rates = {t: q / n for t, (n, q) in per_table.items() if n}
+    worst_table = max(table_rates, key=table_rates.__getitem__, default=None)
+    rate = table_rates[worst_table] if worst_table else (quarantined / rows_in if rows_in else 0.0)
     passed = not missing and not failed and rate <= bound
     problems = []
     if rate > bound:
         where = f" ({worst[1]}: {worst[2] or f'{worst[0]:,} rows'})" if worst[1] else ""
-        problems.append(f"quarantine rate {_pct(rate)} > {_pct(bound)} bound{where}")
+        table = f" of {worst_table}" if worst_table else ""
+        problems.append(f"quarantine rate{table} {_pct(rate)} > {_pct(bound)} bound{where}")
     for day_s, words in failed_words.items():
         problems.append(f"expectations failed on {day_s}: " + "; ".join(words))
     if missing:
@@ -137,10 +146,12 @@ def data_gate(settings: "Settings", days: Iterable[dt.date]) -> GateResult:
     if problems:
         reason = "; ".join(problems)
     else:
-        reason = (f"quarantine rate {_pct(rate)} <= {_pct(bound)} bound over {rows_in:,} rows; expectations "
+        table = f" (worst table: {worst_table})" if worst_table else ""
+        reason = (f"quarantine rate {_pct(rate)}{table} <= {_pct(bound)} bound over {rows_in:,} rows; expectations "
                   f"passed on {len(per_day)} day(s)")
     return GateResult("data", rate, bound, passed, {
         "rows_in": rows_in, "rows_quarantined": quarantined, "quarantine_rate_per_day": per_day,
+        "quarantine_rate_per_table": table_rates,
         "days_missing": missing, "failed_expectations": failed,
     }, reason)
 
