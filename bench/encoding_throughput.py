@@ -1,4 +1,4 @@
-"""Encoding throughput and the cost of the incremental daily refresh (components/embeddings/).
+"""Encoding throughput and the cost of the incremental daily refresh (components/representations/).
 
 Measures, on this machine:
 
@@ -59,7 +59,7 @@ def _versions() -> dict[str, str]:
 
 
 def bench_text(titles: list[str]) -> dict[str, Any]:
-    from components.embeddings.text import TextEncoder
+    from components.representations.text import TextEncoder
 
     t0 = time.perf_counter()
     enc = TextEncoder()
@@ -75,7 +75,7 @@ def bench_text(titles: list[str]) -> dict[str, Any]:
 
 
 def bench_images(photos: list[bytes], model: Path) -> dict[str, Any]:
-    from components.embeddings.visual import MobileNetEncoder, decode_jpegs, prepare_batch
+    from components.representations.visual import MobileNetEncoder, decode_jpegs, prepare_batch
 
     enc = MobileNetEncoder(model)
     enc.encode(photos[:32])  # warm-up
@@ -100,9 +100,9 @@ def bench_daily_refresh(shared_data: Path, n_users: int) -> dict[str, Any]:
     import pyarrow.compute as pc
 
     from components.config import load_settings
-    from components.embeddings.text import make_text_encoder
-    from components.embeddings.vector_store import refresh_ad_vectors
-    from components.embeddings.visual import make_image_encoder
+    from components.representations.text import make_text_encoder
+    from components.representations.vector_store import refresh_ad_vectors
+    from components.representations.visual import make_image_encoder
     from components.sources.simulator import simulate
 
     def settings_at(home: str) -> Any:
@@ -157,7 +157,7 @@ def main() -> None:
 
     import numpy as np
 
-    from components.embeddings.visual import MOBILENET_FILE
+    from components.representations.visual import MOBILENET_FILE
     from components.sources.fashion import load_catalog
 
     started = time.perf_counter()

@@ -3,7 +3,7 @@ direct DuckDB ASOF join over the same parquet.
 
 It writes its own synthetic offline store (vectorised numpy, fixed seed) into a temporary ADSREC_HOME:
 ``--rows`` impressions over ``--days`` days plus ads and users tables, builds every feature view for every
-day with ``components.features.build_features``, then times both joins of the whole window, checks that
+day with ``components.store.features.build_features``, then times both joins of the whole window, checks that
 they are identical, and prints one JSON object. Figures are recorded in docs/benchmarks.md.
 
     .venv/bin/python bench/feature_retrieval.py              # 1,000,000 impressions
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     import pyarrow as pa
 
     from components.config import load_settings
-    from components.features import build_features
-    from components.training_set import join_duckdb, join_feast, read_impressions
+    from components.store.features import build_features
+    from components.training.training_set import join_duckdb, join_feast, read_impressions
 
     with tempfile.TemporaryDirectory(prefix="adsrec-bench-") as tmp:
         settings = load_settings(environ={}, overrides={"home": str(Path(tmp) / "home")}).resolved()

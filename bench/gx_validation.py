@@ -69,7 +69,7 @@ def impressions(n: int, seed: int = 0) -> Any:
 
 
 def spec_for(table: Any) -> Any:
-    """The spec ``components.ingest._expectation_spec`` builds for an impressions day."""
+    """The spec ``components.ingest.day._expectation_spec`` builds for an impressions day."""
     from components.schemas import IMPRESSIONS, day_window
     from validation.expectations import BatchSpec, gx_type_name
 
@@ -90,7 +90,7 @@ def small_day(shared_data: Path) -> dict[str, Any]:
 
     from components import steps
     from components.config import load_settings
-    from components.ingest import ingest_day
+    from components.ingest.day import ingest_day
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(environ={}, overrides={

@@ -4,7 +4,7 @@ Two parts, each in its own temporary ADSREC_HOME, printing one JSON object with 
 command line (figures recorded in docs/benchmarks.md):
 
 - **throughput**: one clean day of ``--rows`` impressions (plus its ads and users) written to the raw
-  landing zone, then ``components.ingest.ingest_day`` (read, conform, row checks, index lookups, Great
+  landing zone, then ``components.ingest.day.ingest_day`` (read, conform, row checks, index lookups, Great
   Expectations, quarantine, atomic writes, index update), timed end to end and per stage
   (``report.timings``); Great Expectations is reported on its own line (``expectations_gx``);
 - **history**: ``--history`` small landed days (``--history-rows`` impressions each) written straight
@@ -96,7 +96,7 @@ def land_raw(settings, day: dt.date, tables) -> None:  # noqa: ANN001
 
 
 def throughput(rows: int, profile: bool) -> dict:
-    from components.ingest import ingest_day
+    from components.ingest.day import ingest_day
 
     with tempfile.TemporaryDirectory(prefix="adsrec-bench-ingest-") as tmp:
         settings = settings_for(Path(tmp) / "home")
@@ -136,8 +136,8 @@ def history(n_days: int, rows: int, probe_days: int) -> dict:
     """Seconds per new day after ``n_days`` landed days (written straight into the offline store)."""
     import pyarrow.parquet as pq
 
-    from components.ingest import ingest_day
-    from components.ingest_index import open_index
+    from components.ingest.day import ingest_day
+    from components.ingest.index import open_index
     from components.schemas import day_dir
 
     with tempfile.TemporaryDirectory(prefix="adsrec-bench-history-") as tmp:
@@ -185,7 +185,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import logging
 
-    logging.getLogger("components.ingest").setLevel(logging.ERROR)
+    logging.getLogger("components.ingest.day").setLevel(logging.ERROR)
     out: dict = {"machine": describe_machine(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
     out["throughput"] = [throughput(n, args.profile) for n in args.rows if n > 0]
     if not args.skip_history:

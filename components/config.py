@@ -61,7 +61,7 @@ class SimulatorConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """Validated ingestion (components/ingest.py, docs/ingestion.md). The task label columns are the
+    """Validated ingestion (components/ingest/day.py, docs/ingestion.md). The task label columns are the
     source's (``Settings.tasks``): declared once, by the source."""
 
     label_rate_bounds: dict[str, tuple[float, float]] = Field(
@@ -173,7 +173,7 @@ class RepresentationConfig(_Section):
 
 class TrainingConfig(_Section):
     """The ranker the daily run trains (issue 4): ``ranker`` is a models.config.RankerConfig as a mapping,
-    ``train`` a components.train.TrainConfig; both are validated when the step runs."""
+    ``train`` a components.training.trainer.TrainConfig; both are validated when the step runs."""
 
     enabled: bool = True
     valid_days: int = Field(1, ge=1, description="the newest days of the window, held out for evaluation")

@@ -92,10 +92,10 @@ def deliver_day(settings: Settings, day: dt.date, force: bool = False) -> dict[s
 def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
     """Validate the day's raw files and land them in the offline store (quarantining rejects).
 
-    Raises ``components.ingest.IngestDayFailed`` (a ``ValueError``: a data error, never retried) with a
+    Raises ``components.ingest.day.IngestDayFailed`` (a ``ValueError``: a data error, never retried) with a
     one-line message when the day fails (docs/ingestion.md, 'When a day fails'); a failed day is never
     recorded as done, so the next run ingests it again."""
-    from components.ingest import ingest_day
+    from components.ingest.day import ingest_day
 
     source = _source(settings)
     raw_root = settings.raw_dir / source.name
@@ -111,7 +111,7 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
     report = ingest_day(settings, source.name, day, source.tasks)
     if report.failed:
-        from components.ingest import IngestDayFailed
+        from components.ingest.day import IngestDayFailed
 
         if not report.kept_previous:  # the day's partitions now hold this delivery: never skip it as done
             manifest.forget(day)
@@ -123,7 +123,7 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
 
 def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
     """Compute the day's feature partitions from the offline store (looks back over the rolling windows)."""
-    from components.features import build_features, impressions_landed, lookback_days
+    from components.store.features import build_features, impressions_landed, lookback_days
 
     source = _source(settings)
     lookback = lookback_days(settings) + 1  # the build reads days [day - lookback_days, day]
@@ -146,7 +146,7 @@ def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str,
 
 def training_set(settings: Settings, end_day: dt.date, days: int | None = None) -> dict[str, Any]:
     """Point-in-time training set for the window ending ``end_day``."""
-    from components.training_set import build_training_set
+    from components.training.training_set import build_training_set
 
     source = _source(settings)
     n = days or settings.pipeline.training_days
@@ -160,8 +160,8 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
     """Refresh pre-trained representations as of ``day``: text and visual vectors of new or changed ads,
     visual semantic IDs, the LightGCN graph over the click window, user interest vectors; written as
     feature-view partitions of the day."""
-    from components.features import impressions_landed
-    from components.representations import refresh_representations
+    from components.store.features import impressions_landed
+    from components.representations.refresh import refresh_representations
 
     # The click window (plus one partition of late events), the day's behaviour sequences (interest
     # vectors) and the graph it warm-starts from.
@@ -192,7 +192,7 @@ def train(settings: Settings, end_day: dt.date, training_set_path: str, force: b
           progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and evaluate the configured ranker on the window's training set (skipped when neither
     the training set nor the training configuration changed)."""
-    from components.retrain import train_and_evaluate
+    from components.training.train_day import train_and_evaluate
 
     source = _source(settings)
     path = Path(training_set_path)

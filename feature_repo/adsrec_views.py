@@ -1,8 +1,8 @@
 """The adsrec feature views as plain specs and as Feast objects, built for any state folder.
 
 One definition serves three callers: ``repo.py`` (what ``feast apply`` sees, for the state folder in
-``ADSREC_HOME``), ``components/feature_store.py`` (Feast in code, for any ``Settings.home``) and the direct
-DuckDB join of ``components/training_set.py`` (which reads the same parquet with the same TTLs).
+``ADSREC_HOME``), ``components/store/feast_store.py`` (Feast in code, for any ``Settings.home``) and the direct
+DuckDB join of ``components/training/training_set.py`` (which reads the same parquet with the same TTLs).
 
 The views' fields are read from the built parquet (the newest partition of each view) when the
 definitions are built, because they depend on the source: one ``<task>_...`` column per task, one
@@ -14,9 +14,9 @@ only ``user_id`` and the timestamps) is left out: Feast cannot join, materialise
 empty schema, and it would add nothing to a row. It comes back as soon as a partition has columns.
 
 The pre-trained representation views (``REPRESENTATION_VIEWS``: text / visual / graph vectors, user
-interest vectors, visual semantic IDs; written by components/representations.py) are added by
+interest vectors, visual semantic IDs; written by components/representations/refresh.py) are added by
 ``view_specs(..., representations=True)``. They are registered like the others but never join the
-``training`` service: training sets get similarities and codes from components/similarity.py instead.
+``training`` service: training sets get similarities and codes from components/representations/similarity.py instead.
 
 Nothing runs at import time: this module only defines functions (``feast apply`` imports it too).
 """
@@ -47,13 +47,13 @@ VIEW_ENTITIES: dict[str, tuple[str, bool]] = {
 }
 FEATURE_SERVICE = "training"
 DEFAULT_TTL_DAYS = 30
-# Pre-trained representations (components/representations.py, docs/representations.md): view ->
+# Pre-trained representations (components/representations/refresh.py, docs/representations.md): view ->
 # (entity, stamping). "creative": a function of the ad's creative, stamped with the ad's created_at and
 # never expiring (like the profiles); "daily": stamped at the day's end, TTL ttl_days (like the sequence
 # they are averaged from); "graph": stamped at the day's end, TTL one day, because vectors of different
 # LightGCN runs are not comparable. They are registered in Feast but kept OUT of the training service:
 # vectors are large, so training sets carry the similarities and codes instead
-# (components/similarity.py adds them).
+# (components/representations/similarity.py adds them).
 REPRESENTATION_VIEWS: dict[str, tuple[str, str]] = {
     "ad_semantic_id": ("ad", "creative"),
     "ad_text_embedding": ("ad", "creative"),
@@ -124,7 +124,7 @@ def view_specs(home: Path, ttl_days: int, representations: bool = False) -> list
         if not partitions:
             raise FileNotFoundError(
                 f"feature view {name} has no partitions under {features / name}: build the features first "
-                "(adsrec demo, or components.features.build_features)"
+                "(adsrec demo, or components.store.features.build_features)"
             )
         spec = _spec(features, name, entity, dt.timedelta(days=ttl_days) if expires else None, partitions)
         if spec.fields:  # a view with no feature column (a log without user profiles) has nothing to serve

@@ -2,7 +2,7 @@
 against the champion on the newest day -> quality gates -> register in MLflow -> (by config) promote ->
 materialise the online store.
 
-Each step is idempotent (components.steps, components.quality), so a re-run after a failure continues from
+Each step is idempotent (components.steps, components.registry.gate_and_register), so a re-run after a failure continues from
 the first step whose inputs changed or whose output is missing; earlier outputs are left intact. I/O steps
 (deliver, ingest, registration) retry.
 """
@@ -25,7 +25,7 @@ from flows.pipeline import RunSummary, _finish, _record, _run_days, _settings, _
       retries=1, retry_delay_seconds=5)
 def gates_task(settings: Settings, end_day: dt.date, train_result: dict[str, Any], training_set_path: str,
                days: list[dt.date], force: bool = False) -> dict[str, Any]:
-    from components.quality import assess_and_register
+    from components.registry.gate_and_register import assess_and_register
 
     logger = get_run_logger()
     from flows.services import data_docs_url, mlflow_url, prefect_ui_url
@@ -45,7 +45,7 @@ def gates_task(settings: Settings, end_day: dt.date, train_result: dict[str, Any
 @task(name="materialize", task_run_name="materialize-{end_day}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=2)
 def materialize_task(settings: Settings, end_day: dt.date) -> dict[str, Any]:
-    from components.serving import materialize_online
+    from components.serving.online import materialize_online
 
     result = materialize_online(settings, end_day)
     get_run_logger().info(f"online store: feature values as of {result.get('as_of')} "

@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import steps
 from components.config import Settings, load_settings
-from components.representations import representations_summary
+from components.representations.refresh import representations_summary
 from components.runs import RunSummary
 from flows.report import fmt_share
 

@@ -1,5 +1,5 @@
 """``adsrec promote``, ``adsrec rollback`` and ``adsrec models``: the model registry from the command line
-(components/registry.py does the work; docs/registry.md explains the rules).
+(components/registry/client.py does the work; docs/registry.md explains the rules).
 
 Registered on the main app by ``flows/cli.py``; importing this module loads only typer.
 """
@@ -13,7 +13,7 @@ import typer
 
 def _call(fn: Callable[[], Any]) -> Any:
     """Run a registry call; its refusals and lookup failures become a red message and exit code 1."""
-    from components.registry import RegistryError
+    from components.registry.client import RegistryError
 
     try:
         return fn()
@@ -28,7 +28,7 @@ def promote(
     reason: Annotated[Optional[str], typer.Option(help="why; required with --force, recorded on the version")] = None,
 ) -> None:
     """Make a registered version the champion (the old champion becomes 'previous')."""
-    from components.registry import promote as promote_version
+    from components.registry.client import promote as promote_version
     from flows.cli import _settings
 
     settings = _settings()
@@ -43,7 +43,7 @@ def promote(
 
 def rollback() -> None:
     """Make the previous champion the champion again (undoes the last promotion)."""
-    from components.registry import rollback as rollback_champion
+    from components.registry.client import rollback as rollback_champion
     from flows.cli import _settings
 
     settings = _settings()
@@ -55,7 +55,7 @@ def rollback() -> None:
 
 def models() -> None:
     """The registered versions: aliases, gates, per-task AUC, data window, creation time."""
-    from components.registry import list_versions, versions_table
+    from components.registry.client import list_versions, versions_table
     from flows.cli import _settings
 
     settings = _settings()

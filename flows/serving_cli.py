@@ -1,5 +1,5 @@
 """``adsrec materialize`` and ``adsrec score``: the Feast online store and scoring (user, ad) pairs from it
-(components/serving.py does the work; docs/serving.md explains it).
+(components/serving/online.py does the work; docs/serving.md explains it).
 
 Registered on the main app by ``flows/cli.py``; importing this module loads only typer.
 """
@@ -22,7 +22,7 @@ def _call(fn: Callable[[], Any]) -> Any:
     """Run a serving call; a missing store, bad input or unknown alias becomes a red message, exit 1."""
     errors: tuple[type[BaseException], ...] = (ValueError, KeyError, TypeError, FileNotFoundError)
     try:
-        from components.registry import RegistryError
+        from components.registry.client import RegistryError
 
         errors = (*errors, RegistryError)
     except ImportError:  # the registry is optional for --model-dir scoring
@@ -41,7 +41,7 @@ def materialize(
                                    "(default: the newest day with built features)")] = None,
 ) -> None:
     """Load the newest feature values as of the end of a day into the Feast online store (SQLite)."""
-    from components.serving import materialize_online, newest_feature_day
+    from components.serving.online import materialize_online, newest_feature_day
     from flows.cli import _settings
 
     settings = _settings()
@@ -94,7 +94,7 @@ def score(
         help="write every feature column too (parquet output only)")] = False,
 ) -> None:
     """Score (user, ad) pairs from the Feast online features with a saved ranker or a registered model."""
-    from components.serving import read_requests, score_requests, serving_summary
+    from components.serving.online import read_requests, score_requests, serving_summary
     from flows.cli import _settings
 
     settings = _settings()
@@ -105,12 +105,12 @@ def score(
         raise typer.Exit(2)
     requests = _call(lambda: read_requests(pairs))
     if model_dir is not None:
-        from components.train import load_trained
+        from components.training.trainer import load_trained
 
         scorer = _call(lambda: load_trained(model_dir))
         source = str(model_dir)
     else:
-        from components.registry import load_champion
+        from components.registry.client import load_champion
 
         scorer = _call(lambda: load_champion(settings, alias))
         source = f"{settings.registry.model_name}@{alias}"

@@ -1,6 +1,6 @@
 """The feature specification: what the ranker's input tensors mean.
 
-The data encoder (``components/dataset.py``) produces a :class:`FeatureSpec` from the training set and the
+The data encoder (``components/training/encoders.py``) produces a :class:`FeatureSpec` from the training set and the
 ranker (``models/ranker.py``) sizes its embedding tables from it, so this module is the contract between the
 two. It imports only the standard library.
 

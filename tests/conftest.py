@@ -1,4 +1,10 @@
-"""Shared fixtures. Every test gets its own ADSREC_HOME under tmp_path; nothing touches ./.adsrec."""
+"""Shared fixtures. Every test gets its own ADSREC_HOME under tmp_path; nothing touches ./.adsrec.
+
+The suite is in layers, one folder each, and every test is marked with its folder's layer (see README):
+``code`` (units, mirroring components/' stage folders; ``pytest tests/code`` is the inner loop), ``data``
+(ingestion, sources and point-in-time contracts on real and simulated data), ``model`` (trained-model
+behaviour), ``e2e`` (whole flows and the CLI) and ``experiments`` (the registered experiments).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+LAYERS = ("code", "data", "model", "e2e", "experiments")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the layer its folder names, so ``-m "not e2e"`` and the like select by layer."""
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(REPO / "tests").parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ read the model's weights, and matplotlib only inside the ``plot`` functions (Agg
 
 Example::
 
-    from components.train import load_trained
+    from components.training.trainer import load_trained
     trained = load_trained(".adsrec/models/2026-11-07")
     counts = id_counts_from_batch(trained.model, trained.encoders.encode_numpy(train_table, with_labels=False))
     report = collapse_report(trained.model, id_counts=counts)
@@ -384,7 +384,7 @@ class CollapseReport:
 
 
 def _unwrap(model: Any) -> Any:
-    """A Ranker from a Ranker or anything holding one as ``.model`` (components.train.TrainedModel)."""
+    """A Ranker from a Ranker or anything holding one as ``.model`` (components.training.trainer.TrainedModel)."""
     inner = getattr(model, "model", None)
     if inner is not None and hasattr(inner, "embedding_tables"):
         return inner

@@ -29,7 +29,7 @@ outputs of each pair of experts over a batch.
 
 Example::
 
-    from components.train import load_trained
+    from components.training.trainer import load_trained
     trained = load_trained(".adsrec/models/2026-11-07")
     report = entanglement_report(trained, train_table)       # a TrainedModel carries its encoders
     print(report.to_text()); report.plot("entanglement.png")
@@ -50,7 +50,7 @@ import numpy as np
 from validation.collapse import _pyplot, _save, _unwrap
 
 if TYPE_CHECKING:
-    from components.dataset import FeatureEncoders
+    from components.training.encoders import FeatureEncoders
 
 USER_FIELD = "user_id"
 ITEM_FIELD = "ad_id"
@@ -99,7 +99,7 @@ def interaction_rows(
     else:
         if encoders is None:
             raise ValueError("mapping raw user/ad ids to embedding rows needs the model's FeatureEncoders: "
-                             "pass encoders=..., a TrainedModel (components.train.load_trained), or an "
+                             "pass encoders=..., a TrainedModel (components.training.trainer.load_trained), or an "
                              "encoded batch")
         names = set(rows.column_names)
         missing = [c for c in (USER_FIELD, ITEM_FIELD, *tasks) if c not in names]

@@ -1,6 +1,6 @@
 """Great Expectations suites for the three ingested tables (impressions, ads, users).
 
-Ingestion (``components/ingest.py``) first rejects bad rows with vectorised checks, then hands the batch
+Ingestion (``components/ingest/day.py``) first rejects bad rows with vectorised checks, then hands the batch
 that is about to land to :func:`validate_batch`. The suite re-checks the row-level rules independently
 (types, non-null keys, labels in {0, 1}, timestamps inside the run window, unique keys), so a bug in the
 row filters shows up as a failed expectation instead of silently landing, and adds batch-level

@@ -2,7 +2,7 @@
 (a table of mean ± std over seeds, plots, a verdict on the claim), and writing ``docs/results.md``.
 
 An experiment is a function ``run(ctx) -> ExperimentResult``. It trains its models with
-``components.train.train_ranker`` on data from ``components.experiments.data``, logs every (variant,
+``components.training.trainer.train_ranker`` on data from ``components.experiments.data``, logs every (variant,
 seed) run with :meth:`ExperimentContext.log_run` (one MLflow experiment per comparison,
 ``adsrec-exp-<name>``), aggregates with :func:`mean_std`, saves plots under ``ctx.plot_dir`` and returns
 the result; :func:`write_results` puts it into its own section of docs/results.md (and the claim-by-claim
@@ -65,7 +65,7 @@ class ExperimentContext:
         self.progress(f"[{self.name}] {run_name}: {shown}")
         if not self.mlflow:
             return
-        from components.registry import mlflow_client
+        from components.registry.client import mlflow_client
 
         with mlflow_client(self.settings) as client:
             if self._experiment_id is None:
@@ -74,7 +74,7 @@ class ExperimentContext:
                 if found is not None:
                     self._experiment_id = found.experiment_id
                 else:
-                    from components.registry import artifact_root_uri
+                    from components.registry.client import artifact_root_uri
 
                     self._experiment_id = client.create_experiment(
                         exp_name, artifact_location=_child_uri(artifact_root_uri(self.settings), exp_name))

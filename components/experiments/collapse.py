@@ -5,7 +5,7 @@ embedding table gives flat or worse AUC (the extra dimensions collapse), while t
 parameters spent on M independent tables of width d (multi-embedding, one expert per table, a
 non-linearity after each interaction) give steadily better AUC and a higher information abundance.
 
-Design, on the demo marketplace of tests/test_model_behaviour.py (days 1-5 train, day 6 tests; no
+Design, on the demo marketplace of tests/model/test_model_behaviour.py (days 1-5 train, day 6 tests; no
 model sees the test day while training, the last epoch is kept):
 
 - **single embedding**: ``arch="shared_bottom"`` (a DNN: one MLP expert on one table) and
@@ -44,7 +44,7 @@ TITLE = "Collapse and scaling: widening one embedding table against adding table
 CLAIM = ("Widening a single embedding table (DCNv2, DNN) 1x to 10x gives flat or worse AUC; spending the same "
          "embedding parameters on 1 to 10 tables (multi-embedding) improves AUC and information abundance.")
 
-# The marketplace of tests/test_model_behaviour.py (docs/evaluation.md, "Model behaviour tests"): 1,000 users,
+# The marketplace of tests/model/test_model_behaviour.py (docs/evaluation.md, "Model behaviour tests"): 1,000 users,
 # about 99k training and 20k test impressions, 12 categorical + 3 numeric fields.
 SIMULATOR: dict[str, Any] = {
     "seed": 7, "n_users": 1000, "new_users_per_day": 10, "n_initial_ads": 500, "new_ads_per_day": 20,
@@ -108,8 +108,8 @@ def concatenated_ia_ratio(model: Any, id_counts: dict[str, np.ndarray], min_rows
 def _train_one(market: "Market", variant: dict[str, Any], seed: int, train: dict[str, Any],
                train_batch: dict[str, Any], min_rows: int = MIN_ROWS_FOR_IA) -> dict[str, Any]:
     """Train one variant with one seed; test AUC per task, parameters and the collapse numbers."""
-    from components.evaluate import auc
-    from components.train import TrainConfig, predict, train_ranker
+    from components.training.evaluation import auc
+    from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
     from validation.collapse import collapse_report, id_counts_from_batch
 
@@ -242,7 +242,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     plot = _plot(summary, tasks, ctx.plot_dir / "collapse_scaling.png")
     verdict, finding = _verdict(summary, tasks[0], scales)
     notes = [
-        f"Data: the demo marketplace of tests/test_model_behaviour.py (simulator {sim}), {days} days; days 1-"
+        f"Data: the demo marketplace of tests/model/test_model_behaviour.py (simulator {sim}), {days} days; days 1-"
         f"{days - 1} train ({market.train.num_rows:,} rows), day {days} tests ({market.test.num_rows:,} rows). "
         f"Training: {train}; the last epoch is kept (no early stopping on the test day).",
         f"Models: expert MLP {COMMON['expert_hidden']}, towers {COMMON['tower_hidden']}, numeric fields "

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
-    from components.dataset import FeatureEncoders
+    from components.training.encoders import FeatureEncoders
 
 
-# The conflicting-taste marketplace of tests/test_model_behaviour.py and the experiments, and the small
+# The conflicting-taste marketplace of tests/model/test_model_behaviour.py and the experiments, and the small
 # models they compare (d = 8 per table, MLP experts (64, 32)). Why each knob differs from the default:
 # - preference_correlation -0.5: click and conversion tastes conflict (users click what they would not
 #   buy), the entanglement STEM is meant to untangle; with the default 0.3 the tasks mostly agree.
@@ -80,7 +80,7 @@ def simulated_market(settings: "Settings", simulator: dict[str, Any] | None = No
                      tasks: tuple[str, ...] = ("click", "conversion")) -> Market:
     """Simulate ``days`` days with ``settings.simulator`` updated by ``simulator``; the last day is the
     test day. Deterministic for a given simulator seed."""
-    from components.dataset import FeatureEncoders, time_split
+    from components.training.encoders import FeatureEncoders, time_split
     from components.sources.simulator import simulate
 
     if simulator:
@@ -129,7 +129,7 @@ def _logged_market(name: str, table: "pa.Table", train_mask: np.ndarray, tasks: 
                    max_train_rows: int | None) -> Market:
     """Split ``table`` (time-ordered) by ``train_mask``, keep the newest ``max_train_rows`` training rows,
     fit encoders on train and encode the test rows."""
-    from components.dataset import FeatureEncoders
+    from components.training.encoders import FeatureEncoders
 
     train_idx = np.flatnonzero(train_mask)
     if max_train_rows is not None and train_idx.size > max_train_rows:
@@ -160,7 +160,7 @@ def taobao_market(settings: "Settings", tasks: tuple[str, ...] = ("click", "conv
     negatives; the item's ``advertiser_id`` / ``campaign_id`` / ``category`` joined as ``ad_profile__*``
     (the log has no user profile). The last UTC day is the test day (time split, as the daily retrain);
     ``max_train_rows`` keeps the newest training rows only. ``cart`` / ``fav`` are dropped unless asked."""
-    from components.dataset import time_split
+    from components.training.encoders import time_split
     from components.sources.taobao import TaobaoSource
 
     log = TaobaoSource(settings, negatives_per_positive=negatives_per_positive).log
@@ -231,16 +231,16 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
     models (a minute or two on 2 cores for a few hundred ads).
 
     ``extra``: ``settings`` (the pipeline's), ``ads`` (ad_id, created_at as landed), ``new_ad`` (test rows
-    on ads created < 1 day before the impression, as ``components.evaluate``'s ``ads=new`` slice),
+    on ads created < 1 day before the impression, as ``components.training.evaluation``'s ``ads=new`` slice),
     ``first_exposure``, ``seconds`` (pipeline wall time).
     """
     import datetime as dt
     import time
 
     from components import steps
-    from components.dataset import FeatureEncoders, read_training_set, time_split
-    from components.evaluate import EvalSlices, slice_masks
-    from components.offline_store import read_offline
+    from components.training.encoders import FeatureEncoders, read_training_set, time_split
+    from components.training.evaluation import EvalSlices, slice_masks
+    from components.store.offline import read_offline
 
     say = progress or (lambda _msg: None)
     ps = pipeline_settings(settings, simulator, features)
@@ -280,7 +280,7 @@ def refit_market(market: Market, keep: Any = None, drop: Any = None) -> Market:
     the columns of train and test (labels and identifiers always stay), and the encoders are refitted, so
     a dropped column is no feature at all (``FeatureEncoders.fit`` gives each remaining column its role
     by name). The sequence category field is kept as the original encoders had it."""
-    from components.dataset import IDENTIFIERS, FeatureEncoders
+    from components.training.encoders import IDENTIFIERS, FeatureEncoders
 
     always = set(market.tasks) | set(IDENTIFIERS) | {"exposure_index"}
     names = [c for c in market.train.column_names

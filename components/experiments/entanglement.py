@@ -54,7 +54,7 @@ from components.experiments.data import CONFLICT_MODEL as COMMON  # noqa: E402
 from components.experiments.data import CONFLICT_SIMULATOR as SIMULATOR  # noqa: E402
 from components.experiments.data import CONFLICT_SIMULATOR_SMALL as SIMULATOR_SMALL  # noqa: E402
 
-# Same widths everywhere (tests/test_model_behaviour.py): d = 8 per table, MLP experts (64, 32).
+# Same widths everywhere (tests/model/test_model_behaviour.py): d = 8 per table, MLP experts (64, 32).
 MODELS: dict[str, dict[str, Any]] = {
     "shared-bottom": {"arch": "shared_bottom"},
     "MMoE": {"arch": "mmoe", "num_shared_experts": 3},
@@ -99,7 +99,7 @@ def load_market(ctx: ExperimentContext, dataset: str, sizes: Sizes) -> "Market":
 
 
 def _train(market: "Market", arch: dict[str, Any], seed: int, epochs: int, encoders: Any) -> Any:
-    from components.train import TrainConfig, train_ranker
+    from components.training.trainer import TrainConfig, train_ranker
     from models.config import RankerConfig
 
     cfg = TrainConfig(**{**TRAIN, "epochs": epochs}, seed=seed, ipw=False)
@@ -107,7 +107,7 @@ def _train(market: "Market", arch: dict[str, Any], seed: int, epochs: int, encod
 
 
 def _scores(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]:
-    from components.evaluate import auc, gauc
+    from components.training.evaluation import auc, gauc
 
     users = market.test["user_id"].to_numpy()
     clicked = market.labels["click"] == 1
@@ -128,8 +128,8 @@ def _plot_table(report: Any, prefer: str) -> Any:
 
 def _run_dataset(ctx: ExperimentContext, dataset: str, sizes: Sizes) -> dict[str, Any]:
     """Train every model on every seed; per-seed metrics, seed-0 distance tables for the plot."""
-    from components.dataset import FeatureEncoders
-    from components.train import predict
+    from components.training.encoders import FeatureEncoders
+    from components.training.trainer import predict
     from validation.entanglement import entanglement_report
 
     market = load_market(ctx, dataset, sizes)
@@ -345,7 +345,7 @@ def run(ctx: ExperimentContext, datasets: tuple[str, ...] | None = None) -> Expe
         "(A-positive and B-negative vs B-positive; users and items with >= 5 impressions), (gap under A's "
         "table - gap under B's) / 2 of normalised user-ad distances; exactly 0 for a model whose tasks read "
         "one table (shared-bottom, MMoE, PLE, AME); the single-task row pairs the two single-task models.",
-        "Data: simulator = the conflicting-taste marketplace of tests/test_model_behaviour.py (days 1-5 train, "
+        "Data: simulator = the conflicting-taste marketplace of tests/model/test_model_behaviour.py (days 1-5 train, "
         "day 6 test, preference_correlation -0.5); Taobao = last UTC day as test, newest "
         f"{sizes.real_train_rows} training rows; MovieLens = last 10% of impressions in time as test, newest "
         f"{sizes.real_train_rows} training rows; both with the adapters' 4 popularity-sampled negatives per "

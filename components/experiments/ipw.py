@@ -1,5 +1,5 @@
 """Experiment 6, repeated-exposure IPW: the same rankers trained with and without the inverse-propensity
-weights of components/propensity.py, scored on the simulator's first-exposure test traffic.
+weights of components/training/propensity.py, scored on the simulator's first-exposure test traffic.
 
 The demo marketplace's retargeting policy re-shows ads to users who clicked them, so clicked pairs are
 over-represented among repeated exposures and a model trained on the raw log over-predicts the click rate
@@ -7,7 +7,7 @@ of a *first* exposure (the traffic a new ad or a new user meets). :class:`Exposu
 the training days' log and gives every training positive on exposure n >= 2 the weight
 ``clip(rho_n(never clicked) / rho_n(its state), 0.1, 1)``; ``TrainConfig(ipw=True)`` uses them in the BCE.
 
-Data: the conflicting-taste marketplace of tests/test_model_behaviour.py (days 1-5 train, day 6 test).
+Data: the conflicting-taste marketplace of tests/model/test_model_behaviour.py (days 1-5 train, day 6 test).
 Models: STEM and MMoE of that test (d = 8, 3 epochs, last epoch kept), each with and without IPW, on the
 same seeds. Metrics on the test day's rows with ``exposure_index == 1``: click calibration (mean
 prediction / click rate; 1 is calibrated), |calibration - 1|, the ratio of the mean prediction to the
@@ -44,7 +44,7 @@ MIN_TOL = 0.002
 
 
 def _metrics(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]:
-    from components.evaluate import auc, calibration
+    from components.training.evaluation import auc, calibration
 
     first = market.extra["first_exposure"]
     y, truth = market.labels, market.truth
@@ -105,8 +105,8 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     import torch
 
     from components.experiments.data import simulated_market
-    from components.propensity import ExposurePropensity
-    from components.train import TrainConfig, predict, train_ranker
+    from components.training.propensity import ExposurePropensity
+    from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
 
     simulator, days, epochs = (SIMULATOR_SMALL, 4, 1) if ctx.small else (SIMULATOR, 6, TRAIN["epochs"])
@@ -186,7 +186,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     down = weights["click"] < 1
     mean_down = float(weights["click"][down].mean()) if down.any() else math.nan
     notes = [
-        f"Data: the conflicting-taste marketplace of tests/test_model_behaviour.py ({days} days, the last one is "
+        f"Data: the conflicting-taste marketplace of tests/model/test_model_behaviour.py ({days} days, the last one is "
         f"the test day): {market.train.num_rows} train rows, {market.test.num_rows} test rows of which "
         f"{int(first.sum())} first exposures with {int(market.labels['click'][first].sum())} clicks.",
         f"IPW: ExposurePropensity (horizon {summary['horizon_days']} days) fitted on the training days' log; "

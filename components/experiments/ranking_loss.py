@@ -7,7 +7,7 @@ its tiny predicted rate while the pairwise term gives negatives a margin-depende
 
 Design, on the demo marketplace and on the Taobao slice (one task, click):
 
-- **a dense marketplace to thin from**: the marketplace of tests/test_model_behaviour.py with
+- **a dense marketplace to thin from**: the marketplace of tests/model/test_model_behaviour.py with
   ``click_base_logit`` raised so about a third of the impressions are clicked; days 1-5 train, day 6 tests.
   The conversion column is dropped (a conversion implies a click: it would leak the label), so the model
   is single-task click.
@@ -77,7 +77,7 @@ SMALL_TRAIN: dict[str, Any] = {**TRAIN, "epochs": 1}
 def click_market(settings: "Settings", simulator: dict[str, Any], days: int) -> "Market":
     """The simulated marketplace as a single-task click problem: the conversion label is dropped (it
     implies a click) and the encoders are fitted for the one task."""
-    from components.dataset import FeatureEncoders
+    from components.training.encoders import FeatureEncoders
     from components.experiments.data import Market, simulated_market
 
     full = simulated_market(settings, simulator, days=days)
@@ -179,8 +179,8 @@ def _datasets(ctx: ExperimentContext) -> list[tuple[str, "Market", dict[str, Any
 def _run_dataset(ctx: ExperimentContext, name: str, market: "Market", about: dict[str, Any],
                  train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Every rate x α x seed on one dataset: per-seed runs, table rows, gains, loglosses, the best α per rate."""
-    from components.evaluate import auc, logloss
-    from components.train import TrainConfig, predict, train_ranker
+    from components.training.evaluation import auc, logloss
+    from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
 
     y_test = market.labels[TASK]

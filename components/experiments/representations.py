@@ -6,7 +6,7 @@ the temporal experiment): the training set carries the representations step's co
 semantic-ID codes ``ad_semantic_id__sid_1..3`` (residual k-means of the ad image's vector) and the SEE
 similarities ``see_text`` / ``see_graph`` / ``see_visual`` (cosine of the user's interest vector and the
 ad's pre-trained text / LightGCN / image vector, a numeric feature). Days 1-5 train, day 6 tests; the
-cold-start slice is the test impressions of ads created less than 1 day before (``components.evaluate``'s
+cold-start slice is the test impressions of ads created less than 1 day before (``components.training.evaluation``'s
 ``ads=new`` slice): their ad ids are unseen in training, so the ad-id row is the shared unknown one.
 
 Variants select the training set's columns before the encoders are fitted, so a dropped column is no
@@ -69,9 +69,9 @@ def _key(name: str, numeric: str) -> str:
 
 
 def run(ctx: ExperimentContext) -> ExperimentResult:
-    from components.evaluate import auc
+    from components.training.evaluation import auc
     from components.experiments import data as D
-    from components.train import TrainConfig, predict, train_ranker
+    from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
 
     full = D.pipeline_market(

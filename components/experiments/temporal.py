@@ -140,9 +140,9 @@ def _correlations(learned: np.ndarray, planted: np.ndarray, cells: np.ndarray, c
 def run(ctx: ExperimentContext) -> ExperimentResult:
     import torch
 
-    from components.evaluate import auc, gauc
+    from components.training.evaluation import auc, gauc
     from components.experiments import data as D
-    from components.train import TrainConfig, predict, train_ranker
+    from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
     from models.ranker import Ranker
 

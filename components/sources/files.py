@@ -62,7 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.schemas import ADS, IMPRESSIONS, TIMESTAMP, USERS
-from components.sources._landing import (
+from components.sources.landing import (
     US_PER_DAY,
     date_to_ordinal,
     ordinal_to_date,
@@ -289,7 +289,7 @@ class FilesSource:
             return self._tables
 
     def _parse(self) -> dict[str, pa.Table]:
-        from components.features import connect  # an in-memory DuckDB in UTC
+        from components.store.features import connect  # an in-memory DuckDB in UTC
 
         con = connect()
         try:

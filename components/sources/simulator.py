@@ -708,7 +708,7 @@ class SimulatorSource:
         first, last = self.available_days()
         if not first <= day <= last:
             raise ValueError(f"the simulator delivers days {first} to {last} (simulator.horizon_days); got {day}")
-        from components.sources._landing import write_raw_day
+        from components.sources.landing import write_raw_day
 
         out = _CACHE.day(self.settings, first, (day - first).days)
         # refuses, before writing, a landing partition holding files the simulator did not write

@@ -1,0 +1,153 @@
+"""The daily run's last steps: compare with the champion on the newest day, run the quality gates,
+register the version in MLflow and (by config) promote it.
+
+``assess_and_register`` is what ``flows/daily.py`` calls after training. It is idempotent like the other
+steps: the same model, gate configuration and champion give the same verdict, so a re-run finds the
+version it registered before (``manifests/register/<day>.json``) instead of registering a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from components.config import Settings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 256  # validation rows logged with their scores, to check a reloaded model reproduces them
+EXPERT_ROWS = 4096  # validation rows for the inter-expert correlation
+
+
+def _task_metrics(evaluation: dict[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    overall = evaluation.get("overall", {})
+    return {t: dict(overall.get(t, {})) for t in tasks}
+
+
+def champion_on(settings: Settings, valid: Any, tasks: Sequence[str]) -> dict[str, Any] | None:
+    """Score the newest day's rows with the registry's champion and evaluate it there: the champion's
+    metrics on exactly the rows the new model is judged on. None when there is no champion."""
+    from components.training.evaluation import evaluate
+    from components.registry.client import RegistryError, champion, load_champion
+
+    info = champion(settings)
+    if info is None:
+        return None
+    try:
+        packaged = load_champion(settings).unwrap_python_model()
+    except RegistryError as exc:
+        log.warning("champion v%s cannot be loaded: %s", info.version, exc)
+        return None
+    scores = packaged.score_table(valid)
+    common = [t for t in tasks if f"p_{t}" in scores.columns]
+    report = evaluate({t: scores[f"p_{t}"].to_numpy() for t in common}, valid, tuple(common))
+    ia = info.metrics.get("gate/collapse")
+    return {"version": info.version, "metrics": _task_metrics(report.to_dict(), common),
+            "collapse_ia_ratio": ia, "data_window": [str(d) for d in info.data_window or ()]}
+
+
+def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict[str, Any],
+                        training_set_path: str | Path, days: Sequence[dt.date], force: bool = False
+                        ) -> dict[str, Any]:
+    """Gates and registration for the model the train step saved in ``train_result["model_dir"]``.
+
+    Returns a JSON-able summary: ``gates`` (list of gate dicts), ``gates_passed``, ``champion`` (its
+    version and metrics on the newest day, or None), ``metrics`` (the new model's), ``registered``
+    (version, run id, aliases) and ``promoted`` (or None), ``plots``, ``seconds``.
+    """
+    from components.training.encoders import read_training_set, time_split
+    from components.runs import StageManifest, fingerprint_files
+    from components.storage import write_json_atomic
+    from components.training.trainer import load_trained
+    from validation.collapse import collapse_report, id_counts_from_batch
+    from validation.entanglement import entanglement_report, expert_correlation
+    from validation.gates import all_passed, collapse_gate, data_gate, entanglement_gate, gate_table, model_gate
+
+    started = time.perf_counter()
+    model_dir = Path(train_result["model_dir"])
+    registry_on = settings.registry.enabled
+    # Not the champion: auto-promotion makes this very version the champion, and a re-run must still
+    # find it registered rather than register it again.
+    manifest = StageManifest(settings, "register")
+    fp = fingerprint_files([model_dir / "model.pt", Path(training_set_path)],
+                           {"gates": settings.gates.model_dump(mode="json"),
+                            "registry": settings.registry.model_dump(mode="json")})
+    if not force and manifest.is_current(end_day, fp):
+        return {**manifest.read(end_day)["result"], "skipped": True}  # type: ignore[index]
+
+    trained = load_trained(model_dir)
+    tasks = trained.tasks
+    table = read_training_set(training_set_path)
+    train, valid = time_split(table, settings.training.valid_days)
+
+    champ = champion_on(settings, valid, tasks) if registry_on else None
+    metrics = _task_metrics(train_result.get("evaluation", {}), tasks)
+
+    cfg = settings.gates
+    analysis_dir = model_dir / "analysis"
+    analysis_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    counts = id_counts_from_batch(trained.model, trained.encoders.encode(train, with_labels=False))
+    collapse = collapse_report(trained.model, id_counts=counts, max_rows=cfg.ia_max_rows)
+    t_collapse = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sample = valid.slice(0, min(EXPERT_ROWS, valid.num_rows))
+    sample_batch = trained.encoders.encode(sample, with_labels=False)
+    entangled = expert_corr = None
+    if len(tasks) >= 2:
+        entangled = entanglement_report(trained, train, tasks=tasks, max_pairs=cfg.entanglement_max_pairs,
+                                        batch=sample_batch)
+        expert_corr = entangled.expert_mean_abs_r
+    elif sample.num_rows >= 2:  # one task: no pair to analyse, the experts can still be redundant
+        expert_corr, _ = expert_correlation(trained.model, sample_batch)
+    t_entangle = time.perf_counter() - t0
+    gates = [
+        data_gate(settings, days),
+        collapse_gate(settings, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
+                      report=collapse),
+        entanglement_gate(settings, trained.model, train, report=entangled, expert_corr=expert_corr),
+        model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band)),
+    ]
+    plots = [collapse.plot(analysis_dir / "collapse_spectra.png")]
+    if entangled is not None:
+        plots.append(entangled.plot(analysis_dir / "entanglement_distances.png"))
+    passed = all_passed(gates)
+    gate_dicts = [g.to_dict() for g in gates]
+    write_json_atomic(analysis_dir / "gates.json", {"gates": gate_dicts, "passed": passed})
+    log.info("gates for %s:\n%s", end_day, gate_table(gates))
+
+    registered = promoted = None
+    if registry_on:
+        from components.registry.client import maybe_auto_promote, register_model
+
+        meta_path = Path(training_set_path).with_name("meta.json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        version = register_model(
+            settings, model_dir, train_result, gates, plots,
+            data_window=(min(days), max(days)), feature_views=meta.get("feature_views"),
+            sample_rows=valid.slice(0, min(SAMPLE_ROWS, valid.num_rows)),
+        )
+        registered = version.to_dict()
+        promoted = maybe_auto_promote(settings, version)
+
+    result = {
+        "end_day": end_day,
+        "gates": gate_dicts,
+        "gates_passed": passed,
+        "gate_table": gate_table(gates),
+        "metrics": metrics,
+        "oracle": (train_result.get("oracle") or {}).get("oracle"),
+        "champion": champ,
+        "registered": registered,
+        "promoted": promoted,
+        "plots": [str(p) for p in plots],
+        "analysis_seconds": {"collapse": round(t_collapse, 3), "entanglement": round(t_entangle, 3)},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    manifest.record(end_day, fp, result)
+    return {**result, "skipped": False}

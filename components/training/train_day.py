@@ -1,0 +1,142 @@
+"""Train the configured ranker on a point-in-time training set and evaluate it on the newest day.
+
+The daily run's model step: hold out the window's newest ``training.valid_days`` days, fit the
+repeated-exposure propensity on the window's impressions (IPW weights for positives on repeated
+exposures; the propensity's history label is ``training.ipw_task``, default the first task; skipped with
+a message when the window has no repeated exposure or the task no positive), train with early stopping
+on the held-out day, evaluate per task overall and on slices, and, on the simulator, next to the oracle
+AUC. A task without a positive among the training rows fails the step with a message naming it. The
+model and its evaluation are saved under ``<home>/models/<end day>/``; components/registry/gate_and_register.py then gates
+and registers it (docs/gates.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ipw_skip_reason(impressions: Any, task: str) -> str | None:
+    """Why repeated-exposure IPW cannot apply to ``impressions``, or None when it can: no repeated
+    exposure in the log (every ``exposure_index`` is 1: nothing to re-weight), or no positive of
+    ``task`` (the propensity's history label: the re-exposure policy reacts to its positives)."""
+    import pyarrow.compute as pc
+
+    if impressions.num_rows == 0:
+        return "the window has no impressions"
+    top = pc.max(impressions.column("exposure_index")).as_py()
+    if top is None or top <= 1:
+        return (f"no repeated exposures in the window's {impressions.num_rows:,} impressions (every "
+                "exposure_index is 1)")
+    positives = pc.sum(impressions.column(task)).as_py() or 0
+    if positives == 0:
+        return (f"task {task!r} (training.ipw_task) has no positives in the window's {impressions.num_rows:,} "
+                "impressions")
+    return None
+
+
+def _check_positives(train: Any, valid: Any, tasks: tuple[str, ...], path: Path) -> None:
+    """A task without a positive in the training rows cannot be learned: fail naming it and the counts."""
+    import pyarrow.compute as pc
+
+    counts = {t: int(pc.sum(train.column(t)).as_py() or 0) for t in tasks}
+    empty = [t for t, c in counts.items() if c == 0]
+    if empty:
+        raise ValueError(
+            f"task(s) {empty} have no positive in the {train.num_rows:,} training rows of {path} (positives per "
+            f"task: {counts}; {valid.num_rows:,} rows held out for validation): use a longer window "
+            "(pipeline.training_days) or leave the task out (Settings.tasks / files.tasks)"
+        )
+    for t in tasks:
+        if int(pc.sum(valid.column(t)).as_py() or 0) == 0:
+            log.warning("task %s has no positive in the %d validation rows of %s: its AUC is undefined", t,
+                        valid.num_rows, path)
+
+
+def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path, tasks: tuple[str, ...],
+                       progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train on ``training_set`` (all but the newest days), evaluate on the newest days, save the model.
+
+    Returns a JSON-able summary: training (epochs, samples/s, seconds), per-task metrics overall and
+    per slice, the oracle comparison on the simulator, the IPW weight distribution, the model folder.
+    ``progress`` receives the trainer's step and epoch events.
+    """
+    import pyarrow.compute as pc
+
+    from components.training.encoders import read_training_set, time_split
+    from components.training.evaluation import evaluate, oracle_auc
+    from components.store.features import pick_task
+    from components.store.offline import read_offline
+    from components.training.propensity import ExposurePropensity
+    from components.storage import write_json_atomic
+    from components.training.trainer import TrainConfig, train_ranker
+    from models.config import RankerConfig
+
+    cfg = settings.training
+    started = time.perf_counter()
+    table = read_training_set(training_set)
+    train, valid = time_split(table, cfg.valid_days)
+    first = pc.min(table.column("event_time")).as_py().date()
+
+    _check_positives(train, valid, tasks, training_set)
+    weights = None
+    ipw: dict[str, Any] = {"enabled": cfg.ipw}
+    if cfg.ipw:
+        task = pick_task(cfg.ipw_task, tasks, "training.ipw_task")
+        impressions = read_offline(settings, "impressions", first, end_day,
+                                   columns=["user_id", "ad_id", "event_time", "exposure_index", task])
+        ipw["task"] = task
+        reason = ipw_skip_reason(impressions, task)
+        propensity = None
+        if reason is None:
+            try:
+                propensity = ExposurePropensity(label=task).fit(impressions)
+            except ValueError as exc:  # e.g. a window shorter than the propensity's horizon
+                reason = str(exc)
+        if propensity is None:
+            ipw["skipped"] = reason
+            log.info("IPW skipped for %s: %s; every row has weight 1", end_day, reason)
+        else:
+            weights = {t: propensity.weights(train, t, cfg.ipw_w_min) for t in tasks}
+            ipw["summary"] = propensity.weight_summary()
+
+    out_dir = settings.models_dir / end_day.isoformat()
+    train_cfg = TrainConfig.from_dict({"checkpoint_dir": str(out_dir / "checkpoints"), **cfg.train,
+                                       "ipw": weights is not None})
+    ranker_cfg = RankerConfig.from_dict(cfg.ranker)
+    result = train_ranker(settings, train, valid, ranker_cfg, train_cfg, train_weights=weights,
+                          callback=progress)
+
+    ads = read_offline(settings, "ads", None, end_day, columns=["ad_id", "created_at"], latest=True)
+    report = evaluate(result.valid_scores, valid, tasks, ads=ads)
+    oracle = None
+    if settings.pipeline.source == "simulator":
+        try:
+            oracle = oracle_auc(settings, valid, tasks, models={ranker_cfg.arch: result.valid_scores})
+            report = report.with_oracle(oracle)
+        except (FileNotFoundError, ValueError) as exc:  # ground truth missing: report without it
+            log.warning("no oracle AUC: %s", exc)
+
+    result.save(out_dir)
+    summary = {
+        "end_day": end_day,
+        "model_dir": str(out_dir),
+        "arch": ranker_cfg.arch,
+        "rows": {"train": train.num_rows, "valid": valid.num_rows},
+        "training": result.summary(),
+        "evaluation": report.to_dict(),
+        "evaluation_text": report.to_text(),
+        "oracle": oracle.to_dict() if oracle is not None else None,
+        "ipw": ipw,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json_atomic(out_dir / "evaluation.json", summary)
+    return summary

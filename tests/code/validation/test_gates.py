@@ -1,0 +1,162 @@
+"""The quality gates as functions of their inputs (validation/gates.py); the end-to-end check that a
+collapsed model gets no ``challenger`` alias is in tests/e2e/test_flows.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from validation.gates import GateResult, all_passed, data_gate, gate_table, model_gate
+
+
+def test_model_gate_compares_with_the_champion_and_checks_calibration() -> None:
+    ok = model_gate({"click": {"auc": 0.700, "calibration": 1.1}, "conversion": {"auc": 0.65, "calibration": 0.8}},
+                    {"click": {"auc": 0.705}, "conversion": {"auc": 0.64}}, 0.01, (0.5, 2.0))
+    assert ok.passed and ok.value == pytest.approx(-0.005) and ok.threshold == -0.01
+    worse = model_gate({"click": {"auc": 0.68, "calibration": 1.0}}, {"click": {"auc": 0.70}}, 0.01, (0.5, 2.0))
+    assert not worse.passed and worse.value == pytest.approx(-0.02)
+    assert worse.details["tasks"]["click"]["auc_ok"] is False
+    miscalibrated = model_gate({"click": {"auc": 0.7, "calibration": 2.5}}, None, 0.01, (0.5, 2.0))
+    assert not miscalibrated.passed and miscalibrated.value is None  # no champion: no delta
+    assert model_gate({"click": {"auc": float("nan"), "calibration": 1.0}}, None, 0.01, (0.5, 2.0)).passed is False
+    assert model_gate({}, None, 0.01, (0.5, 2.0)).passed is False
+
+
+def test_data_gate_reads_the_ingest_manifests(settings) -> None:
+    from components.runs import StageManifest
+
+    m = StageManifest(settings, "ingest")
+    d1, d2, d3 = (dt.date(2026, 11, d) for d in (1, 2, 3))
+    m.record(d1, "x", {"rows_in": 1000, "rows_quarantined": 10, "quarantine_rate": 0.01, "expectations_passed": True})
+    m.record(d2, "y", {"rows_in": 1000, "rows_quarantined": 30, "quarantine_rate": 0.03, "expectations_passed": True})
+    g = data_gate(settings, [d1, d2])
+    assert g.passed and g.value == pytest.approx(0.02) and g.threshold == settings.gates.max_quarantine_rate
+    assert not data_gate(settings, [d1, d2, d3]).passed  # a day never ingested
+    m.record(d3, "z", {"rows_in": 100, "rows_quarantined": 60, "quarantine_rate": 0.6, "expectations_passed": False,
+                       "tables": {"impressions": {"expectations": [
+                           {"table": "impressions", "column": "click", "name": "expect_x", "success": False}]}}})
+    bad = data_gate(settings, [d1, d2, d3])
+    assert not bad.passed and bad.value == pytest.approx(100 / 2100)
+    assert bad.details["failed_expectations"] == {"2026-11-03": ["impressions.click: expect_x"]}
+
+
+def test_collapse_gate_fails_a_collapsed_table_and_passes_a_healthy_one(settings, torch_one_thread) -> None:
+    import torch
+
+    from models.config import RankerConfig
+    from models.ranker import Ranker
+    from models.spec import CategoricalField, FeatureSpec
+    from validation.gates import collapse_gate
+
+    spec = FeatureSpec((CategoricalField("user_id", 400, "user"), CategoricalField("ad_id", 300, "ad")))
+    model = Ranker(spec, RankerConfig(arch="mmoe", embedding_dim=8, expert_hidden=(8,), gate_hidden=(4,),
+                                      tower_hidden=(4,)))
+    healthy = collapse_gate(settings, model, None)
+    assert healthy.passed and healthy.value > 0.5
+    assert not collapse_gate(settings, model, None, champion_value=healthy.value + 0.2).passed  # vs a better champion
+    with torch.no_grad():
+        for w in model.embedding.weights:
+            rank1 = torch.randn(w.shape[0], 1) @ torch.randn(1, w.shape[1])
+            w.copy_(rank1.view_as(w))
+    collapsed = collapse_gate(settings, model, None)
+    assert not collapsed.passed and collapsed.value == pytest.approx(1 / 8, abs=1e-3)
+    assert collapsed.reason == ("mean IA/d 0.125 < 0.200, floor 0.200 (gates.ia_floor): embeddings collapsed "
+                                "towards few directions")
+
+
+def test_gate_table_and_all_passed() -> None:
+    gates = [GateResult("data", 0.0, 0.05, True), GateResult("model", None, -0.01, False, {})]
+    text = gate_table(gates)
+    assert "FAIL" in text and "pass" in text and text.splitlines()[0].split()[:3] == ["gate", "value", "threshold"]
+    assert not all_passed(gates) and all_passed(gates[:1]) and not all_passed([])
+    assert np.isclose(gates[0].to_dict()["threshold"], 0.05)
+
+
+def test_gates_say_what_failed_in_words(settings) -> None:
+    """The verdict's reason is one readable line (validation/gates.py ``reason``), shown by gate_table and
+    the run summary, not a bare value / threshold pair."""
+    from components.runs import StageManifest
+    from flows.report import _gate_reason
+
+    m = StageManifest(settings, "ingest")
+    d1, d2 = dt.date(2026, 11, 3), dt.date(2026, 11, 4)
+    m.record(d1, "a", {"rows_in": 17_000, "rows_quarantined": 1_204, "quarantine_rate": 0.071,
+                       "expectations_passed": True,
+                       "tables": {"impressions": {"reasons": {"null_key: request_id": 1_204}, "expectations": []}}})
+    m.record(d2, "b", {"rows_in": 1_000, "rows_quarantined": 0, "quarantine_rate": 0.0, "expectations_passed": False,
+                       "tables": {"impressions": {"reasons": {}, "expectations": [
+                           {"table": "impressions", "column": "click", "name": "expect_column_mean_to_be_between",
+                            "success": False, "observed": 0.61, "bounds": {"min_value": 0.001, "max_value": 0.5}},
+                           {"table": "impressions", "column": "request_id", "success": False, "unexpected_count": 3,
+                            "name": "expect_column_values_to_be_unique"}]}}})
+    g = data_gate(settings, [d1, d2])
+    assert not g.passed
+    assert g.line() == (
+        "data: FAIL, quarantine rate 6.7% > 5.0% bound (2026-11-03: 1,204 rows impressions: null_key: request_id); "
+        "expectations failed on 2026-11-04: click rate 0.61 above 0.50 (ingest.label_rate_bounds.click); "
+        "impressions.request_id has 3 repeated values")
+    assert g.reason in gate_table([g]).splitlines()[1] and _gate_reason(g.to_dict()) == g.reason
+    ok = data_gate(settings, [])
+    assert ok.passed and ok.reason == "quarantine rate 0.0% <= 5.0% bound over 0 rows; expectations passed on 0 day(s)"
+
+    worse = model_gate({"click": {"auc": 0.68, "calibration": 2.5}, "watch": {"auc": None, "calibration": 1.0}},
+                       {"click": {"auc": 0.70}}, 0.01, (0.5, 2.0))
+    assert worse.reason == ("click AUC 0.680 is 0.020 below the champion's 0.700 (tolerance 0.010); click "
+                            "calibration 2.50 outside [0.50, 2.00] (mean prediction / observed rate); watch AUC "
+                            "undefined on the newest day (no positive or no negative there)")
+    fine = model_gate({"click": {"auc": 0.71, "calibration": 1.02}}, None, 0.01, (0.5, 2.0))
+    assert fine.line() == "model: pass, click AUC 0.710, calibration 1.02 (no champion yet: calibration checked only)"
+
+
+class _Report:
+    def __init__(self, pairs: list[dict], has_task_tables: bool = True) -> None:
+        self.summary = {"pairs": pairs, "has_task_tables": has_task_tables}
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+class _Model:
+    def __init__(self, tasks: tuple[str, ...], arch: str = "stem") -> None:
+        from types import SimpleNamespace
+
+        self.tasks, self.config = tasks, SimpleNamespace(arch=arch)
+
+
+def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
+    from validation.gates import entanglement_gate
+
+    pair = {"task_a": "click", "task_b": "conversion", "n_pairs_a": 40, "n_pairs_b": 12}
+    ok = entanglement_gate(settings, _Model(("click", "conversion")), None,
+                           report=_Report([{**pair, "separation": 0.041}]), expert_corr=0.47)
+    assert ok.passed and ok.reason == ("smallest separation of conflicting pairs 0.041 > 0.000 "
+                                       "(gates.min_separation); mean |r| between experts 0.470 <= 0.900 "
+                                       "(gates.max_expert_correlation)")
+    sparse = entanglement_gate(settings, _Model(("click", "conversion")), None,
+                               report=_Report([{**pair, "n_pairs_b": 0, "separation": None}]), expert_corr=0.95)
+    assert not sparse.passed and sparse.reason == (
+        "separation undefined: too few conflicting (user, ad) pairs with enough impressions (click/conversion "
+        "40+0 pairs); not > 0.000 (gates.min_separation); mean |r| between experts 0.950 > 0.900 "
+        "(gates.max_expert_correlation)")
+    # A log with one label has no task pair: only the expert bound applies.
+    single = entanglement_gate(settings, _Model(("rating_high",)), None, report=None, expert_corr=0.3)
+    assert single.passed and single.value is None
+    assert entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3).passed
+    assert single.line().startswith("entanglement: pass, one task (rating_high): no task pair, separation not gated")
+
+
+def test_data_gate_rate_is_the_worst_tables_so_a_lost_users_table_cannot_hide(settings) -> None:
+    """610 users rejected beside 100,000 clean impressions is 0.6% pooled; per table it is 100%."""
+    from components.runs import StageManifest
+
+    day = dt.date(2026, 11, 1)
+    StageManifest(settings, "ingest").record(day, "x", {
+        "rows_in": 100_610, "rows_quarantined": 610, "expectations_passed": True,
+        "tables": {"impressions": {"rows_in": 100_000, "rows_quarantined": 0, "reasons": {}},
+                   "users": {"rows_in": 610, "rows_quarantined": 610, "reasons": {"created_after_day: created_at": 610}}}})
+    g = data_gate(settings, [day])
+    assert not g.passed and g.value == pytest.approx(1.0)
+    assert g.reason.startswith("quarantine rate of users 100.0% > 5.0% bound")
+    assert g.details["quarantine_rate_per_table"] == {"impressions": 0.0, "users": 1.0}

@@ -1,0 +1,48 @@
+"""Smoke test of experiment 5 (components/experiments/representations.py) at its small size.
+
+Shares the small pipeline marketplace's home with tests/experiments/test_experiment_temporal.py within one pytest
+session (the pipeline's day-steps skip what is already built)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def pipeline_settings(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
+    from components.config import load_settings
+
+    home = tmp_path_factory.getbasetemp() / "experiments-pipeline-home"
+    return load_settings(environ={}, overrides={"home": str(home), "pipeline": {"shared_data": str(shared_data)}}).resolved()
+
+
+def test_representations_small_run_has_every_variant_and_their_features(pipeline_settings, tmp_path: Path) -> None:
+    from components.experiments import get
+    from components.experiments.base import ExperimentContext
+    from components.experiments.representations import VARIANTS, _key
+
+    ctx = ExperimentContext(name="representations", settings=pipeline_settings, seeds=(0,), size="small",
+                            plot_dir=tmp_path / "plots", mlflow=False, progress=lambda _line: None)
+    result = get("representations")(ctx)
+    assert len(result.rows) == len(VARIANTS)
+    assert result.verdict in ("reproduced", "partly", "not reproduced")
+    assert result.plots and all(p.is_file() for p in result.plots)
+    fields = result.data["fields"]
+    # dropping columns before fitting really removes the features
+    id_only = fields[_key("ad id only", "plain")]
+    assert "ad_id" in id_only["categorical"]
+    assert not any(c.startswith(("ad_semantic_id__", "ad_profile__")) for c in id_only["categorical"])
+    assert not any(c.startswith("see_") for c in id_only["numeric"])
+    assert any(c.startswith("ad_semantic_id__") for c in fields[_key("+ semantic IDs", "plain")]["categorical"])
+    assert {"see_text", "see_graph", "see_visual"} <= set(fields[_key("+ semantic IDs + SEE", "mnse")]["numeric"])
+    assert fields[_key("+ semantic IDs + SEE", "mnse")]["mnse_bases"] == [2, 3, 10]
+    assert len(fields[_key("+ semantic IDs + SEE", "plain")]["mnse_bases"]) == 1
+    per = result.data["per_seed"]
+    overall = [per[_key(n, num)]["click_auc"][0] for n, _p, num in VARIANTS]
+    assert all(0.5 < a < 1.0 for a in overall), overall
+    assert len(set(np.round(overall, 6))) > 1
+    assert result.data["new_ad_rows"] > 0 and all(np.isfinite(per[_key(n, num)]["click_auc_new_ads"][0])
+                                                  for n, _p, num in VARIANTS)
