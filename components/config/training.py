@@ -139,7 +139,8 @@ class TrainingConfig(Section):
     """The ranker the daily run trains (issue 4): ``ranker`` (a ``models.config.RankerConfig``) and
     ``train`` (the trainer's ``TrainConfig``), both typed and checked at load."""
 
-    enabled: bool = Field(True, description="train, gate and register a model in the daily run (false: skip those steps)")
+    enabled: bool = Field(
+        True, description="train, gate and register a model in the daily run (false: skip those steps)")
     valid_days: int = Field(1, ge=1, description="the newest days of the window, held out for evaluation")
     # CPU-friendly defaults for the daily demo: MNSE digits summed over bases (METHODS.md's option; the
     # concat default triples the numeric fields) and two epochs, which the demo's validation AUC
