@@ -2,7 +2,7 @@
 
 Each gate returns a :class:`GateResult` ``(name, value, threshold, passed, details)``. A trained version is
 aliased ``challenger`` in the registry only when every gate passes. Thresholds come from
-``settings.gates`` (components/config.py, GatesConfig); docs/gates.md explains each one.
+``settings.gates`` (components/config/release.py, GatesConfig); docs/gates.md explains each one.
 
 The gates are plain functions of their inputs (manifests, a model, metrics), so they run the same from the
 daily flow, a notebook or a test::

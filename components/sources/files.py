@@ -1,7 +1,7 @@
 """The ``files`` source: a user's own impression log, read where it lies and mapped onto the contract
 with DuckDB SQL expressions from the YAML configuration (docs/your-own-logs.md).
 
-Configured under ``files`` (components/config.py ``FilesSourceConfig``)::
+Configured under ``files`` (components/config/sources.py ``FilesSourceConfig``)::
 
     pipeline: {source: files}
     files:

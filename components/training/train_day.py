@@ -78,7 +78,6 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     from components.training.propensity import ExposurePropensity
     from components.storage import write_json_atomic
     from components.training.trainer import TrainConfig, train_ranker
-    from models.config import RankerConfig
 
     cfg = settings.training
     started = time.perf_counter()
@@ -109,9 +108,10 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
             ipw["summary"] = propensity.weight_summary()
 
     out_dir = settings.models_dir / end_day.isoformat()
-    train_cfg = TrainConfig.from_dict({"checkpoint_dir": str(out_dir / "checkpoints"), **cfg.train,
+    train_cfg = TrainConfig.from_dict({**cfg.train.to_dict(),
+                                       "checkpoint_dir": cfg.train.checkpoint_dir or str(out_dir / "checkpoints"),
                                        "ipw": weights is not None})
-    ranker_cfg = RankerConfig.from_dict(cfg.ranker)
+    ranker_cfg = cfg.ranker.to_ranker_config()
     result = train_ranker(settings, train, valid, ranker_cfg, train_cfg, train_weights=weights,
                           callback=progress)
 
