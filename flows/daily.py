@@ -45,7 +45,7 @@ def gates_task(settings: Settings, end_day: dt.date, train_result: dict[str, Any
 @task(name="materialize", task_run_name="materialize-{end_day}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=2)
 def materialize_task(settings: Settings, end_day: dt.date) -> dict[str, Any]:
-    from components.serving.online import materialize_online
+    from components.serving.online_store import materialize_online
 
     result = materialize_online(settings, end_day)
     get_run_logger().info(f"online store: feature values as of {result.get('as_of')} "

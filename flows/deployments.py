@@ -58,7 +58,7 @@ def promote(version: int, force: bool = False, reason: str = "", config_file: st
     """Make registered model version ``version`` the ``champion`` (the old champion becomes
     ``previous``). A version whose quality gates failed is refused unless ``force`` is set together
     with a ``reason``, which is recorded on the version."""
-    from components.registry.client import promote as promote_version
+    from components.registry.aliases import promote as promote_version
 
     settings = load_settings(config_file).resolved()
     result = promote_version(settings, version, force=force, reason=reason or None, by=_by())
@@ -69,7 +69,7 @@ def promote(version: int, force: bool = False, reason: str = "", config_file: st
 @flow(name="rollback")
 def rollback(config_file: str | None = None) -> dict[str, Any]:
     """Move ``champion`` back to the version aliased ``previous``."""
-    from components.registry.client import rollback as rollback_champion
+    from components.registry.aliases import rollback as rollback_champion
 
     settings = load_settings(config_file).resolved()
     result = rollback_champion(settings, by=_by())

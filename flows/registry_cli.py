@@ -28,7 +28,7 @@ def promote(
     reason: Annotated[Optional[str], typer.Option(help="why; required with --force, recorded on the version")] = None,
 ) -> None:
     """Make a registered version the champion (the old champion becomes 'previous')."""
-    from components.registry.client import promote as promote_version
+    from components.registry.aliases import promote as promote_version
     from flows.cli import _settings
 
     settings = _settings()
@@ -43,7 +43,7 @@ def promote(
 
 def rollback() -> None:
     """Make the previous champion the champion again (undoes the last promotion)."""
-    from components.registry.client import rollback as rollback_champion
+    from components.registry.aliases import rollback as rollback_champion
     from flows.cli import _settings
 
     settings = _settings()
@@ -55,7 +55,7 @@ def rollback() -> None:
 
 def models() -> None:
     """The registered versions: aliases, gates, per-task AUC, data window, creation time."""
-    from components.registry.client import list_versions, versions_table
+    from components.registry.aliases import list_versions, versions_table
     from flows.cli import _settings
 
     settings = _settings()

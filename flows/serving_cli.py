@@ -41,7 +41,7 @@ def materialize(
                                    "(default: the newest day with built features)")] = None,
 ) -> None:
     """Load the newest feature values as of the end of a day into the Feast online store (SQLite)."""
-    from components.serving.online import materialize_online, newest_feature_day
+    from components.serving.online_store import materialize_online, newest_feature_day
     from flows.cli import _settings
 
     settings = _settings()
@@ -94,7 +94,9 @@ def score(
         help="write every feature column too (parquet output only)")] = False,
 ) -> None:
     """Score (user, ad) pairs from the Feast online features with a saved ranker or a registered model."""
-    from components.serving.online import read_requests, score_requests, serving_summary
+    from components.serving.online_rows import serving_summary
+    from components.serving.requests import read_requests
+    from components.serving.scoring import score_requests
     from flows.cli import _settings
 
     settings = _settings()
@@ -110,7 +112,7 @@ def score(
         scorer = _call(lambda: load_trained(model_dir))
         source = str(model_dir)
     else:
-        from components.registry.client import load_champion
+        from components.registry.aliases import load_champion
 
         scorer = _call(lambda: load_champion(settings, alias))
         source = f"{settings.registry.model_name}@{alias}"

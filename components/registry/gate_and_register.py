@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ def _task_metrics(evaluation: dict[str, Any], tasks: Sequence[str]) -> dict[str,
 def champion_on(settings: Settings, valid: Any, tasks: Sequence[str]) -> dict[str, Any] | None:
     """Score the newest day's rows with the registry's champion and evaluate it there: the champion's
     metrics on exactly the rows the new model is judged on. None when there is no champion."""
+    from components.registry.aliases import champion, load_champion
+    from components.registry.client import RegistryError
     from components.training.evaluation import evaluate
-    from components.registry.client import RegistryError, champion, load_champion
 
     info = champion(settings)
     if info is None:
@@ -51,6 +53,89 @@ def champion_on(settings: Settings, valid: Any, tasks: Sequence[str]) -> dict[st
             "collapse_ia_ratio": ia, "data_window": [str(d) for d in info.data_window or ()]}
 
 
+@dataclass(frozen=True)
+class ModelAnalysis:
+    """The collapse and entanglement analyses of a trained model (what the gates judge and the plots
+    draw) and the seconds each took."""
+
+    collapse: Any
+    entangled: Any | None
+    expert_corr: float | None
+    seconds: dict[str, float]
+
+
+def analyse_model(settings: Settings, trained: Any, train: Any, valid: Any, tasks: Sequence[str]) -> ModelAnalysis:
+    """Dimensional collapse of the embedding tables (ids counted on the training rows) and, on up to
+    ``EXPERT_ROWS`` validation rows, the entanglement of the task pairs (two tasks or more) or, with one
+    task, only the correlation of the experts."""
+    from validation.collapse import collapse_report, id_counts_from_batch
+    from validation.entanglement import entanglement_report, expert_correlation
+
+    cfg = settings.gates
+    t0 = time.perf_counter()
+    counts = id_counts_from_batch(trained.model, trained.encoders.encode(train, with_labels=False))
+    collapse = collapse_report(trained.model, id_counts=counts, max_rows=cfg.ia_max_rows)
+    t_collapse = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sample = valid.slice(0, min(EXPERT_ROWS, valid.num_rows))
+    sample_batch = trained.encoders.encode(sample, with_labels=False)
+    entangled = expert_corr = None
+    if len(tasks) >= 2:
+        entangled = entanglement_report(trained, train, tasks=tasks, max_pairs=cfg.entanglement_max_pairs,
+                                        batch=sample_batch)
+        expert_corr = entangled.expert_mean_abs_r
+    elif sample.num_rows >= 2:  # one task: no pair to analyse, the experts can still be redundant
+        expert_corr, _ = expert_correlation(trained.model, sample_batch)
+    t_entangle = time.perf_counter() - t0
+    return ModelAnalysis(collapse=collapse, entangled=entangled, expert_corr=expert_corr,
+                         seconds={"collapse": round(t_collapse, 3), "entanglement": round(t_entangle, 3)})
+
+
+def run_gates(settings: Settings, days: Sequence[dt.date], trained: Any, train: Any, analysis: ModelAnalysis,
+              metrics: dict[str, dict[str, Any]], champ: dict[str, Any] | None) -> list[Any]:
+    """The four gates in order: data (the window's ingestion), collapse, entanglement, model (against the
+    champion's metrics on the same rows when there is one)."""
+    from validation.gates import collapse_gate, data_gate, entanglement_gate, model_gate
+
+    cfg = settings.gates
+    collapse, entangled, expert_corr = analysis.collapse, analysis.entangled, analysis.expert_corr
+    gates = [
+        data_gate(settings, days),
+        collapse_gate(settings, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
+                      report=collapse),
+        entanglement_gate(settings, trained.model, train, report=entangled, expert_corr=expert_corr),
+        model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band)),
+    ]
+    return gates
+
+
+def analysis_plots(analysis: ModelAnalysis, analysis_dir: Path) -> list[Path]:
+    """The collapse spectra and (with two tasks or more) the entanglement distances, as PNGs."""
+    plots = [analysis.collapse.plot(analysis_dir / "collapse_spectra.png")]
+    if analysis.entangled is not None:
+        plots.append(analysis.entangled.plot(analysis_dir / "entanglement_distances.png"))
+    return plots
+
+
+def register_and_promote(settings: Settings, model_dir: Path, train_result: dict[str, Any], gates: list[Any],
+                         plots: list[Path], training_set_path: str | Path, days: Sequence[dt.date],
+                         valid: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Register the model with its gates, plots, data window, feature views (the training set's
+    ``meta.json``) and ``SAMPLE_ROWS`` validation rows, then apply ``registry.auto_promote``.
+    Returns (the registered version as a dict, the promotion or None)."""
+    from components.registry.aliases import maybe_auto_promote
+    from components.registry.register import register_model
+
+    meta_path = Path(training_set_path).with_name("meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    version = register_model(
+        settings, model_dir, train_result, gates, plots,
+        data_window=(min(days), max(days)), feature_views=meta.get("feature_views"),
+        sample_rows=valid.slice(0, min(SAMPLE_ROWS, valid.num_rows)),
+    )
+    return version.to_dict(), maybe_auto_promote(settings, version)
+
+
 def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict[str, Any],
                         training_set_path: str | Path, days: Sequence[dt.date], force: bool = False
                         ) -> dict[str, Any]:
@@ -60,13 +145,11 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     version and metrics on the newest day, or None), ``metrics`` (the new model's), ``registered``
     (version, run id, aliases) and ``promoted`` (or None), ``plots``, ``seconds``.
     """
-    from components.training.encoders import read_training_set, time_split
     from components.runs import StageManifest, fingerprint_files
     from components.storage import write_json_atomic
+    from components.training.encoders import read_training_set, time_split
     from components.training.trainer import load_trained
-    from validation.collapse import collapse_report, id_counts_from_batch
-    from validation.entanglement import entanglement_report, expert_correlation
-    from validation.gates import all_passed, collapse_gate, data_gate, entanglement_gate, gate_table, model_gate
+    from validation.gates import all_passed, gate_table
 
     started = time.perf_counter()
     model_dir = Path(train_result["model_dir"])
@@ -88,34 +171,11 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     champ = champion_on(settings, valid, tasks) if registry_on else None
     metrics = _task_metrics(train_result.get("evaluation", {}), tasks)
 
-    cfg = settings.gates
     analysis_dir = model_dir / "analysis"
     analysis_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    counts = id_counts_from_batch(trained.model, trained.encoders.encode(train, with_labels=False))
-    collapse = collapse_report(trained.model, id_counts=counts, max_rows=cfg.ia_max_rows)
-    t_collapse = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sample = valid.slice(0, min(EXPERT_ROWS, valid.num_rows))
-    sample_batch = trained.encoders.encode(sample, with_labels=False)
-    entangled = expert_corr = None
-    if len(tasks) >= 2:
-        entangled = entanglement_report(trained, train, tasks=tasks, max_pairs=cfg.entanglement_max_pairs,
-                                        batch=sample_batch)
-        expert_corr = entangled.expert_mean_abs_r
-    elif sample.num_rows >= 2:  # one task: no pair to analyse, the experts can still be redundant
-        expert_corr, _ = expert_correlation(trained.model, sample_batch)
-    t_entangle = time.perf_counter() - t0
-    gates = [
-        data_gate(settings, days),
-        collapse_gate(settings, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
-                      report=collapse),
-        entanglement_gate(settings, trained.model, train, report=entangled, expert_corr=expert_corr),
-        model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band)),
-    ]
-    plots = [collapse.plot(analysis_dir / "collapse_spectra.png")]
-    if entangled is not None:
-        plots.append(entangled.plot(analysis_dir / "entanglement_distances.png"))
+    analysis = analyse_model(settings, trained, train, valid, tasks)
+    gates = run_gates(settings, days, trained, train, analysis, metrics, champ)
+    plots = analysis_plots(analysis, analysis_dir)
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
     write_json_atomic(analysis_dir / "gates.json", {"gates": gate_dicts, "passed": passed})
@@ -123,17 +183,8 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
 
     registered = promoted = None
     if registry_on:
-        from components.registry.client import maybe_auto_promote, register_model
-
-        meta_path = Path(training_set_path).with_name("meta.json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        version = register_model(
-            settings, model_dir, train_result, gates, plots,
-            data_window=(min(days), max(days)), feature_views=meta.get("feature_views"),
-            sample_rows=valid.slice(0, min(SAMPLE_ROWS, valid.num_rows)),
-        )
-        registered = version.to_dict()
-        promoted = maybe_auto_promote(settings, version)
+        registered, promoted = register_and_promote(settings, model_dir, train_result, gates, plots,
+                                                    training_set_path, days, valid)
 
     result = {
         "end_day": end_day,
@@ -146,7 +197,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
         "registered": registered,
         "promoted": promoted,
         "plots": [str(p) for p in plots],
-        "analysis_seconds": {"collapse": round(t_collapse, 3), "entanglement": round(t_entangle, 3)},
+        "analysis_seconds": analysis.seconds,
         "seconds": round(time.perf_counter() - started, 3),
     }
     manifest.record(end_day, fp, result)

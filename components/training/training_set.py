@@ -86,7 +86,7 @@ def _output_schema(entities: "pa.Schema", specs: list[Any]) -> "pa.Schema":
 def feature_row_schema(specs: list[Any], tasks: Sequence[str] = ()) -> "pa.Schema":
     """The columns of a training-set row before the similarity columns: the impression's contract columns
     (``IMPRESSIONS``), the ``tasks`` labels, then ``<view>__<feature>`` per view of ``specs``. Serving
-    (components/serving/online.py) builds its online rows to this schema with ``tasks=()``."""
+    (components/serving/online_rows.py) builds its online rows to this schema with ``tasks=()``."""
     from components.schemas import impressions_schema
 
     return _output_schema(impressions_schema(list(tasks)), specs)

@@ -125,7 +125,7 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     assert first["gates_passed"] == ("challenger" in first["registered"]["aliases"])
     assert "quality gates" in res.output and "registered: adsrec-ranker version 1" in res.output
     from components.config import load_settings
-    from components.registry.client import champion, list_versions
+    from components.registry.aliases import champion, list_versions
 
     settings = load_settings().resolved()
     if not first["gates_passed"]:  # tiny data can miss a band; the next run needs a champion to compare with

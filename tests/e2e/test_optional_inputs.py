@@ -86,7 +86,8 @@ def bare(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[st
 def test_a_bare_log_with_an_empty_day_trains_materializes_and_serves(bare: dict[str, Any], caplog) -> None:
     from components.store.features import read_view
     from components.training.train_day import train_and_evaluate
-    from components.serving.online import materialize_online, online_feature_rows
+    from components.serving.online_rows import online_feature_rows
+    from components.serving.online_store import materialize_online
     from components.training.trainer import load_trained
     from components.training.training_set import build_training_set
 

@@ -1,4 +1,5 @@
-"""The MLflow registry (components/registry/client.py, components/registry/packaged.py, flows/registry_cli.py).
+"""The MLflow registry (components/registry/: client.py, run_logging.py, register.py, aliases.py, packaged.py;
+flows/registry_cli.py).
 
 One small marketplace is simulated and one small STEM ranker (with a behaviour sequence, so list and
 timestamp columns go through the pandas round trip) is trained per module, then registered three times in
@@ -92,14 +93,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) ->
     (model_dir / "evaluation.json").write_text(json.dumps(summary, default=str))
     (model_dir / "checkpoints").mkdir()
     (model_dir / "checkpoints" / "checkpoint.pt").write_bytes(b"not part of the logged model")
-    return {"model_dir": model_dir, "summary": summary, "valid": valid, "result": result}
+    return {"model_dir": model_dir, "summary": summary, "valid": valid, "result": result, "table": table}
 
 
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory: pytest.TempPathFactory, trained: dict[str, Any]) -> dict[str, Any]:
     """Settings with their own home and three registered versions (pass, fail, pass)."""
     from components.config import load_settings
-    from components.registry.client import register_model
+    from components.registry.register import register_model
 
     home = tmp_path_factory.mktemp("registry-home")
     settings = load_settings(environ={}, overrides={"home": str(home),
@@ -120,14 +121,14 @@ def reg(tmp_path_factory: pytest.TempPathFactory, trained: dict[str, Any]) -> di
 @pytest.fixture()
 def fresh_aliases(reg: dict[str, Any]) -> Iterator[Any]:
     """No champion, no previous, no champion history (the challenger stays where registration put it)."""
-    from components.registry.client import (CHALLENGER, CHAMPION, HISTORY_TAG, PREVIOUS, _set_or_clear_alias,
-                                     mlflow_client)
+    from components.registry.aliases import HISTORY_TAG, set_or_clear_alias
+    from components.registry.client import CHALLENGER, CHAMPION, PREVIOUS, mlflow_client
 
     settings = reg["settings"]
     name = settings.registry.model_name
     with mlflow_client(settings) as client:
         for alias in (CHAMPION, PREVIOUS):
-            _set_or_clear_alias(client, name, alias, None)
+            set_or_clear_alias(client, name, alias, None)
         client.set_registered_model_alias(name, CHALLENGER, "3")
         if HISTORY_TAG in client.get_registered_model(name).tags:
             client.delete_registered_model_tag(name, HISTORY_TAG)
@@ -223,7 +224,7 @@ def test_failed_gate_registers_without_challenger(reg: dict[str, Any]) -> None:
 
 
 def test_no_gates_means_not_passed_and_gates_are_checked(reg: dict[str, Any], trained: dict[str, Any]) -> None:
-    from components.registry.client import normalise_gates, register_model
+    from components.registry.register import normalise_gates, register_model
 
     settings = reg["settings"].model_copy(deep=True)
     settings.registry.model_name = "adsrec-ranker-nogates"
@@ -242,7 +243,8 @@ def test_no_gates_means_not_passed_and_gates_are_checked(reg: dict[str, Any], tr
 
 # ----- promotion ---------------------------------------------------------------------------------------------
 def test_promote_refuses_a_failed_version_unless_forced_with_a_reason(fresh_aliases: Any) -> None:
-    from components.registry.client import PromotionError, RegistryError, promote
+    from components.registry.aliases import promote
+    from components.registry.client import PromotionError, RegistryError
 
     settings = fresh_aliases
     with pytest.raises(PromotionError, match=r"failed its gates \(data\).*--force"):
@@ -262,7 +264,8 @@ def test_promote_refuses_a_failed_version_unless_forced_with_a_reason(fresh_alia
 
 
 def test_promote_moves_previous_and_rollback_walks_the_history(fresh_aliases: Any) -> None:
-    from components.registry.client import HISTORY_TAG, RegistryError, mlflow_client, promote, rollback
+    from components.registry.aliases import HISTORY_TAG, promote, rollback
+    from components.registry.client import RegistryError, mlflow_client
 
     settings = fresh_aliases
     with pytest.raises(RegistryError, match="no champion"):
@@ -291,7 +294,7 @@ def test_promote_moves_previous_and_rollback_walks_the_history(fresh_aliases: An
 
 
 def test_champion_info_and_auto_promote(fresh_aliases: Any, trained: dict[str, Any]) -> None:
-    from components.registry.client import champion, list_versions, maybe_auto_promote, promote
+    from components.registry.aliases import champion, list_versions, maybe_auto_promote, promote
 
     settings = fresh_aliases
     assert champion(settings) is None
@@ -324,7 +327,8 @@ def test_champion_info_and_auto_promote(fresh_aliases: Any, trained: dict[str, A
 
 def reg_versions(settings: Any) -> list[Any]:
     """RegisteredVersion-like records of versions 1-3 (for maybe_auto_promote)."""
-    from components.registry.client import RegisteredVersion, list_versions
+    from components.registry.aliases import list_versions
+    from components.registry.register import RegisteredVersion
 
     return [RegisteredVersion(v.name, v.version, v.run_id or "", v.model_uri, "", v.gates_passed, v.aliases, "")
             for v in list_versions(settings)]
@@ -345,15 +349,17 @@ print(json.dumps({
     "version": mv.version, "columns": list(got.columns), "rows": len(got),
     "max_abs_diff": float((got[expected.columns] - expected).abs().to_numpy().max()),
     "spread": float(got.to_numpy().std()),
-    "loaded": sorted(m for m in ("prefect", "feast", "flows", "components.training.train_day", "components.training.training_set",
-                                 "components.registry.client", "sentence_transformers") if m in sys.modules),
+    "loaded": sorted(m for m in ("prefect", "feast", "flows", "components.training.train_day",
+                                 "components.training.training_set", "components.registry.client",
+                                 "components.registry.register", "components.registry.run_logging",
+                                 "components.registry.aliases", "sentence_transformers") if m in sys.modules),
 }))
 """
 
 
 def test_fresh_process_loads_the_champion_by_alias_and_reproduces_the_logged_scores(
         fresh_aliases: Any, tmp_path: Path) -> None:
-    from components.registry.client import promote
+    from components.registry.aliases import promote
 
     settings = fresh_aliases
     promote(settings, 1)
@@ -372,8 +378,9 @@ def test_fresh_process_loads_the_champion_by_alias_and_reproduces_the_logged_sco
 
 
 def test_load_champion_in_process_scores_tables_and_frames(fresh_aliases: Any, trained: dict[str, Any]) -> None:
+    from components.registry.aliases import load_champion, promote
+    from components.registry.client import RegistryError
     from components.registry.packaged import PackagedRanker
-    from components.registry.client import RegistryError, load_champion, promote
 
     settings = fresh_aliases
     with pytest.raises(RegistryError, match="promote one"):
@@ -404,7 +411,7 @@ def test_registry_calls_leave_the_process_mlflow_uri_alone(reg: dict[str, Any],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from components.registry.client import list_versions
+    from components.registry.aliases import list_versions
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nonexistent/elsewhere.db")
     assert [v.version for v in list_versions(reg["settings"])] == [3, 2, 1]
@@ -415,13 +422,46 @@ def test_registry_calls_leave_the_process_mlflow_uri_alone(reg: dict[str, Any],
 
 def test_empty_home_has_no_versions_and_creates_no_store(tmp_path: Path) -> None:
     from components.config import load_settings
-    from components.registry.client import RegistryError, champion, list_versions, promote
+    from components.registry.aliases import champion, list_versions, promote
+    from components.registry.client import RegistryError
 
     settings = load_settings(environ={}, overrides={"home": str(tmp_path / "empty")}).resolved()
     assert list_versions(settings) == [] and champion(settings) is None
     with pytest.raises(RegistryError, match="nothing registered yet"):
         promote(settings, 1)
     assert not (tmp_path / "empty").exists()
+
+
+# ----- gates and registration of the daily run ----------------------------------------------------------------
+def test_assess_and_register_gates_registers_and_is_idempotent(trained: dict[str, Any], tmp_path: Path) -> None:
+    """The daily run's last step on a home of its own: no ingest records, so the data gate fails; the
+    version is registered without an alias and nothing is promoted; a re-run finds it."""
+    import pyarrow.parquet as pq
+
+    from components.config import load_settings
+    from components.registry.aliases import list_versions
+    from components.registry.gate_and_register import assess_and_register
+
+    settings = load_settings(environ={}, overrides={"home": str(tmp_path / "home"),
+                                                    "pipeline": {"shared_data": str(SHARED_DATA)}}).resolved()
+    path = tmp_path / "training" / "2026-01-04" / "train.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(trained["table"], path)
+    days = [WINDOW[0] + dt.timedelta(days=i) for i in range(4)]
+    out = assess_and_register(settings, WINDOW[1], trained["summary"], path, days)
+    assert not out["skipped"] and out["champion"] is None and out["promoted"] is None
+    assert [g["name"] for g in out["gates"]] == ["data", "collapse", "entanglement", "model"]
+    assert not out["gates_passed"] and not out["gates"][0]["passed"]  # no ingest records for the window
+    assert out["registered"]["version"] == 1 and out["registered"]["aliases"] == []
+    assert [Path(p).name for p in out["plots"]] == ["collapse_spectra.png", "entanglement_distances.png"]
+    assert all(Path(p).is_file() for p in out["plots"])
+    assert set(out["analysis_seconds"]) == {"collapse", "entanglement"}
+    assert set(out["metrics"]) == set(TASKS)
+    saved = json.loads((trained["model_dir"] / "analysis" / "gates.json").read_text())
+    assert saved["passed"] is False and [g["name"] for g in saved["gates"]] == [g["name"] for g in out["gates"]]
+    again = assess_and_register(settings, WINDOW[1], trained["summary"], path, days)
+    assert again["skipped"] and again["registered"]["version"] == 1
+    assert [v.version for v in list_versions(settings)] == [1]
 
 
 # ----- the command line --------------------------------------------------------------------------------------

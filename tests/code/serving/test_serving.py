@@ -1,5 +1,6 @@
-"""Online serving (components/serving/online.py, flows/serving_cli.py) on a small simulated marketplace built by the
-real pipeline steps (deliver, ingest, features, representations) for three days.
+"""Online serving (components/serving/online_store.py, online_rows.py, scoring.py; flows/serving_cli.py) on a
+small simulated marketplace built by the real pipeline steps (deliver, ingest, features, representations)
+for three days.
 
 The central check is online/offline consistency: the online store materialised as of the end of day 2 serves,
 for the impressions of day 3, the same feature values as the training set's point-in-time join, and the
@@ -24,7 +25,6 @@ from components.schemas import TIMESTAMP, day_window
 
 pytestmark = pytest.mark.shared_data
 DAYS = 3
-UTC = dt.timezone.utc
 
 
 def _settings(home: Path, shared: Path) -> Any:
@@ -82,7 +82,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[s
 @pytest.fixture(scope="module")
 def materialized(world: dict[str, Any]) -> dict[str, Any]:
     """The online store as of the end of day 2 (the day before the compared impressions)."""
-    from components.serving.online import materialize_online
+    from components.serving.online_store import materialize_online
 
     return materialize_online(world["settings"], world["days"][-2])
 
@@ -96,7 +96,7 @@ def _truncate_to_seconds(column: pa.ChunkedArray) -> pa.Array:
 
 
 def test_materialize_writes_every_view_as_of_the_day_end(world: dict[str, Any], materialized: dict[str, Any]) -> None:
-    from components.serving.online import online_state
+    from components.serving.online_store import online_state
 
     day = world["days"][-2]
     assert materialized["as_of"] == day_window(day)[1].isoformat()
@@ -111,7 +111,7 @@ def test_materialize_writes_every_view_as_of_the_day_end(world: dict[str, Any], 
 
 def test_online_rows_match_the_point_in_time_join(world: dict[str, Any], materialized: dict[str, Any]) -> None:
     """Day-3 impressions served from the store as of the end of day 2 against their training-set rows."""
-    from components.serving.online import FLAG_COLUMNS, model_input, online_feature_rows, serving_summary
+    from components.serving.online_rows import FLAG_COLUMNS, model_input, online_feature_rows, serving_summary
 
     offline = world["newest"]
     online = online_feature_rows(world["settings"], offline)  # the impression columns are the requests
@@ -164,7 +164,8 @@ def test_online_rows_match_the_point_in_time_join(world: dict[str, Any], materia
 
 
 def test_unknown_pairs_score_with_defaults_and_flags(world: dict[str, Any], materialized: dict[str, Any]) -> None:
-    from components.serving.online import score_requests, serving_summary
+    from components.serving.online_rows import serving_summary
+    from components.serving.scoring import score_requests
 
     model = world["model"]
     user = int(world["newest"]["user_id"][0].as_py())
@@ -186,7 +187,7 @@ def test_unknown_pairs_score_with_defaults_and_flags(world: dict[str, Any], mate
 
 def test_point_in_time_rule_is_applied_to_online_values(world: dict[str, Any], materialized: dict[str, Any]) -> None:
     """Feast's online read ignores TTLs and request times; serving withholds what the offline join would."""
-    from components.serving.online import online_feature_rows, serving_summary
+    from components.serving.online_rows import online_feature_rows, serving_summary
 
     row = world["newest"].slice(0, 1)
     as_of = day_window(world["days"][-2])[1]
@@ -203,7 +204,8 @@ def test_point_in_time_rule_is_applied_to_online_values(world: dict[str, Any], m
 
 
 def test_materialize_is_idempotent_and_goes_back_in_time(world: dict[str, Any], materialized: dict[str, Any]) -> None:
-    from components.serving.online import materialize_online, online_feature_rows
+    from components.serving.online_rows import online_feature_rows
+    from components.serving.online_store import materialize_online
 
     settings, days = world["settings"], world["days"]
     sample = world["newest"].slice(0, 200)
@@ -217,22 +219,6 @@ def test_materialize_is_idempotent_and_goes_back_in_time(world: dict[str, Any], 
     assert after.to_pylist() == before.to_pylist()
 
 
-def test_requests_are_validated(world: dict[str, Any], materialized: dict[str, Any]) -> None:
-    from components.serving.online import normalize_requests
-
-    with pytest.raises(ValueError, match="ad_id"):
-        normalize_requests(pa.table({"user_id": [1]}))
-    with pytest.raises(ValueError, match="null"):
-        normalize_requests(pa.table({"user_id": pa.array([1, None], pa.int64()), "ad_id": [1, 2]}))
-    with pytest.raises(ValueError, match="ISO 8601"):
-        normalize_requests(pa.table({"user_id": [1], "ad_id": [2], "event_time": ["yesterday"]}))
-    out = normalize_requests(pa.table({"user_id": [1, 2], "ad_id": [3, 4], "position": pa.array([None, 3], pa.int64()),
-                                       "event_time": ["2026-11-03T10:00:00Z", "2026-11-03 11:30:00"]}))
-    assert out["position"].to_pylist() == [1, 3]
-    assert out["event_time"].to_pylist() == [dt.datetime(2026, 11, 3, 10, tzinfo=UTC),
-                                             dt.datetime(2026, 11, 3, 11, 30, tzinfo=UTC)]
-
-
 def test_mlflow_pyfunc_scorer_gives_the_trained_model_scores(
     world: dict[str, Any], materialized: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -240,7 +226,7 @@ def test_mlflow_pyfunc_scorer_gives_the_trained_model_scores(
     import mlflow.pyfunc
 
     from components.registry.packaged import RANKER_ARTIFACT, write_model_code
-    from components.serving.online import score_requests
+    from components.serving.scoring import score_requests
 
     target = tmp_path / "pyfunc"
     mlflow.pyfunc.save_model(str(target), python_model=str(write_model_code(tmp_path / "code.py")),
