@@ -55,8 +55,9 @@ def demo_window(settings: Settings, days: int, restart: bool = False) -> list[dt
 
 def _landed_up_to(settings: Settings, table: str, day: dt.date) -> list[Path]:
     """Every landed file of ``table`` in day partitions up to and including ``day``."""
-    return [p for part in sorted((settings.offline_dir / table).glob("date=*"))
-            if part.name[len("date="):] <= day.isoformat() for p in files_under(part)]
+    from components.store.sql import day_partitions
+
+    return [p for _, part in day_partitions(settings.offline_dir / table, end=day) for p in files_under(part)]
 
 
 def _source(settings: Settings):

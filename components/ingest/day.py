@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components import storage
-from components.store.offline import PART_FILE, REJECTED_DIR, REPORTS_TABLE, _connect
+from components.store.offline import PART_FILE, REJECTED_DIR, REPORTS_TABLE
+from components.store.sql import connect
 from components.schemas import CONTRACTS, TABLES, TIMESTAMP, TableContract, day_dir, day_window, impressions_schema
 
 if TYPE_CHECKING:
@@ -947,7 +948,7 @@ def ingest_day(settings: "Settings", source_name: str, day: dt.date, tasks: Sequ
     report = IngestReport(source=source_name, day=day, tasks=tasks, ingested_at=ingested_at)
     unknown = sorted(set(settings.ingest.label_rate_bounds) - set(tasks))
     raw_root = settings.raw_dir / source_name
-    con = _connect()
+    con = connect()
     runs: dict[str, _TableRun] = {}
     try:
         sync_start = time.perf_counter()
