@@ -36,7 +36,7 @@ the impressions' ids (ids only). Columns mapped beyond the contract's are attrib
 when text, numeric when numbers), as with the other sources.
 
 Negatives (``negatives.per_positive`` > 0) follow the real-log adapters (components/sources/
-landing.py ``sample_negatives``): per day, items drawn by popularity so far from the items seen so
+real_log.py ``sample_negatives``): per day, items drawn by popularity so far from the items seen so
 far, never an item the user has any logged row with, never twice to one user a day; every task 0.
 
 The log is parsed once per process and configuration (``get_source`` caches the instance while the
@@ -72,13 +72,13 @@ from components.sources.file_tables import (
     table_files,
 )
 from components.store.sql import sql_ident
-from components.sources.landing import (
+from components.sources.landing import write_raw_day
+from components.sources.real_log import (
     US_PER_DAY,
     date_to_ordinal,
     ordinal_to_date,
     pair_keys,
     sample_negatives,
-    write_raw_day,
 )
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.schemas import ADS, USERS, impressions_schema
-from components.sources.landing import (
+from components.sources.real_log import (
     DayPartitionedLog,
     LoggedSource,
     exposure_index,
