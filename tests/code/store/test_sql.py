@@ -34,7 +34,8 @@ def _day(root: Path, day: dt.date, files: tuple[str, ...] = ("part-0.parquet",))
 def test_quoting_round_trips_through_duckdb(tmp_path: Path) -> None:
     con = connect()
     try:
-        assert con.execute(f"SELECT {sql_str(Path(tmp_path / 'it' / 'o' ))} = ?", [str(tmp_path / "it" / "o")]).fetchone()[0]
+        path = tmp_path / "it" / "o"
+        assert con.execute(f"SELECT {sql_str(path)} = ?", [str(path)]).fetchone()[0]
         assert con.execute(f"SELECT {sql_str(chr(39) + 'x')}").fetchone()[0] == "'x"
         assert con.execute(f'SELECT 1 AS {sql_ident(chr(34) + "odd col")}').description[0][0] == '"odd col'
         assert con.execute(f"SELECT {sql_list(['a', chr(39)])}").fetchone()[0] == ["a", "'"]
@@ -63,7 +64,8 @@ def test_partition_files_and_globs_leave_out_days_without_data(tmp_path: Path) -
     _day(tmp_path / "t", D1)
     _day(tmp_path / "t", D2, files=("other.parquet",))
     _day(tmp_path / "t", D3, files=())  # an empty day: landed, no file
-    assert partition_files(tmp_path / "t", "part-0.parquet") == [(D1, tmp_path / "t" / "date=2026-01-01" / "part-0.parquet")]
+    first = tmp_path / "t" / "date=2026-01-01" / "part-0.parquet"
+    assert partition_files(tmp_path / "t", "part-0.parquet") == [(D1, first)]
     globs = partition_globs(tmp_path, "t", None, D3)
     assert globs == [str(tmp_path / "t" / f"date={d}" / "*.parquet") for d in (D1, D2)]
     assert partition_globs(tmp_path, "t", D2, None) == globs[1:]
