@@ -74,13 +74,11 @@ class TaobaoSource(LoggedSource):
 
     def _read_pair_days(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """DuckDB pass over the CSV: counts, one row per (user, item, UTC day) and item categories."""
-        import duckdb
-
-        from components.store.sql import sql_str
+        from components.store.sql import connect, sql_str
 
         path = require_file(self.path, "Taobao UserBehavior log")
         lo, hi = int(WINDOW_START.timestamp()), int(WINDOW_END.timestamp())
-        con = duckdb.connect()
+        con = connect()
         try:
             # every field as text first, so one odd line is counted as malformed instead of failing the read
             con.execute(
