@@ -55,8 +55,9 @@ def demo_window(settings: Settings, days: int, restart: bool = False) -> list[dt
 
 def _landed_up_to(settings: Settings, table: str, day: dt.date) -> list[Path]:
     """Every landed file of ``table`` in day partitions up to and including ``day``."""
-    return [p for part in sorted((settings.offline_dir / table).glob("date=*"))
-            if part.name[len("date="):] <= day.isoformat() for p in files_under(part)]
+    from components.store.sql import day_partitions
+
+    return [p for _, part in day_partitions(settings.offline_dir / table, end=day) for p in files_under(part)]
 
 
 def _source(settings: Settings):
@@ -92,7 +93,7 @@ def deliver_day(settings: Settings, day: dt.date, force: bool = False) -> dict[s
 def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
     """Validate the day's raw files and land them in the offline store (quarantining rejects).
 
-    Raises ``components.ingest.day.IngestDayFailed`` (a ``ValueError``: a data error, never retried) with a
+    Raises ``components.ingest.report.IngestDayFailed`` (a ``ValueError``: a data error, never retried) with a
     one-line message when the day fails (docs/ingestion.md, 'When a day fails'); a failed day is never
     recorded as done, so the next run ingests it again."""
     from components.ingest.day import ingest_day
@@ -111,7 +112,7 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
     report = ingest_day(settings, source.name, day, source.tasks)
     if report.failed:
-        from components.ingest.day import IngestDayFailed
+        from components.ingest.report import IngestDayFailed
 
         if not report.kept_previous:  # the day's partitions now hold this delivery: never skip it as done
             manifest.forget(day)

@@ -118,32 +118,25 @@ class IngestIndex:
 
     def _on_disk(self, table: str) -> dict[str, tuple[str, tuple[int, int]]]:
         """{"YYYY-MM-DD": (partition file, (size, mtime_ns))} of the table's landed days: one ``stat``
-        per day with ``os.scandir`` (thousands of days in milliseconds; the same partitions as
-        ``offline_store.offline_partitions``)."""
-        from components.store.offline import PART_FILE, _DATE_DIR
+        per day (``sql.day_partitions`` lists them with ``os.scandir``: thousands of days in milliseconds;
+        the same partitions as ``offline.offline_partitions``)."""
+        from components.store.offline import PART_FILE
+        from components.store.sql import day_partitions
 
         out: dict[str, tuple[str, tuple[int, int]]] = {}
-        try:
-            entries = os.scandir(self.settings.offline_dir / table)
-        except FileNotFoundError:
-            return out
-        with entries:
-            for entry in entries:
-                m = _DATE_DIR.match(entry.name)
-                if not m:
-                    continue
-                path = os.path.join(entry.path, PART_FILE)
-                try:
-                    st = os.stat(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                out[m.group(1)] = (path, (st.st_size, st.st_mtime_ns))
+        for day, folder in day_partitions(self.settings.offline_dir / table):
+            path = os.path.join(folder, PART_FILE)
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            out[day.isoformat()] = (path, (st.st_size, st.st_mtime_ns))
         return out
 
     def _reindex(self, table: str, gone: list[dt.date], stale: dict[dt.date, Path]) -> None:
         """Drop ``gone`` days and re-read ``stale`` ones, in one transaction and one bulk read (a rebuild
         of thousands of days is one DuckDB scan, not thousands of inserts)."""
-        from components.store.offline import _sql_str
+        from components.store.sql import sql_str
 
         days = pa.table({"day": pa.array(gone + sorted(stale), pa.date32())})
         self.con.execute("BEGIN TRANSACTION")
@@ -157,7 +150,7 @@ class IngestIndex:
             self.con.execute("DELETE FROM partitions WHERE tbl = ? AND day IN (SELECT day FROM _days)", [table])
             self.con.unregister("_days")
             if stale:
-                files = ", ".join(_sql_str(p) for p in stale.values())
+                files = ", ".join(sql_str(p) for p in stale.values())
                 src = (f"(SELECT *, CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE) AS day "
                        f"FROM read_parquet([{files}], filename=true, hive_partitioning=false, union_by_name=true))")
                 if table == "impressions":
@@ -220,7 +213,8 @@ class IngestIndex:
         """``probe`` (idx, k): the rows whose request_id ``k`` landed on a day other than ``day``
         (within ``lookback_days`` of it; 0 = any day), as (idx, landed_on DATE: the first such day).
         Candidates come from the hashes; each is confirmed on the string in that day's partition."""
-        from components.store.offline import PART_FILE, _sql_str
+        from components.store.offline import PART_FILE
+        from components.store.sql import sql_str
         from components.schemas import day_dir
 
         where = "r.day <> ?::DATE"
@@ -236,7 +230,7 @@ class IngestIndex:
             if not cand.num_rows:
                 return pa.table({"idx": pa.array([], pa.int64()), "landed_on": pa.array([], pa.date32())})
             days = sorted(set(cand.column("day").to_pylist()))
-            files = ", ".join(_sql_str(day_dir(self.settings.offline_dir, "impressions", d) / PART_FILE) for d in days)
+            files = ", ".join(sql_str(day_dir(self.settings.offline_dir, "impressions", d) / PART_FILE) for d in days)
             self.con.register("_cand", cand)
             return self.con.execute(
                 f"SELECT c.idx, min(c.day) AS landed_on FROM _cand c JOIN (SELECT request_id, "

@@ -337,16 +337,9 @@ def graph_dir(settings: "Settings") -> Path:
 
 def graph_snapshots(settings: "Settings") -> list[dt.date]:
     """Days with a saved graph snapshot, ascending (temp folders, which start with a dot, are ignored)."""
-    root = graph_dir(settings)
-    if not root.is_dir():
-        return []
-    days = []
-    for p in root.glob("date=*"):
-        try:
-            days.append(dt.date.fromisoformat(p.name.removeprefix("date=")))
-        except ValueError:
-            continue  # not a snapshot folder
-    return sorted(days)
+    from components.store.sql import day_partitions
+
+    return [day for day, _ in day_partitions(graph_dir(settings))]
 
 
 def _vectors_table(id_name: str, ids: np.ndarray, vectors: np.ndarray, ego: np.ndarray | None,

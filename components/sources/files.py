@@ -36,7 +36,7 @@ the impressions' ids (ids only). Columns mapped beyond the contract's are attrib
 when text, numeric when numbers), as with the other sources.
 
 Negatives (``negatives.per_positive`` > 0) follow the real-log adapters (components/sources/
-_landing.py ``sample_negatives``): per day, items drawn by popularity so far from the items seen so
+real_log.py ``sample_negatives``): per day, items drawn by popularity so far from the items seen so
 far, never an item the user has any logged row with, never twice to one user a day; every task 0.
 
 The log is parsed once per process and configuration (``get_source`` caches the instance while the
@@ -52,180 +52,42 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.schemas import ADS, IMPRESSIONS, TIMESTAMP, USERS
-from components.sources.landing import (
+from components.sources.file_tables import (
+    SourceConfigError,
+    is_uri,
+    mapped_select,
+    read_columns,
+    run_mapped,
+    run_sql,
+    source_sql,
+    table_files,
+)
+from components.store.sql import sql_ident
+from components.sources.landing import write_raw_day
+from components.sources.real_log import (
     US_PER_DAY,
     date_to_ordinal,
     ordinal_to_date,
     pair_keys,
     sample_negatives,
-    write_raw_day,
 )
 
 if TYPE_CHECKING:
     import duckdb
 
-    from components.config import FileTableConfig, Settings
+    from components.config import Settings
 
-_HIVE_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
-_SUFFIX_FORMAT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
 DEFAULTS = {"slot": "'default'", "position": "1"}
 _DAY = "__day"  # internal: the UTC day ordinal a row is delivered on
-
-
-class SourceConfigError(ValueError):
-    """The files configuration does not fit the files it points at (names the table and column)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Locating and reading one configured table
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def _local(path: str) -> Path:
-    return Path(path[len("file://"):] if path.startswith("file://") else path).expanduser()
-
-
-def table_files(cfg: "FileTableConfig", table: str) -> list[str]:
-    """The data files of a configured table: a file, every data file under a folder (recursively,
-    whatever the case of the extension), a glob, or a remote URI passed to DuckDB as it is."""
-    if _is_uri(cfg.path):
-        return [cfg.path]
-    p = _local(cfg.path)
-    if any(ch in cfg.path for ch in "*?["):
-        anchor = Path(p.anchor or ".")
-        files = sorted(str(f) for f in anchor.glob(str(p.relative_to(anchor))) if f.is_file())
-    elif p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIX_FORMAT
-                       and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
-    elif p.is_file():
-        files = [str(p)]
-    else:
-        raise SourceConfigError(f"files.{table}.path: {cfg.path} does not exist")
-    if not files:
-        raise SourceConfigError(f"files.{table}.path: no parquet or CSV files under {cfg.path}")
-    return files
-
-
-def _format(cfg: "FileTableConfig", files: list[str], table: str) -> str:
-    if cfg.format != "auto":
-        return cfg.format
-    kinds = {_SUFFIX_FORMAT.get(Path(f.split("?")[0]).suffix.lower()) for f in files}
-    if len(kinds) != 1 or None in kinds:
-        raise SourceConfigError(f"files.{table}: cannot tell the format of {', '.join(files[:3])} from the "
-                                f"extensions; set files.{table}.format to parquet or csv")
-    return kinds.pop()  # type: ignore[return-value]
-
-
-def _is_hive(cfg: "FileTableConfig", files: list[str]) -> bool:
-    if cfg.layout != "auto":
-        return cfg.layout == "hive"
-    return any(_HIVE_DIR.match(part) for f in files for part in Path(f).parts[:-1])
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _sql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_sql_str(str(k))}: {_sql_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_sql_value(x) for x in v) + "]"
-    return _sql_str(str(v))
-
-
-def source_sql(cfg: "FileTableConfig", table: str) -> str:
-    """``SELECT * FROM read_parquet|read_csv(...)`` over the configured table (before mapping); hive
-    folders add a ``date`` column."""
-    files = table_files(cfg, table)
-    fmt, hive = _format(cfg, files, table), _is_hive(cfg, files)
-    listing = "[" + ", ".join(_sql_str(f) for f in files) + "]"
-    opts: dict[str, Any] = {"hive_partitioning": hive, "union_by_name": True}
-    if fmt == "csv":
-        opts.update(cfg.csv_options)
-    elif cfg.csv_options:
-        raise SourceConfigError(f"files.{table}.csv_options is set but the files are parquet")
-    args = ", ".join(f"{k} = {_sql_value(v)}" for k, v in opts.items())
-    read = f"SELECT * FROM {'read_csv' if fmt == 'csv' else 'read_parquet'}({listing}, {args})"
-    return f"WITH src AS ({read}) {cfg.query}" if cfg.query else read
-
-
-def read_columns(con: "duckdb.DuckDBPyConnection", sql: str, table: str) -> list[str]:
-    """The columns DuckDB sees in the configured table (names the file when it cannot be read)."""
-    try:
-        return list(con.sql(sql).columns)
-    except Exception as exc:  # duckdb.Error and friends: name the table
-        raise SourceConfigError(f"files.{table}: DuckDB cannot read the configured files: {exc}") from None
-
-
-def mapped_select(columns: list[str], cfg: "FileTableConfig", table: str,
-                  contract: list[str], required: set[str], defaults: dict[str, str]) -> str:
-    """The SELECT list mapping the file onto ``contract`` columns plus mapped attributes. A contract
-    column with neither a mapping, a same-named column nor a default is left out (optional ones) or
-    is an error naming the file's columns (required ones)."""
-    have = set(columns)
-    select = []
-    for col in contract:
-        if col in cfg.columns:
-            expr = cfg.columns[col]
-        elif col in have:
-            expr = _sql_ident(col)
-        elif col in defaults:
-            expr = defaults[col]
-        elif col in required:
-            raise SourceConfigError(
-                f"files.{table}: contract column {col!r} is neither mapped (files.{table}.columns.{col}) nor a "
-                f"column of the file (its columns: {', '.join(columns)})")
-        else:
-            continue
-        select.append(f"({expr}) AS {_sql_ident(col)}")
-    select += [f"({expr}) AS {_sql_ident(col)}" for col, expr in cfg.columns.items() if col not in contract]
-    return ", ".join(select)
-
-
-def _run(con: "duckdb.DuckDBPyConnection", sql: str, table: str) -> pa.Table:
-    try:
-        return con.sql(sql).to_arrow_table()
-    except Exception as exc:
-        raise SourceConfigError(f"files.{table}: a column expression failed in DuckDB: {exc}") from None
-
-
-def _run_mapped(con: "duckdb.DuckDBPyConnection", select: str, source: str, cfg: "FileTableConfig",
-                table: str) -> pa.Table:
-    """The mapped table; when DuckDB rejects the SELECT, the error names the first mapping entry that
-    fails on its own (``files.<table>.columns.<name> = <expression>``)."""
-    try:
-        return con.sql(f"SELECT {select} FROM ({source})").to_arrow_table()
-    except Exception as exc:
-        for name, expr in cfg.columns.items():
-            try:
-                con.sql(f"SELECT ({expr}) FROM ({source}) LIMIT 0").fetchall()
-            except Exception as one:
-                raise SourceConfigError(f"files.{table}.columns.{name} = {expr!r} fails in DuckDB: "
-                                        f"{' '.join(str(one).split())}") from None
-        raise SourceConfigError(f"files.{table}: the mapping fails in DuckDB: {' '.join(str(exc).split())}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +151,7 @@ class FilesSource:
             return self._tables
 
     def _parse(self) -> dict[str, pa.Table]:
-        from components.store.features import connect  # an in-memory DuckDB in UTC
+        from components.store.sql import connect  # an in-memory DuckDB in UTC
 
         con = connect()
         try:
@@ -324,7 +186,7 @@ class FilesSource:
         select = mapped_select(columns, cfg, "impressions", contract, required,
                                {**DEFAULTS, "request_id": "CAST(NULL AS VARCHAR)", "exposure_index": "CAST(NULL AS BIGINT)"})
         self._computed = {c for c in ("request_id", "exposure_index") if c not in cfg.columns and c not in columns}
-        t = _run_mapped(con, select, sql, cfg, "impressions")
+        t = run_mapped(con, select, sql, cfg, "impressions")
         et = t.column("event_time")
         if not pa.types.is_timestamp(et.type):
             raise SourceConfigError(
@@ -412,7 +274,7 @@ class FilesSource:
                    if "request_id" in self._computed else "request_id")
         exposure = (f"row_number() OVER (PARTITION BY user_id, ad_id ORDER BY event_time, {request})"
                     if "exposure_index" in self._computed else "exposure_index")
-        cols = [_sql_ident(c) for c in imp.column_names if c not in ("request_id", "exposure_index")]
+        cols = [sql_ident(c) for c in imp.column_names if c not in ("request_id", "exposure_index")]
         sql = (f"SELECT {', '.join(cols)}, {request} AS request_id, {exposure} AS exposure_index, "
                f"CAST(floor(epoch_us(event_time) / {US_PER_DAY}) AS BIGINT) AS {_DAY} FROM imp "
                f"ORDER BY {_DAY} NULLS FIRST, event_time, request_id")
@@ -427,7 +289,7 @@ class FilesSource:
     def _first_impression(con: "duckdb.DuckDBPyConnection", imp: pa.Table, key: str) -> pa.Table:
         """Per id: the time of its first impression."""
         return con.from_arrow(imp).query(
-            "imp", f"SELECT {_sql_ident(key)}, min(event_time) AS first_seen FROM imp WHERE event_time IS NOT NULL "
+            "imp", f"SELECT {sql_ident(key)}, min(event_time) AS first_seen FROM imp WHERE event_time IS NOT NULL "
                    f"GROUP BY 1").to_arrow_table()
 
     def _dimension(self, con: "duckdb.DuckDBPyConnection", table: str, schema: pa.Schema, key: str,
@@ -441,7 +303,7 @@ class FilesSource:
         else:
             sql = source_sql(cfg, table)
             select = mapped_select(read_columns(con, sql, table), cfg, table, schema.names, {key}, {})
-            dim = _run_mapped(con, select, sql, cfg, table)
+            dim = run_mapped(con, select, sql, cfg, table)
         created = "CAST(NULL AS TIMESTAMPTZ)"
         if "created_at" in dim.column_names:
             ca = dim.column("created_at")
@@ -451,8 +313,8 @@ class FilesSource:
                 raise SourceConfigError(f"files.{table}: created_at is {ca.type}, not a timestamp; map it with an "
                                         f"expression such as to_timestamp(col), or leave it out")
             created = "CAST(d.created_at AS TIMESTAMPTZ)"
-        others = ", ".join("d." + _sql_ident(c) for c in dim.column_names if c != "created_at")
-        k = _sql_ident(key)
+        others = ", ".join("d." + sql_ident(c) for c in dim.column_names if c != "created_at")
+        k = sql_ident(key)
         sql = (
             f"SELECT {others}, coalesce(least({created}, f.first_seen), to_timestamp({first_day * 86_400})) AS created_at, "
             f"coalesce({created} > f.first_seen, false) AS __late, {created} IS NULL AS __no_created "
@@ -461,7 +323,7 @@ class FilesSource:
         con.register("dim", dim)
         con.register("fs", first_seen)
         try:
-            t = _run(con, f"SELECT *, greatest(CAST(floor(epoch_us(created_at) / {US_PER_DAY}) AS BIGINT), "
+            t = run_sql(con, f"SELECT *, greatest(CAST(floor(epoch_us(created_at) / {US_PER_DAY}) AS BIGINT), "
                           f"{first_day}) AS {_DAY} FROM ({sql}) ORDER BY {_DAY}, {k}", table)
         finally:
             con.unregister("dim")
@@ -485,7 +347,7 @@ def input_fingerprint(settings: "Settings") -> str:
         if cfg is None:
             continue
         for f in table_files(cfg, table):
-            if _is_uri(f):
+            if is_uri(f):
                 h.update(f.encode())
                 continue
             st = Path(f).stat()

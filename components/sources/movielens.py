@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.schemas import ADS, USERS, impressions_schema
-from components.sources.landing import (
+from components.sources.real_log import (
     DayPartitionedLog,
     LoggedSource,
     exposure_index,
@@ -94,11 +94,34 @@ class MovieLensSource(LoggedSource):
         # positives in a fixed order, whatever the file order
         order = np.lexsort((p_item, p_user, p_ts))
         p_user, p_item, p_ts, rating = p_user[order], p_item[order], p_ts[order], rating[order]
-        p_day = np.floor_divide(p_ts, 86_400)
-
-        item_ids = col(items, "item_id", pa.int64())
-        item_span = int(max(item_ids.max(initial=0), p_item.max(initial=0))) + 1
         release_year = _release_year(items)
+        parent_all, neg_item, neg_time, unfilled = self._negatives(items, release_year, p_user, p_item, p_ts)
+        n_pos, n_neg = p_user.size, parent_all.size
+        self._stats = {
+            "ratings": int(inter.num_rows),
+            "positive_impressions": n_pos,
+            "liked_ratings": int((rating >= LIKED_RATING).sum()),
+            "negative_impressions": n_neg,
+            "unfilled_negatives": unfilled,
+        }
+
+        user = np.concatenate([p_user, p_user[parent_all]])
+        item = np.concatenate([p_item, neg_item])
+        ts = np.concatenate([p_ts, neg_time])
+        click = np.concatenate([np.ones(n_pos, np.int8), np.zeros(n_neg, np.int8)])
+        conversion = np.concatenate([(rating >= LIKED_RATING).astype(np.int8), np.zeros(n_neg, np.int8)])
+        order = np.lexsort((item, user, ts))
+        user, item, ts, click, conversion = user[order], item[order], ts[order], click[order], conversion[order]
+        return DayPartitionedLog({"impressions": self._impressions(user, item, ts, click, conversion),
+                                  "ads": _ads(items, item, ts, release_year), "users": _users(users, user, ts)})
+
+    def _negatives(self, items: pa.Table, release_year: np.ndarray, p_user: np.ndarray, p_item: np.ndarray,
+                   p_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Negatives for the sorted positives, day by day (module docstring): (positive each one is drawn
+        for, movie, time in seconds, unfilled slots)."""
+        p_day = np.floor_divide(p_ts, 86_400)
+        item_ids = items.column("item_id").cast(pa.int64()).to_numpy()
+        item_span = int(max(item_ids.max(initial=0), p_item.max(initial=0))) + 1
         forbidden = np.unique(pair_keys(p_user, p_item, item_span))  # every pair the user ever rates
 
         # popularity known so far: ratings per (day, movie), cumulated over days; rows = days
@@ -140,26 +163,14 @@ class MovieLensSource(LoggedSource):
             neg_item.append(draw.item)
             neg_time.append(np.clip(p_ts[parent] + draw.offset_s, day * 86_400, (day + 1) * 86_400 - 1))
         cat = lambda parts: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)  # noqa: E731
-        parent_all = cat(neg_parent)
-        n_pos, n_neg = p_user.size, parent_all.size
-        self._stats = {
-            "ratings": int(inter.num_rows),
-            "positive_impressions": n_pos,
-            "liked_ratings": int((rating >= LIKED_RATING).sum()),
-            "negative_impressions": n_neg,
-            "unfilled_negatives": unfilled,
-        }
+        return cat(neg_parent), cat(neg_item), cat(neg_time), unfilled
 
-        user = np.concatenate([p_user, p_user[parent_all]])
-        item = np.concatenate([p_item, cat(neg_item)])
-        ts = np.concatenate([p_ts, cat(neg_time)])
-        click = np.concatenate([np.ones(n_pos, np.int8), np.zeros(n_neg, np.int8)])
-        conversion = np.concatenate([(rating >= LIKED_RATING).astype(np.int8), np.zeros(n_neg, np.int8)])
-        order = np.lexsort((item, user, ts))
-        user, item, ts, click, conversion = user[order], item[order], ts[order], click[order], conversion[order]
+    def _impressions(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray, click: np.ndarray,
+                     conversion: np.ndarray) -> pa.Table:
+        """The impressions table of the time-sorted rows (positives and negatives)."""
         day_all = np.floor_divide(ts, 86_400)
         n = user.size
-        impressions = pa.table(
+        return pa.table(
             {
                 "event_time": seconds_to_timestamps(ts),
                 "request_id": request_ids(self.name, day_all, user, item),
@@ -172,9 +183,6 @@ class MovieLensSource(LoggedSource):
                 "conversion": pa.array(conversion, pa.int8()),
             },
             schema=impressions_schema(TASKS),
-        )
-        return DayPartitionedLog(
-            {"impressions": impressions, "ads": _ads(items, item, ts, release_year), "users": _users(users, user, ts)}
         )
 
 

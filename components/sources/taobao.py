@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.schemas import ADS, USERS, impressions_schema
-from components.sources.landing import (
+from components.sources.real_log import (
     DayPartitionedLog,
     LoggedSource,
     exposure_index,
@@ -74,19 +74,18 @@ class TaobaoSource(LoggedSource):
 
     def _read_pair_days(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """DuckDB pass over the CSV: counts, one row per (user, item, UTC day) and item categories."""
-        import duckdb
+        from components.store.sql import connect, sql_str
 
         path = require_file(self.path, "Taobao UserBehavior log")
         lo, hi = int(WINDOW_START.timestamp()), int(WINDOW_END.timestamp())
-        con = duckdb.connect()
+        con = connect()
         try:
             # every field as text first, so one odd line is counted as malformed instead of failing the read
-            src = str(path).replace("'", "''")
             con.execute(
                 f"""CREATE TEMP TABLE raw AS SELECT
                     TRY_CAST(u AS BIGINT) AS user_id, TRY_CAST(i AS BIGINT) AS item_id,
                     TRY_CAST(c AS BIGINT) AS category_id, b AS behavior, TRY_CAST(t AS BIGINT) AS ts
-                FROM read_csv('{src}', header=false, delim=',', quote='', escape='', null_padding=true,
+                FROM read_csv({sql_str(path)}, header=false, delim=',', quote='', escape='', null_padding=true,
                               columns={{'u': 'VARCHAR', 'i': 'VARCHAR', 'c': 'VARCHAR', 'b': 'VARCHAR',
                                         't': 'VARCHAR'}})"""
             )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from components.schemas import ADS, USERS, day_dir, day_window
 from components.storage import replace_partition, write_json_atomic
+from components.store.sql import connect, day_partitions, partition_globs, sql_ident, sql_list, sql_ts
 
 if TYPE_CHECKING:
     import duckdb
@@ -51,56 +52,6 @@ MANIFEST = "_views.json"
 # and image are the text/visual engineers' inputs, not categorical features.
 _AD_NON_FEATURES = {"ad_id", "title", "image", "created_at"}
 _USER_NON_FEATURES = {"user_id", "created_at"}
-
-
-def _partition_globs(root: Path, table: str, first: dt.date, last: dt.date) -> list[str]:
-    """Parquet globs of the existing day partitions of ``table`` in [first, last] (DuckDB errors on a glob
-    that matches nothing, so absent days are left out here)."""
-    globs = []
-    day = first
-    while day <= last:
-        d = day_dir(root, table, day)
-        if d.is_dir() and any(d.glob("*.parquet")):
-            globs.append(str(d / "*.parquet"))
-        day += dt.timedelta(days=1)
-    return globs
-
-
-def _all_partitions_upto(root: Path, table: str, last: dt.date) -> list[str]:
-    """Globs of every day partition of ``table`` dated on or before ``last``."""
-    base = root / table
-    if not base.is_dir():
-        return []
-    out = []
-    for d in sorted(base.glob("date=*")):
-        try:
-            day = dt.date.fromisoformat(d.name.removeprefix("date="))
-        except ValueError:
-            continue
-        if day <= last and any(d.glob("*.parquet")):
-            out.append(str(d / "*.parquet"))
-    return out
-
-
-def _sql_list(globs: Sequence[str]) -> str:
-    return "[" + ", ".join("'" + g.replace("'", "''") + "'" for g in globs) + "]"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _ts(value: dt.datetime) -> str:
-    return f"TIMESTAMPTZ '{value.isoformat()}'"
-
-
-def connect() -> "duckdb.DuckDBPyConnection":
-    """An in-memory DuckDB connection in UTC (so TIMESTAMPTZ round-trips as timestamp[us, UTC])."""
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    return con
 
 
 _PROFILE_CASTS = {
@@ -159,28 +110,28 @@ def _stats_query(
     span = max(windows) + 1
     aggs, global_aggs, selects = [], [], [f"a.{key} AS {key}"]
     for w in windows:
-        since = _ts(day_end - dt.timedelta(days=w))
+        since = sql_ts(day_end - dt.timedelta(days=w))
         inside = f"event_time >= {since}"
         aggs.append(f"count(*) FILTER (WHERE {inside}) AS impressions_{w}d")
         global_aggs.append(f"count(*) FILTER (WHERE {inside}) AS g_impressions_{w}d")
         selects.append(f"a.impressions_{w}d")
         for t in tasks:
-            col = _ident(t)
+            col = sql_ident(t)
             # sum() of BIGINT is HUGEINT in DuckDB: cast back so the column is int64 in parquet and Feast.
-            aggs.append(f"coalesce(sum({col}::BIGINT) FILTER (WHERE {inside}), 0)::BIGINT AS {_ident(f'{t}_{w}d')}")
-            global_aggs.append(f"sum({col}::BIGINT) FILTER (WHERE {inside}) AS {_ident(f'g_{t}_{w}d')}")
-            pos, imps = f"a.{_ident(f'{t}_{w}d')}", f"a.impressions_{w}d"
-            g_rate = f"(g.{_ident(f'g_{t}_{w}d')}::DOUBLE / nullif(g.g_impressions_{w}d, 0))"
+            aggs.append(f"coalesce(sum({col}::BIGINT) FILTER (WHERE {inside}), 0)::BIGINT AS {sql_ident(f'{t}_{w}d')}")
+            global_aggs.append(f"sum({col}::BIGINT) FILTER (WHERE {inside}) AS {sql_ident(f'g_{t}_{w}d')}")
+            pos, imps = f"a.{sql_ident(f'{t}_{w}d')}", f"a.impressions_{w}d"
+            g_rate = f"(g.{sql_ident(f'g_{t}_{w}d')}::DOUBLE / nullif(g.g_impressions_{w}d, 0))"
             # Smoothed rate: `prior` pseudo-impressions at the window's global rate; an entity with zero
             # impressions in the window gets the global rate (or NULL when prior is 0, the raw rate).
             rate = f"({pos} + {prior} * {g_rate}) / nullif({imps} + {prior}, 0)"
-            selects.extend([pos, f"{rate}::DOUBLE AS {_ident(f'{t}_rate_{w}d')}"])
-    start = _ts(day_end - dt.timedelta(days=span))
+            selects.extend([pos, f"{rate}::DOUBLE AS {sql_ident(f'{t}_rate_{w}d')}"])
+    start = sql_ts(day_end - dt.timedelta(days=span))
     return f"""
-        WITH win AS (SELECT * FROM imp WHERE event_time >= {start} AND event_time < {_ts(day_end)}),
+        WITH win AS (SELECT * FROM imp WHERE event_time >= {start} AND event_time < {sql_ts(day_end)}),
         a AS (SELECT {key}, {', '.join(aggs)} FROM win GROUP BY {key}),
         g AS (SELECT {', '.join(global_aggs)} FROM win)
-        SELECT {', '.join(selects)}, {_ts(day_end)} AS {EVENT_TS}, {_ts(built_at)} AS {CREATED_TS}
+        SELECT {', '.join(selects)}, {sql_ts(day_end)} AS {EVENT_TS}, {sql_ts(built_at)} AS {CREATED_TS}
         FROM a CROSS JOIN g ORDER BY a.{key}
     """
 
@@ -226,30 +177,53 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     window, and ``ttl_days`` for the click sequence) and every ``ads`` / ``users`` partition up to ``day``.
     Idempotent: re-running a day replaces that day's partitions."""
     cfg = settings.features
+    tasks, windows = _tasks_and_windows(settings, tasks)
+    click_task = behaviour_task(settings, tasks)
+    _, day_end = day_window(day)
+    offline = settings.offline_dir
+    # One extra partition at the start: with a late-event tolerance, a partition may hold events a
+    # little past its own day, so the first day of a window can start in the partition before it.
+    imp_globs = partition_globs(offline, "impressions", day - dt.timedelta(days=lookback_days(settings)), day)
+    if not impressions_landed(settings, day):
+        raise FileNotFoundError(
+            f"no impressions partition for {day} under {offline / 'impressions'}; ingest the day first"
+        )
+    built_at = dt.datetime.now(dt.timezone.utc)
+
+    con = connect()
+    _impressions_view(con, imp_globs, tasks, day)
+    rows: dict[str, int] = {}
+    features = settings.features_dir
+    # --- rolling stats ------------------------------------------------------------------------------
+    for view, key in (("user_stats", "user_id"), ("ad_stats", "ad_id")):
+        query = _stats_query(key, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
+        rows[view] = _write_partition(con, query, day_dir(features, view, day))
+    # --- profiles and behaviour sequence --------------------------------------------------------------
+    category_col = _write_profiles(con, settings, day, built_at, rows)
+    seq_query = _sequence_query(settings, day, click_task, category_col, built_at)
+    rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
+    con.close()
+
+    _write_manifest(settings, tasks, windows, category_col, click_task)
+    return {v: rows[v] for v in VIEWS}
+
+
+def _tasks_and_windows(settings: "Settings", tasks: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """The task columns to build for (default ``settings.tasks``) and the sorted rolling windows, checked."""
+    cfg = settings.features
     tasks = list(tasks if tasks is not None else settings.tasks)
     if not tasks:
         raise ValueError("build_features needs at least one task column (e.g. click)")
     if any(w < 1 for w in cfg.rolling_windows_days):
         raise ValueError(f"features.rolling_windows_days must be >= 1, got {cfg.rolling_windows_days}")
-    windows = sorted(set(cfg.rolling_windows_days))
-    click_task = behaviour_task(settings, tasks)
-    day_start, day_end = day_window(day)
-    offline = settings.offline_dir
-    # One extra partition at the start: with a late-event tolerance, a partition may hold events a
-    # little past its own day, so the first day of a window can start in the partition before it.
-    imp_globs = _partition_globs(offline, "impressions", day - dt.timedelta(days=lookback_days(settings)), day)
-    if not impressions_landed(settings, day):
-        raise FileNotFoundError(
-            f"no impressions partition for {day} under {offline / 'impressions'}; ingest the day first"
-        )
-    ad_globs = _all_partitions_upto(offline, "ads", day)
-    user_globs = _all_partitions_upto(offline, "users", day)
-    built_at = dt.datetime.now(dt.timezone.utc)
+    return tasks, sorted(set(cfg.rolling_windows_days))
 
-    con = connect()
+
+def _impressions_view(con: "duckdb.DuckDBPyConnection", imp_globs: list[str], tasks: list[str], day: dt.date) -> None:
+    """View ``imp`` over the look-back's impressions partitions; every task column must be in it."""
     if imp_globs:
         con.execute(
-            f"CREATE VIEW imp AS SELECT * FROM read_parquet({_sql_list(imp_globs)}, union_by_name = true, "
+            f"CREATE VIEW imp AS SELECT * FROM read_parquet({sql_list(imp_globs)}, union_by_name = true, "
             "hive_partitioning = false)"
         )
     else:  # every day of the look-back is empty (landed without a file): the contract's columns, no rows
@@ -262,41 +236,21 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     if missing:
         raise ValueError(f"task column(s) {missing} are not in the impressions of {day} (have {sorted(imp_cols)})")
 
-    rows: dict[str, int] = {}
-    features = settings.features_dir
-    # --- rolling stats ------------------------------------------------------------------------------
-    for view, key in (("user_stats", "user_id"), ("ad_stats", "ad_id")):
-        query = _stats_query(key, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
-        rows[view] = _write_partition(con, query, day_dir(features, view, day))
 
-    # --- profiles: latest row per id known by the end of the day -------------------------------------
+def _write_profiles(con: "duckdb.DuckDBPyConnection", settings: "Settings", day: dt.date, built_at: dt.datetime,
+                    rows: dict[str, int]) -> str | None:
+    """Write ``ad_profile`` and ``user_profile`` (the latest row per id known by the end of the day; their
+    rows go to ``rows``) and leave views ``latest_ads`` / ``latest_users``; returns the sequence's
+    category column (None: no taxonomy)."""
+    cfg = settings.features
+    _, day_end = day_window(day)
     category_col: str | None = None
-    for view, table, key, excluded, globs in (
-        ("ad_profile", "ads", "ad_id", _AD_NON_FEATURES, ad_globs),
-        ("user_profile", "users", "user_id", _USER_NON_FEATURES, user_globs),
+    for view, table, key, excluded in (
+        ("ad_profile", "ads", "ad_id", _AD_NON_FEATURES),
+        ("user_profile", "users", "user_id", _USER_NON_FEATURES),
     ):
-        if globs:
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW src_{table} AS SELECT * FROM read_parquet({_sql_list(globs)}, "
-                "union_by_name = true, hive_partitioning = false)"
-            )
-            cols = _profile_columns(con, f"src_{table}", excluded)
-            latest = f"""
-                SELECT * FROM src_{table} WHERE created_at < {_ts(day_end)}
-                QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1
-            """
-        else:
-            # No partition yet: an empty view with the contract's required profile columns.
-            contract = ADS if table == "ads" else USERS
-            required = {"advertiser_id": "BIGINT", "campaign_id": "BIGINT", "bid": "DOUBLE"}
-            cols = {c: required[c] for c in contract.required.names if c not in excluded}
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW src_{table} AS SELECT NULL::BIGINT AS {key}, "
-                + "".join(f"NULL::{t} AS {c}, " for c, t in cols.items())
-                + "NULL::TIMESTAMPTZ AS created_at WHERE false"
-            )
-            latest = f"SELECT * FROM src_{table}"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW latest_{table} AS {latest}")
+        cols = _latest_view(con, partition_globs(settings.offline_dir, table, None, day), table, key, excluded,
+                            day_end)
         if table == "ads":
             taxonomy = taxonomy_columns(con, "latest_ads")
             category_col = cfg.sequence_category_column or (taxonomy[0] if taxonomy else None)
@@ -305,25 +259,61 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
                     f"features.sequence_category_column {category_col!r} is not a categorical column of the "
                     f"ads table (have {cols})"
                 )
-        select = ", ".join(f"{_ident(c)}::{t} AS {_ident(c)}" for c, t in cols.items())
+        select = ", ".join(f"{sql_ident(c)}::{t} AS {sql_ident(c)}" for c, t in cols.items())
         query = (
             f"SELECT {key}, {select}{', ' if select else ''}created_at::TIMESTAMPTZ AS {EVENT_TS}, "
-            f"{_ts(built_at)} AS {CREATED_TS} FROM latest_{table} ORDER BY {key}"
+            f"{sql_ts(built_at)} AS {CREATED_TS} FROM latest_{table} ORDER BY {key}"
         )
-        rows[view] = _write_partition(con, query, day_dir(features, view, day))
+        rows[view] = _write_partition(con, query, day_dir(settings.features_dir, view, day))
+    return category_col
 
-    # --- behaviour sequence ---------------------------------------------------------------------------
-    # A row only for users who clicked during the day: the sequence changes only on a click, and the
-    # point-in-time join keeps serving a user's latest row until then (or until the TTL, which is also
-    # the sequence's look-back, runs out).
+
+def _latest_view(con: "duckdb.DuckDBPyConnection", globs: list[str], table: str, key: str, excluded: set[str],
+                 day_end: dt.datetime) -> dict[str, str]:
+    """View ``latest_<table>``: the latest ads or users row per id created before ``day_end``; returns its
+    profile columns (column -> SQL type)."""
+    if globs:
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW src_{table} AS SELECT * FROM read_parquet({sql_list(globs)}, "
+            "union_by_name = true, hive_partitioning = false)"
+        )
+        cols = _profile_columns(con, f"src_{table}", excluded)
+        latest = f"""
+            SELECT * FROM src_{table} WHERE created_at < {sql_ts(day_end)}
+            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1
+        """
+    else:
+        # No partition yet: an empty view with the contract's required profile columns.
+        contract = ADS if table == "ads" else USERS
+        required = {"advertiser_id": "BIGINT", "campaign_id": "BIGINT", "bid": "DOUBLE"}
+        cols = {c: required[c] for c in contract.required.names if c not in excluded}
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW src_{table} AS SELECT NULL::BIGINT AS {key}, "
+            + "".join(f"NULL::{t} AS {c}, " for c, t in cols.items())
+            + "NULL::TIMESTAMPTZ AS created_at WHERE false"
+        )
+        latest = f"SELECT * FROM src_{table}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW latest_{table} AS {latest}")
+    return cols
+
+
+def _sequence_query(settings: "Settings", day: dt.date, click_task: str, category_col: str | None,
+                    built_at: dt.datetime) -> str:
+    """The ``user_sequence`` rows over views ``imp`` and ``latest_ads``.
+
+    A row only for users who clicked during the day: the sequence changes only on a click, and the
+    point-in-time join keeps serving a user's latest row until then (or until the TTL, which is also
+    the sequence's look-back, runs out)."""
+    cfg = settings.features
+    day_start, day_end = day_window(day)
     L = cfg.sequence_length
-    seq_start = _ts(day_end - dt.timedelta(days=cfg.ttl_days))
-    cat_expr = f"coalesce(a.{_ident(category_col)}, '{PAD_CATEGORY}')" if category_col else f"'{PAD_CATEGORY}'"
-    seq_query = f"""
+    seq_start = sql_ts(day_end - dt.timedelta(days=cfg.ttl_days))
+    cat_expr = f"coalesce(a.{sql_ident(category_col)}, '{PAD_CATEGORY}')" if category_col else f"'{PAD_CATEGORY}'"
+    return f"""
         WITH clicks AS (
             SELECT user_id, ad_id, event_time, request_id FROM imp
-            WHERE {_ident(click_task)} = 1 AND event_time >= {seq_start} AND event_time < {_ts(day_end)}),
-        active AS (SELECT DISTINCT user_id FROM clicks WHERE event_time >= {_ts(day_start)}),
+            WHERE {sql_ident(click_task)} = 1 AND event_time >= {seq_start} AND event_time < {sql_ts(day_end)}),
+        active AS (SELECT DISTINCT user_id FROM clicks WHERE event_time >= {sql_ts(day_start)}),
         recent AS (
             SELECT c.*, row_number() OVER (PARTITION BY c.user_id ORDER BY c.event_time DESC, c.request_id DESC) AS rn
             FROM clicks c SEMI JOIN active USING (user_id)
@@ -340,14 +330,9 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
                list_resize(ad_ids, {L}, {PAD_AD_ID}::BIGINT) AS ad_ids,
                list_resize(categories, {L}, '{PAD_CATEGORY}') AS categories,
                list_resize(click_times, {L}, TIMESTAMPTZ '{PAD_CLICK_TIME}') AS click_times,
-               length, {_ts(day_end)} AS {EVENT_TS}, {_ts(built_at)} AS {CREATED_TS}
+               length, {sql_ts(day_end)} AS {EVENT_TS}, {sql_ts(built_at)} AS {CREATED_TS}
         FROM seq ORDER BY user_id
     """
-    rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
-    con.close()
-
-    _write_manifest(settings, tasks, windows, category_col, click_task)
-    return {v: rows[v] for v in VIEWS}
 
 
 def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], category: str | None,
@@ -374,7 +359,7 @@ def read_view(settings: "Settings", view: str, days: Sequence[dt.date] | None = 
     if view not in VIEWS:
         raise ValueError(f"unknown feature view {view!r}; expected one of {VIEWS}")
     base = settings.features_dir / view
-    dirs = [day_dir(settings.features_dir, view, d) for d in days] if days else sorted(base.glob("date=*"))
+    dirs = [day_dir(settings.features_dir, view, d) for d in days] if days else [p for _, p in day_partitions(base)]
     files = [f for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
     if not files:
         raise FileNotFoundError(f"no partitions of feature view {view} under {base}")

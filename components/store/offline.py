@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.schemas import CONTRACTS, TABLES, day_dir, impressions_schema
+from components.store.sql import connect, partition_files, sql_ident, sql_str
 
 if TYPE_CHECKING:
     import duckdb
@@ -30,44 +30,11 @@ REPORTS_TABLE = "_reports"  # <quarantine>/_reports/date=D/ingest_report.json
 REJECTED_DIR = "_rejected"  # <quarantine>/_rejected/date=D/<time>/: failed deliveries that kept a landed day
 
 
-def _connect() -> "duckdb.DuckDBPyConnection":
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ comes back to Arrow as tz=UTC
-    return con
-
-
-_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-
-
-def _sql_str(p: Path | str) -> str:
-    return "'" + str(p).replace("'", "''") + "'"
-
-
-def _sql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def offline_partitions(settings: "Settings", table: str, start: dt.date | None = None,
                        end: dt.date | None = None, root: Path | None = None) -> list[tuple[dt.date, Path]]:
     """(day, parquet file) of every landed partition of ``table`` with ``start <= day <= end``
     (either bound None: open), oldest first."""
-    base = (root or settings.offline_dir) / table
-    if not base.is_dir():
-        return []
-    out = []
-    for part in sorted(base.iterdir()):
-        m = _DATE_DIR.match(part.name)
-        if not m:
-            continue  # temp folders of a write in progress, stray files
-        day = dt.date.fromisoformat(m.group(1))
-        if (start and day < start) or (end and day > end):
-            continue
-        f = part / PART_FILE
-        if f.is_file():
-            out.append((day, f))
-    return out
+    return partition_files((root or settings.offline_dir) / table, PART_FILE, start, end)
 
 
 def _contract_schema(settings: "Settings", table: str) -> pa.Schema:
@@ -92,7 +59,7 @@ def offline_relation(con: "duckdb.DuckDBPyConnection", settings: "Settings", tab
         if with_partition_date:
             empty = empty.append_column("partition_date", pa.array([], pa.date32()))
         return con.from_arrow(empty)
-    listing = ", ".join(_sql_str(f) for _, f in files)
+    listing = ", ".join(sql_str(f) for _, f in files)
     date_expr = "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE)"
     sql = (f"SELECT * EXCLUDE (filename), {date_expr} AS partition_date FROM read_parquet([{listing}], "
            f"filename=true, hive_partitioning=false, union_by_name=true)")
@@ -100,7 +67,7 @@ def offline_relation(con: "duckdb.DuckDBPyConnection", settings: "Settings", tab
         key = CONTRACTS[table].unique[0] if CONTRACTS[table].unique else None
         if key is None or table == "impressions":
             raise ValueError(f"latest=True is for ads and users (one row per id), not {table}")
-        sql = f"SELECT * FROM ({sql}) QUALIFY row_number() OVER (PARTITION BY {_sql_ident(key)} ORDER BY partition_date DESC) = 1"
+        sql = f"SELECT * FROM ({sql}) QUALIFY row_number() OVER (PARTITION BY {sql_ident(key)} ORDER BY partition_date DESC) = 1"
     if not with_partition_date:
         sql = f"SELECT * EXCLUDE (partition_date) FROM ({sql})"
     return con.sql(sql)
@@ -114,11 +81,11 @@ def read_offline(settings: "Settings", table: str, start: dt.date | None, end: d
 
     Example: the ads as known at the end of ``day``: ``read_offline(s, "ads", None, day, latest=True)``.
     """
-    con = _connect()
+    con = connect()
     try:
         rel = offline_relation(con, settings, table, start, end, latest, with_partition_date)
         if columns:
-            rel = rel.select(*[_sql_ident(c) for c in columns])
+            rel = rel.select(*[sql_ident(c) for c in columns])
         out = rel.to_arrow_table()
     finally:
         con.close()
@@ -136,7 +103,7 @@ def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> di
     of a landed day (``rejected_deliveries``: day -> folders under ``<quarantine>/_rejected/``). Plain JSON."""
     import pyarrow.parquet as pq
 
-    con = _connect()
+    con = connect()
     per_day: dict[str, dict[str, Any]] = {}
     totals: dict[str, dict[str, Any]] = {}
     try:
@@ -149,7 +116,7 @@ def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> di
                 tot["rows_landed"] += n
             for day, f in offline_partitions(settings, table, start, end, root=settings.quarantine_dir):
                 entry = per_day.setdefault(day.isoformat(), {}).setdefault(table, {})
-                rows = con.sql(f"SELECT reason, count(*) AS n FROM read_parquet({_sql_str(f)}) GROUP BY reason "
+                rows = con.sql(f"SELECT reason, count(*) AS n FROM read_parquet({sql_str(f)}) GROUP BY reason "
                                f"ORDER BY n DESC, reason").fetchall()
                 reasons = {r: int(n) for r, n in rows}
                 n_files = len(list((f.parent / "files").glob("*.reason.txt")))
@@ -168,7 +135,7 @@ def quarantine_summary(settings: "Settings", start: dt.date, end: dt.date) -> di
     rejected: dict[str, list[str]] = {}
     d = start
     while d <= end:
-        folder = settings.quarantine_dir / REJECTED_DIR / f"date={d.isoformat()}"
+        folder = day_dir(settings.quarantine_dir, REJECTED_DIR, d)
         if folder.is_dir():  # failed deliveries that did not replace the landed day
             rejected[d.isoformat()] = sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
         path = day_dir(settings.quarantine_dir, REPORTS_TABLE, d) / "ingest_report.json"

@@ -505,10 +505,9 @@ def truth_probabilities(settings: "Settings", table: pa.Table, tasks: Sequence[s
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     first = (epoch + dt.timedelta(microseconds=int(event.min()))).date() - dt.timedelta(days=1)
     last = (epoch + dt.timedelta(microseconds=int(event.max()))).date() + dt.timedelta(days=1)
-    files = [
-        str(p) for p in sorted(root.glob("date=*/part-0.parquet"))
-        if first <= dt.date.fromisoformat(p.parent.name.removeprefix("date=")) <= last
-    ]
+    from components.store.sql import partition_files
+
+    files = [str(p) for _, p in partition_files(root, "part-0.parquet", first, last)]
     if not files:
         raise FileNotFoundError(f"no ground-truth partitions under {root} for {first}..{last}")
     con = duckdb.connect()

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from components.store.features import _partition_globs, _sql_list, _ts, connect
+from components.store.sql import connect, partition_globs, sql_list, sql_ts
 from components.schemas import IMPRESSIONS, TIMESTAMP, day_window
 from components.storage import write_json_atomic, write_parquet_atomic
 
@@ -51,7 +51,7 @@ def read_impressions(settings: "Settings", first: dt.date, last: dt.date, tasks:
     _, end = day_window(last)
     # One partition either side: with a late-event tolerance a day's events can sit in the previous
     # day's partition; selecting by event_time keeps the window exact.
-    globs = _partition_globs(
+    globs = partition_globs(
         settings.offline_dir, "impressions", first - dt.timedelta(days=1), last + dt.timedelta(days=1)
     )
     if not globs:
@@ -66,8 +66,8 @@ def read_impressions(settings: "Settings", first: dt.date, last: dt.date, tasks:
     con = connect()
     try:
         table = con.execute(
-            f"SELECT {cols} FROM read_parquet({_sql_list(globs)}, union_by_name = true, hive_partitioning = false) "
-            f"WHERE event_time >= {_ts(start)} AND event_time < {_ts(end)} ORDER BY event_time, request_id"
+            f"SELECT {cols} FROM read_parquet({sql_list(globs)}, union_by_name = true, hive_partitioning = false) "
+            f"WHERE event_time >= {sql_ts(start)} AND event_time < {sql_ts(end)} ORDER BY event_time, request_id"
         ).arrow().read_all()
     finally:
         con.close()

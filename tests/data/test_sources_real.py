@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.schemas import ADS, TIMESTAMP, USERS, impressions_schema
-from components.sources.landing import exposure_index, pair_keys, sample_negatives, write_raw_day
+from components.sources.landing import write_raw_day
+from components.sources.real_log import exposure_index, pair_keys, sample_negatives
 
 # the published collection window, 2017-11-25 00:00 .. 2017-12-04 00:00 at UTC+8, as unix seconds
 TAOBAO_LO, TAOBAO_HI = 1511539200, 1512316800

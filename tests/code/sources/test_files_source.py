@@ -184,7 +184,7 @@ def test_negative_sampling_for_a_positives_only_log(tmp_path: Path, user_log) ->
 
 def test_a_required_column_neither_mapped_nor_present_is_named(tmp_path: Path, user_log) -> None:
     from components.sources import get_source
-    from components.sources.files import SourceConfigError
+    from components.sources.file_tables import SourceConfigError
 
     _, files = user_log
     files["impressions"]["columns"].pop("user_id")
@@ -194,7 +194,7 @@ def test_a_required_column_neither_mapped_nor_present_is_named(tmp_path: Path, u
 
 def test_event_time_must_be_a_timestamp(tmp_path: Path, user_log) -> None:
     from components.sources import get_source
-    from components.sources.files import SourceConfigError
+    from components.sources.file_tables import SourceConfigError
 
     _, files = user_log
     files["impressions"]["columns"]["event_time"] = "ts"
@@ -315,7 +315,7 @@ def test_a_task_setting_naming_no_task_of_the_source_fails_at_load(tmp_path: Pat
 
 def test_a_failing_expression_is_named_with_its_key(tmp_path: Path, user_log) -> None:
     from components.sources import get_source
-    from components.sources.files import SourceConfigError
+    from components.sources.file_tables import SourceConfigError
 
     _, files = user_log
     files["ads"]["columns"]["title"] = "upper(nme)"  # a typo in the user's column name

@@ -1,0 +1,90 @@
+"""The offline store's SQL toolkit: the one DuckDB connection helper, the quoting helpers for SQL text,
+and the listers of day partitions (``<root>/<table>/date=YYYY-MM-DD/``).
+
+Every DuckDB query over the stores opens its connection with :func:`connect` (in-memory, UTC), quotes
+paths and names with :func:`sql_str` / :func:`sql_ident`, and finds its day partitions with
+:func:`day_partitions` (folders), :func:`partition_files` (one named file per day) or
+:func:`partition_globs` (DuckDB ``*.parquet`` globs of the days that hold parquet). Temp folders of a
+write in progress start with a dot (components/storage.py) and never match ``date=YYYY-MM-DD``.
+
+Light on purpose: DuckDB is imported inside :func:`connect`, so the CLI can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import duckdb
+
+DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")  # a day partition's folder name
+
+
+def connect() -> "duckdb.DuckDBPyConnection":
+    """An in-memory DuckDB connection in UTC (so TIMESTAMPTZ round-trips to Arrow as timestamp[us, UTC])."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def sql_str(value: Path | str) -> str:
+    """A SQL string literal: ``'it''s'``."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    """A quoted SQL identifier (inner double quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_list(values: Sequence[Path | str]) -> str:
+    """A SQL list of string literals, e.g. the files or globs for ``read_parquet([...])``."""
+    return "[" + ", ".join(sql_str(v) for v in values) + "]"
+
+
+def sql_ts(value: dt.datetime) -> str:
+    """A ``TIMESTAMPTZ`` literal of an aware datetime."""
+    return f"TIMESTAMPTZ '{value.isoformat()}'"
+
+
+def day_partitions(folder: Path, start: dt.date | None = None,
+                   end: dt.date | None = None) -> list[tuple[dt.date, Path]]:
+    """(day, folder) of every ``date=YYYY-MM-DD`` folder directly under ``folder`` with
+    ``start <= day <= end`` (either bound None: open), oldest first; [] when ``folder`` does not exist."""
+    out = []
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    with entries:
+        for entry in entries:
+            m = DATE_DIR.match(entry.name)
+            if not m or not entry.is_dir():
+                continue  # temp folders of a write in progress, stray files
+            try:
+                day = dt.date.fromisoformat(m.group(1))
+            except ValueError:
+                continue  # date=2026-13-40
+            if (start and day < start) or (end and day > end):
+                continue
+            out.append((day, Path(entry.path)))
+    return sorted(out)
+
+
+def partition_files(folder: Path, name: str, start: dt.date | None = None,
+                    end: dt.date | None = None) -> list[tuple[dt.date, Path]]:
+    """(day, file) of the day partitions under ``folder`` in ``start..end`` that hold the file ``name``."""
+    return [(day, part / name) for day, part in day_partitions(folder, start, end) if (part / name).is_file()]
+
+
+def partition_globs(root: Path, table: str, first: dt.date | None, last: dt.date | None) -> list[str]:
+    """DuckDB globs ``<root>/<table>/date=D/*.parquet`` of the day partitions in ``first..last`` (None:
+    open) that hold a parquet file (DuckDB errors on a glob that matches nothing, so such days are left out)."""
+    return [str(part / "*.parquet") for _, part in day_partitions(root / table, first, last)
+            if any(part.glob("*.parquet"))]
