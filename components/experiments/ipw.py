@@ -69,9 +69,9 @@ def _metrics(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]
 
 
 def _plot(per_seed: dict[str, list[dict[str, float]]], seeds: tuple[int, ...], path: Any) -> Any:
-    from validation.collapse import _pyplot, _save
+    from validation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     variants = list(per_seed)
     width = 0.8 / len(variants)
@@ -96,7 +96,7 @@ def _plot(per_seed: dict[str, list[dict[str, float]]], seeds: tuple[int, ...], p
     axes[1].set_title("click calibration by exposure (mean ± std over seeds)", fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run(ctx: ExperimentContext) -> ExperimentResult:

@@ -65,7 +65,8 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     from components.storage import write_json_atomic
     from components.training.trainer import load_trained
     from validation.collapse import collapse_report, id_counts_from_batch
-    from validation.entanglement import entanglement_report, expert_correlation
+    from validation.entanglement import entanglement_report
+    from validation.expert_correlation import expert_correlation
     from validation.gates import all_passed, collapse_gate, data_gate, entanglement_gate, gate_table, model_gate
 
     started = time.perf_counter()
