@@ -74,7 +74,7 @@ def interaction_rows(
         labels = {t: labels_all[:, spec.tasks.index(t)] > 0.5 for t in tasks}
     else:
         if encoders is None:
-            raise ValueError("mapping raw user/ad ids to embedding rows needs the model's encoders (a :class:`RowEncoders`): "
+            raise ValueError("mapping raw user/ad ids to embedding rows needs the model's FeatureEncoders: "
                              "pass encoders=..., a TrainedModel (components.training.trainer.load_trained), or an "
                              "encoded batch")
         names = set(rows.column_names)

@@ -107,9 +107,8 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     elif sample.num_rows >= 2:  # one task: no pair to analyse, the experts can still be redundant
         expert_corr, _ = expert_correlation(trained.model, sample_batch)
     t_entangle = time.perf_counter() - t0
-    ingest = StageManifest(settings, "ingest")
     gates = [
-        data_gate({day: ingest.read(day) for day in days}, cfg.max_quarantine_rate),
+        data_gate({day: StageManifest(settings, "ingest").read(day) for day in days}, cfg.max_quarantine_rate),
         collapse_gate(cfg, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
                       report=collapse),
         entanglement_gate(cfg, trained.model, train, report=entangled, expert_corr=expert_corr),
@@ -121,8 +120,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
     write_json_atomic(analysis_dir / "gates.json", {"gates": gate_dicts, "passed": passed})
-    log.info("gates for %s:\n%s", end_day,
-             "\n".join([gate_table(gates), *(g.explain() for g in gates if not g.passed)]))
+    log.info("gates for %s:\n%s", end_day, "\n".join(filter(None, [gate_table(gates), *(g.explain() for g in gates)])))
 
     registered = promoted = None
     if registry_on:
