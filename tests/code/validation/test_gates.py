@@ -86,7 +86,7 @@ def test_gates_say_what_failed_in_words(settings) -> None:
     """The verdict's reason is one readable line (validation/gates.py ``reason``), shown by gate_table and
     the run summary, not a bare value / threshold pair."""
     from components.runs import StageManifest
-    from flows.report import _gate_reason
+    from validation.gate_words import failure_text
 
     m = StageManifest(settings, "ingest")
     d1, d2 = dt.date(2026, 11, 3), dt.date(2026, 11, 4)
@@ -105,7 +105,8 @@ def test_gates_say_what_failed_in_words(settings) -> None:
         "data: FAIL, quarantine rate 6.7% > 5.0% bound (2026-11-03: 1,204 rows impressions: null_key: request_id); "
         "expectations failed on 2026-11-04: click rate 0.61 above 0.50 (ingest.label_rate_bounds.click); "
         "impressions.request_id has 3 repeated values")
-    assert g.reason in gate_table([g]).splitlines()[1] and _gate_reason(g.to_dict()) == g.reason
+    assert g.reason in gate_table([g]).splitlines()[1]
+    assert failure_text(g.to_dict()).startswith(f"data gate failed: {g.reason}\n")
     ok = _data_gate(settings, [])
     assert ok.passed and ok.reason == "quarantine rate 0.0% <= 5.0% bound over 0 rows; expectations passed on 0 day(s)"
 
