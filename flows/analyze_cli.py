@@ -93,8 +93,8 @@ def collapse_cmd(
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=False)
         from components.training.encoders import read_training_set
         from components.training.trainer import load_trained
-        from validation.collapse import (collapse_report, id_counts_from_batch, interaction_collapse_map,
-                                         plot_interaction_map)
+        from validation.collapse import collapse_report, id_counts_from_batch
+        from validation.interaction_collapse import interaction_collapse_map, plot_interaction_map
 
         trained = load_trained(model_dir)
         start = time.perf_counter()

@@ -148,12 +148,14 @@ def render_data_docs(st: dict[str, Any]) -> str:
 def render_gates(st: dict[str, Any]) -> str:
     """The newest day's metrics next to the champion's and the oracle's, the gate table, the registered
     version and its aliases, and where to look."""
+    from validation.gate_words import failure_text
+
     metrics = st.get("metrics") or {}
     champ = st.get("champion") or {}
     champ_m = champ.get("metrics") or {}
     oracle = st.get("oracle") or {}
-    head = "comparison on the newest day" + (f" (champion: version {champ.get('version')})" if champ
-                                             else " (no champion yet)")
+    head = (f"comparison on the newest day (champion: version {champ.get('version')})" if champ
+            else "metrics on the newest day (no earlier version to compare with)")
     rows = []
     for task, m in metrics.items():
         c = champ_m.get(task) or {}
@@ -161,14 +163,17 @@ def render_gates(st: dict[str, Any]) -> str:
         delta = f"{auc - cauc:+.4f}" if isinstance(auc, float) and isinstance(cauc, float) else "-"
         rows.append([task, _num(auc), _num(cauc), delta, _num(oracle.get(task)), _num(m.get("gauc")),
                      _num(c.get("gauc")), _num(m.get("calibration")), _num(c.get("calibration"))])
-    blocks = [head, _table(["task", "AUC", "champion", "delta", "oracle", "GAUC", "champion", "calibration",
-                            "champion"], rows)]
+    columns = ["task", "AUC", "champion", "delta", "oracle", "GAUC", "champion", "calibration", "champion"]
+    if not champ:  # no champion: its columns would be empty
+        keep = [i for i, name in enumerate(columns) if name not in ("champion", "delta")]
+        columns, rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    blocks = [head, _table(columns, rows)]
     blocks.append("quality gates" + ("  [unchanged, skipped]" if st.get("skipped") else "") + "\n"
                   + (st.get("gate_table") or "-"))
+    reg = st.get("registered")
     for g in st.get("gates") or []:
         if not g.get("passed"):
-            blocks.append(f"  {g['name']} failed: " + _gate_reason(g))
-    reg = st.get("registered")
+            blocks.append(failure_text({**g, "reason": _gate_reason(g)}, (reg or {}).get("version")))
     if reg:
         aliases = ", ".join(reg.get("aliases") or []) or "no alias (a gate failed)"
         line = f"registered: {reg.get('name')} version {reg.get('version')} -> {aliases}; run {reg.get('run_id')}"

@@ -27,8 +27,8 @@ every rule still checked by GX:
   (validation/gx_expectations.py, reported as ``expect_column_values_to_be_unique``). The price: a
   failure reports the extreme value (a label of 2, the earliest timestamp) instead of a row count;
   ingestion's quarantine counts the rows;
-- :func:`tune_gx` turns off two whole-column Python loops in GX 1.24's pandas engine: the md5
-  fingerprint of the whole dataframe it keeps as a batch marker (``HASH_THRESHOLD``), and the scan for
+- ``tune_gx`` (validation/gx_tuning.py) turns off two whole-column Python loops in GX 1.24's pandas
+  engine: the md5 fingerprint of the whole dataframe it keeps as a batch marker (``HASH_THRESHOLD``), and the scan for
   ``decimal.Decimal`` objects that ``column.mean`` runs over every value even of an int8 column.
 
 Example::
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: Any = None
 _BATCH_DEFINITIONS: dict[str, Any] = {}
-_TUNED = False
 
 WINDOW_START, WINDOW_END = "window_start", "window_end"  # suite parameters: the run window of the day
 
@@ -128,72 +127,6 @@ def gx_type_name(arrow_type: "pa.DataType") -> str | None:
     return None
 
 
-def tune_gx() -> None:
-    """Turn off two whole-column Python loops of GX 1.24's pandas engine and cache the Data Docs'
-    compiled templates (idempotent; see the module docstring). None changes what an expectation
-    checks or reports, or what the Data Docs show:
-
-    - ``pandas_execution_engine.HASH_THRESHOLD``: frames smaller than this get an md5 fingerprint of
-      every value as a batch marker (3.5 s for 1M rows); 0 means never;
-    - ``util.does_ndarray_contain_decimal_dtype``: ``column.mean`` / ``column.sum`` call it to look for
-      ``decimal.Decimal`` objects with a generator over every value (6.6 s for two 10M-row label
-      columns); only an object array can hold one, so other dtypes answer False at once;
-    - Data Docs pages: see :func:`_cache_data_docs_templates`.
-    """
-    global _TUNED
-    if _TUNED:
-        return
-    import great_expectations.execution_engine.pandas_execution_engine as pandas_engine
-    import great_expectations.util as gx_util
-
-    pandas_engine.HASH_THRESHOLD = 0
-    _cache_data_docs_templates()
-    original = gx_util.does_ndarray_contain_decimal_dtype
-    if not getattr(original, "adsrec_tuned", False):
-
-        def does_ndarray_contain_decimal_dtype(data: Any) -> bool:
-            return getattr(data, "dtype", None) == object and original(data)
-
-        does_ndarray_contain_decimal_dtype.adsrec_tuned = True  # type: ignore[attr-defined]
-        gx_util.does_ndarray_contain_decimal_dtype = does_ndarray_contain_decimal_dtype
-    _TUNED = True
-
-
-def _cache_data_docs_templates() -> None:
-    """Share compiled Jinja templates between Data Docs builds. GX builds a new Jinja ``Environment``
-    for every page it renders, so each build parsed and compiled the same templates again (0.4 s of
-    the 0.5 s a checkpoint run spent on its Data Docs); Jinja's own ``bytecode_cache`` hook keeps them."""
-    from great_expectations.render.view.view import DefaultJinjaView
-    from jinja2 import BytecodeCache
-
-    if getattr(DefaultJinjaView.__init__, "adsrec_tuned", False):
-        return
-
-    class _MemoryBytecodeCache(BytecodeCache):
-        def __init__(self) -> None:
-            self.codes: dict[str, bytes] = {}
-            self.lock = threading.Lock()
-
-        def load_bytecode(self, bucket: Any) -> None:
-            code = self.codes.get(bucket.key)
-            if code is not None:
-                bucket.bytecode_from_string(code)
-
-        def dump_bytecode(self, bucket: Any) -> None:
-            with self.lock:
-                self.codes[bucket.key] = bucket.bytecode_to_string()
-
-    cache = _MemoryBytecodeCache()
-    original_init = DefaultJinjaView.__init__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        self.env.bytecode_cache = cache
-
-    __init__.adsrec_tuned = True  # type: ignore[attr-defined]
-    DefaultJinjaView.__init__ = __init__  # type: ignore[method-assign]
-
-
 def _context() -> Any:
     """The process-wide ephemeral GX context, for validation without a project folder."""
     global _CONTEXT
@@ -204,6 +137,8 @@ def _context() -> Any:
             InMemoryStoreBackendDefaults,
             ProgressBarsConfig,
         )
+
+        from validation.gx_tuning import tune_gx
 
         tune_gx()
         config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))

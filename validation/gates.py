@@ -1,11 +1,14 @@
 """Quality gates (DESIGN.md section 8): data, dimensional collapse, interest entanglement, model.
 
 Each gate returns a :class:`GateResult` ``(name, value, threshold, passed, details)``. A trained version is
-aliased ``challenger`` in the registry only when every gate passes. Thresholds come from
-``settings.gates`` (components/config/release.py, GatesConfig); docs/gates.md explains each one.
+aliased ``challenger`` in the registry only when every gate passes. Thresholds are passed in as a
+:class:`GateThresholds` (``settings.gates``, components/config/release.py GatesConfig, is one); docs/gates.md
+explains each one. What a failure means for the user, why it matters and what to do (the config key of
+the threshold that failed, or ``adsrec promote --force --reason``), is worded beside the gates in
+validation/gate_words.py; :meth:`GateResult.explain` gives it.
 
-The gates are plain functions of their inputs (manifests, a model, metrics), so they run the same from the
-daily flow, a notebook or a test::
+The gates are plain functions of their inputs (ingest records, a model, metrics), so they run the same
+from the daily flow, a notebook or a test; this module imports nothing from components/::
 
     g = model_gate({"click": {"auc": 0.70, "calibration": 1.02}}, {"click": {"auc": 0.705}}, 0.01, (0.5, 2.0))
     assert g.passed and g.value == -0.005
@@ -14,13 +17,25 @@ daily flow, a notebook or a test::
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from components.config import Settings
+from validation.gate_words import expectation_words, failure_text, finite_or_none, fixed, percent
+
+
+class GateThresholds(Protocol):
+    """The gate thresholds, by their config keys ``gates.<name>`` (components/config.py GatesConfig)."""
+
+    max_quarantine_rate: float
+    ia_max_rows: int
+    ia_floor: float
+    ia_champion_tolerance: float
+    min_separation: float
+    max_expert_correlation: float
+    entanglement_max_pairs: int
+    auc_tolerance: float
+    calibration_band: tuple[float, float]
 
 
 @dataclass
@@ -43,131 +58,104 @@ class GateResult:
         verdict = "pass" if self.passed else "FAIL"
         return f"{self.name}: {verdict}" + (f", {self.reason}" if self.reason else "")
 
-
-def _num(x: Any) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    v = _num(x)
-    return "undefined" if v is None else f"{v:.{digits}f}"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def expectation_words(e: Mapping[str, Any], bounds_key: str = "ingest.label_rate_bounds") -> str:
-    """A failed expectation of an ingest report (validation/expectations.py ``ExpectationResult`` as a
-    dict) in words: what was observed against which bound, e.g. ``click rate 0.61 above 0.50
-    (ingest.label_rate_bounds.click)``."""
-    name, table, column = str(e.get("name")), e.get("table"), e.get("column")
-    where = f"{table}.{column}" if column else str(table)
-    b = e.get("bounds") or {}
-    observed, bad = e.get("observed"), e.get("unexpected_count")
-    if e.get("exception"):
-        return f"{name} on {where} could not run: {e['exception']}"
-    if name == "expect_column_mean_to_be_between":
-        lo, hi, v = _num(b.get("min_value")), _num(b.get("max_value")), _num(observed)
-        if v is None:
-            return f"{column} rate undefined ({where})"
-        side = (f"above {hi:.2f}" if hi is not None and v > hi else f"below {lo:.2f}" if lo is not None and v < lo
-                else f"outside [{_fmt(lo, 2)}, {_fmt(hi, 2)}]")
-        return f"{column} rate {v:.2f} {side} ({bounds_key}.{column})"
-    if name == "expect_table_row_count_to_be_between":
-        return f"{table} has {observed} rows, fewer than {b.get('min_value')}"
-    count = f"{bad:,}" if isinstance(bad, int) else "some"
-    if name == "expect_column_values_to_not_be_null":
-        return f"{where} has {count} null values"
-    if name == "expect_column_values_to_be_unique":
-        return f"{where} has {count} repeated values"
-    if name == "expect_column_values_to_be_in_set":
-        return f"{where} has {count} values outside {b.get('value_set')}"
-    if name == "expect_column_values_to_be_of_type":
-        return f"{where} is of type {observed}, expected {b.get('type_')}"
-    if name == "expect_column_values_to_be_between":
-        return f"{where} has {count} values outside [{b.get('min_value')}, {b.get('max_value')})"
-    return f"{name} failed on {where}" + (f" (observed {observed})" if observed is not None else "")
+    def explain(self, version: int | None = None) -> str:
+        """A failed gate in words for the user (:func:`failure_text`); empty when it passed."""
+        return "" if self.passed else failure_text(self.to_dict(), version)
 
 
 # ----- data -------------------------------------------------------------------------------------------------
-def data_gate(settings: "Settings", days: Iterable[dt.date]) -> GateResult:
-    """The window's ingestion: every day ingested, its expectations passed, and the quarantine rate at
-    most ``gates.max_quarantine_rate``. The rate is the worst table's (quarantined / arrived rows of that
-    table over the window), so a users table lost wholesale cannot hide among many clean impressions."""
-    from components.runs import StageManifest
+@dataclass
+class _IngestWindow:
+    """The ingest records of a window added up: rows per table, missing days, failed expectations."""
 
-    bound = settings.gates.max_quarantine_rate
-    manifest = StageManifest(settings, "ingest")
-    rows_in = quarantined = 0
-    per_table: dict[str, list[int]] = {}  # table -> [rows in, rows quarantined] over the window
-    missing: list[str] = []
-    failed: dict[str, list[str]] = {}
-    failed_words: dict[str, list[str]] = {}
-    per_day: dict[str, float] = {}
+    rows_in: int = 0
+    quarantined: int = 0
+    per_table: dict[str, list[int]] = field(default_factory=dict)  # table -> [rows in, rows quarantined]
+    missing: list[str] = field(default_factory=list)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    failed_words: dict[str, list[str]] = field(default_factory=dict)
+    per_day: dict[str, float] = field(default_factory=dict)
     worst: tuple[int, str, str] = (0, "", "")  # (rows quarantined, day, its main reasons)
-    for day in days:
-        rec = manifest.read(day)
+
+    def add(self, day: dt.date, rec: Mapping[str, Any] | None) -> None:
         if rec is None:
-            missing.append(day.isoformat())
-            continue
+            self.missing.append(day.isoformat())
+            return
         res = rec["result"]
-        rows_in += int(res.get("rows_in", 0))
+        self.rows_in += int(res.get("rows_in", 0))
         day_quarantined = int(res.get("rows_quarantined", 0))
-        quarantined += day_quarantined
-        per_day[day.isoformat()] = float(res.get("quarantine_rate", 0.0))
+        self.quarantined += day_quarantined
+        self.per_day[day.isoformat()] = float(res.get("quarantine_rate", 0.0))
         tables = res.get("tables", {}) or {}
         for name, tr in tables.items():
-            acc = per_table.setdefault(name, [0, 0])
+            acc = self.per_table.setdefault(name, [0, 0])
             acc[0] += int(tr.get("rows_in", 0))
             acc[1] += int(tr.get("rows_quarantined", 0))
-        if day_quarantined > worst[0]:
+        if day_quarantined > self.worst[0]:
             reasons = sorted(((n, f"{t}: {r}") for t, tr in tables.items()
                               for r, n in (tr.get("reasons") or {}).items()), reverse=True)
-            worst = (day_quarantined, day.isoformat(), ", ".join(f"{n:,} rows {r}" for n, r in reasons[:2]))
+            self.worst = (day_quarantined, day.isoformat(), ", ".join(f"{n:,} rows {r}" for n, r in reasons[:2]))
         if not res.get("expectations_passed", False):
             bad = [e for t in tables.values() for e in t.get("expectations", []) if not e.get("success", True)]
-            failed[day.isoformat()] = sorted({f"{e.get('table')}.{e.get('column')}: {e.get('name')}" for e in bad})
-            failed_words[day.isoformat()] = [expectation_words(e) for e in bad] or [
+            self.failed[day.isoformat()] = sorted({f"{e.get('table')}.{e.get('column')}: {e.get('name')}"
+                                                   for e in bad})
+            self.failed_words[day.isoformat()] = [expectation_words(e) for e in bad] or [
                 "the ingest report says its expectations failed"]
-    table_rates = {t: q / n for t, (n, q) in per_table.items() if n}
+
+
+def data_gate(ingest_records: Mapping[dt.date, Mapping[str, Any] | None], max_quarantine_rate: float
+              ) -> GateResult:
+    """The window's ingestion: every day ingested, its expectations passed, and the quarantine rate at
+    most ``max_quarantine_rate`` (``gates.max_quarantine_rate``). The rate is the worst table's
+    (quarantined / arrived rows of that table over the window), so a users table lost wholesale cannot
+    hide among many clean impressions.
+
+    ``ingest_records``: ``{day: the ingest manifest's record of that day}`` (components/runs.py
+    ``StageManifest(settings, "ingest").read(day)``, ``{"result": ingest report}``), None for a day
+    never ingested.
+    """
+    bound = max_quarantine_rate
+    w = _IngestWindow()
+    for day, rec in ingest_records.items():
+        w.add(day, rec)
+    table_rates = {t: q / n for t, (n, q) in w.per_table.items() if n}
     worst_table = max(table_rates, key=table_rates.__getitem__, default=None)
-    rate = table_rates[worst_table] if worst_table else (quarantined / rows_in if rows_in else 0.0)
-    passed = not missing and not failed and rate <= bound
+    rate = table_rates[worst_table] if worst_table else (w.quarantined / w.rows_in if w.rows_in else 0.0)
+    passed = not w.missing and not w.failed and rate <= bound
     problems = []
     if rate > bound:
-        where = f" ({worst[1]}: {worst[2] or f'{worst[0]:,} rows'})" if worst[1] else ""
+        where = f" ({w.worst[1]}: {w.worst[2] or f'{w.worst[0]:,} rows'})" if w.worst[1] else ""
         table = f" of {worst_table}" if worst_table else ""
-        problems.append(f"quarantine rate{table} {_pct(rate)} > {_pct(bound)} bound{where}")
-    for day_s, words in failed_words.items():
+        problems.append(f"quarantine rate{table} {percent(rate)} > {percent(bound)} bound{where}")
+    for day_s, words in w.failed_words.items():
         problems.append(f"expectations failed on {day_s}: " + "; ".join(words))
-    if missing:
-        problems.append(f"{len(missing)} day(s) never ingested: {', '.join(missing)} (run adsrec ingest)")
+    if w.missing:
+        problems.append(f"{len(w.missing)} day(s) never ingested: {', '.join(w.missing)} (run adsrec ingest)")
     if problems:
         reason = "; ".join(problems)
     else:
         table = f" (worst table: {worst_table})" if worst_table else ""
-        reason = (f"quarantine rate {_pct(rate)}{table} <= {_pct(bound)} bound over {rows_in:,} rows; expectations "
-                  f"passed on {len(per_day)} day(s)")
+        reason = (f"quarantine rate {percent(rate)}{table} <= {percent(bound)} bound over {w.rows_in:,} rows; "
+                  f"expectations passed on {len(w.per_day)} day(s)")
     return GateResult("data", rate, bound, passed, {
-        "rows_in": rows_in, "rows_quarantined": quarantined, "quarantine_rate_per_day": per_day,
+        "rows_in": w.rows_in, "rows_quarantined": w.quarantined, "quarantine_rate_per_day": w.per_day,
         "quarantine_rate_per_table": table_rates,
-        "days_missing": missing, "failed_expectations": failed,
+        "days_missing": w.missing, "failed_expectations": w.failed,
     }, reason)
 
 
 # ----- dimensional collapse -----------------------------------------------------------------------------------
-def collapse_gate(settings: "Settings", model: Any, id_counts: Mapping[str, Any] | None,
+def collapse_gate(thresholds: GateThresholds, model: Any, id_counts: Mapping[str, Any] | None,
                   champion_value: float | None = None, report: Any = None) -> GateResult:
     """Mean IA/d over the model's fields (each field's rows sampled by impressions, validation/collapse.py)
     must stay at least ``gates.ia_floor`` and at most ``gates.ia_champion_tolerance`` under the champion's."""
     from validation.collapse import collapse_report
 
-    cfg = settings.gates
+    cfg = thresholds
     if report is None:
         report = collapse_report(model, id_counts=dict(id_counts) if id_counts is not None else None,
                                  max_rows=cfg.ia_max_rows)
-    value = _num(report.mean_ia_ratio)
+    value = finite_or_none(report.mean_ia_ratio)
     threshold = cfg.ia_floor
     if champion_value is not None:
         threshold = max(threshold, champion_value - cfg.ia_champion_tolerance)
@@ -189,7 +177,7 @@ def collapse_gate(settings: "Settings", model: Any, id_counts: Mapping[str, Any]
 
 
 # ----- interest entanglement ----------------------------------------------------------------------------------
-def entanglement_gate(settings: "Settings", model: Any, rows: Any, batch: Mapping[str, Any] | None = None,
+def entanglement_gate(thresholds: GateThresholds, model: Any, rows: Any, batch: Mapping[str, Any] | None = None,
                       report: Any = None, expert_corr: float | None = None) -> GateResult:
     """Task-specific representations must separate the conflicting (user, ad) pairs of every task pair
     by more than ``gates.min_separation`` (value: the smallest separation), and the mean absolute
@@ -199,9 +187,10 @@ def entanglement_gate(settings: "Settings", model: Any, rows: Any, batch: Mappin
     construction; its separation is reported, the separation condition is skipped and said so in
     ``details``, and only the expert-correlation bound applies.
     """
-    from validation.entanglement import entanglement_report, expert_correlation
+    from validation.entanglement import entanglement_report
+    from validation.expert_correlation import expert_correlation
 
-    cfg = settings.gates
+    cfg = thresholds
     if report is None and len(tuple(getattr(model, "tasks", ()) or ())) == 1:
         summary: dict[str, Any] = {"pairs": [], "has_task_tables": None}  # one task: no pair to analyse
     else:
@@ -209,7 +198,7 @@ def entanglement_gate(settings: "Settings", model: Any, rows: Any, batch: Mappin
             report = entanglement_report(model, rows, max_pairs=cfg.entanglement_max_pairs)
         summary = report.to_dict()
     pairs = summary.get("pairs", [])
-    seps = [p["separation"] for p in pairs if _num(p.get("separation")) is not None]
+    seps = [p["separation"] for p in pairs if finite_or_none(p.get("separation")) is not None]
     value = min(seps) if seps else None
     has_task_tables = bool(summary.get("has_task_tables", False))
     tasks = tuple(getattr(model, "tasks", ()) or ())
@@ -261,8 +250,8 @@ def model_gate(metrics: Mapping[str, Mapping[str, Any]], champion: Mapping[str, 
     deltas: list[float] = []
     ok = True
     for task, m in metrics.items():
-        auc_v, cal = _num(m.get("auc")), _num(m.get("calibration"))
-        champ = _num((champion or {}).get(task, {}).get("auc")) if champion else None
+        auc_v, cal = finite_or_none(m.get("auc")), finite_or_none(m.get("calibration"))
+        champ = finite_or_none((champion or {}).get(task, {}).get("auc")) if champion else None
         delta = None if auc_v is None or champ is None else auc_v - champ
         cal_ok = cal is not None and lo <= cal <= hi
         auc_ok = auc_v is not None and (delta is None or delta >= -auc_tolerance)
@@ -280,7 +269,7 @@ def model_gate(metrics: Mapping[str, Mapping[str, Any]], champion: Mapping[str, 
             problems.append(f"{task} AUC {t['auc']:.3f} is {-t['delta']:.3f} below the champion's "
                             f"{t['champion_auc']:.3f} (tolerance {auc_tolerance:.3f})")
         if not t["calibration_ok"]:
-            problems.append(f"{task} calibration {_fmt(t['calibration'], 2)} outside [{lo:.2f}, {hi:.2f}] "
+            problems.append(f"{task} calibration {fixed(t['calibration'], 2)} outside [{lo:.2f}, {hi:.2f}] "
                             "(mean prediction / observed rate)")
     if not metrics:
         reason = "no task metrics to judge"
@@ -291,7 +280,7 @@ def model_gate(metrics: Mapping[str, Mapping[str, Any]], champion: Mapping[str, 
                                                            else "") + f", calibration {t['calibration']:.2f}"
                            for task, t in per_task.items())
         if champion is None:
-            reason += " (no champion yet: calibration checked only)"
+            reason += " (no earlier version serving to compare AUC with: calibration checked only)"
     return GateResult("model", value, -auc_tolerance, bool(ok and metrics), {
         "tasks": per_task, "calibration_band": list(calibration_band), "champion": champion is not None,
     }, reason)

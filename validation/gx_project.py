@@ -91,7 +91,7 @@ def _context(gx_dir: Path) -> Any:
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     import validation.gx_expectations  # noqa: F401 - registers the custom expectation the stored suites use
-    from validation.expectations import tune_gx
+    from validation.gx_tuning import tune_gx
 
     tune_gx()
     ctx = gx.get_context(mode="file", project_root_dir=gx_dir.parent)

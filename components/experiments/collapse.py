@@ -90,7 +90,7 @@ def concatenated_ia_ratio(model: Any, id_counts: dict[str, np.ndarray], min_rows
     D is the summed width of the model's tables; rows are the field's read rows, sampled ∝ id count as in
     :func:`validation.collapse.collapse_report`. Returns the mean and the per-field ratios.
     """
-    from validation.collapse import information_abundance
+    from validation.information_abundance import information_abundance
 
     tables = [w.detach().float().cpu().numpy() for w in model.embedding_tables().values()]
     slices = next(iter(model.field_slices().values()))
@@ -130,9 +130,9 @@ def _train_one(market: "Market", variant: dict[str, Any], seed: int, train: dict
 
 def _plot(summary: dict[str, dict[str, Any]], tasks: tuple[str, ...], path: Any) -> Any:
     """AUC (click) and the two IA measures against embedding parameters, one line per family."""
-    from validation.collapse import _pyplot, _save
+    from validation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [(f"auc_{tasks[0]}", f"test AUC ({tasks[0]})"), ("ia_whole", "IA / D, id fields (whole embedding)"),
                ("ia_ratio", "mean IA / d (all fields, per table)")]
     if len(tasks) > 1:
@@ -160,7 +160,7 @@ def _plot(summary: dict[str, dict[str, Any]], tasks: tuple[str, ...], path: Any)
     fig.suptitle("single table widened 1x/2x/4x/10x (dashed) vs 1/2/4/10 tables (solid); mean ± std over seeds",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _verdict(summary: dict[str, dict[str, Any]], task: str, scales: tuple[int, ...]) -> tuple[str, str]:

@@ -235,9 +235,9 @@ def _verdict(cases: list[dict[str, Any]]) -> tuple[Verdict, str]:
 
 # ----- plots ----------------------------------------------------------------------------------------------
 def _plot_auc(results: dict[str, dict[str, Any]], path: Any) -> Any:
-    from validation.collapse import _pyplot, _save
+    from validation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     keys = (("click_auc", 0), ("conversion_auc", 1), ("post_click_conversion_auc", None))
     fig, axes = plt.subplots(len(results), len(keys), figsize=(13, 3.0 * len(results)), squeeze=False)
     colours = plt.get_cmap("tab10")
@@ -260,13 +260,13 @@ def _plot_auc(results: dict[str, dict[str, Any]], path: Any) -> Any:
             ax.set_title(f"{dataset}: {label}", fontsize=9)
     fig.suptitle("test AUC per model (mean ± std over seeds; dashed: single-task)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_pairs(dataset: str, hist: dict[str, tuple[Any, Any]], path: Any, bins: int = 40) -> Any:
-    from validation.collapse import _pyplot, _save
+    from validation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     names = TASK_NAMES.get(dataset, TASKS)
     fig, axes = plt.subplots(len(hist), 2, figsize=(9, 2.2 * len(hist)), squeeze=False)
     for r, (model, tables) in enumerate(hist.items()):
@@ -289,7 +289,7 @@ def _plot_pairs(dataset: str, hist: dict[str, tuple[Any, Any]], path: Any, bins:
     fig.suptitle(f"{dataset}: conflicting pairs' user-ad distances (gap > 0: {names[0]}-only pairs closer; "
                  f"seed 0)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----- run ------------------------------------------------------------------------------------------------

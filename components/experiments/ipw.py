@@ -69,9 +69,9 @@ def _metrics(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]
 
 
 def _plot(per_seed: dict[str, list[dict[str, float]]], seeds: tuple[int, ...], path: Any) -> Any:
-    from validation.collapse import _pyplot, _save
+    from validation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     variants = list(per_seed)
     width = 0.8 / len(variants)
@@ -96,29 +96,28 @@ def _plot(per_seed: dict[str, list[dict[str, float]]], seeds: tuple[int, ...], p
     axes[1].set_title("click calibration by exposure (mean ± std over seeds)", fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def run(ctx: ExperimentContext) -> ExperimentResult:
-    """Train every model with and without IPW on every seed; see the module docstring."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+COLUMNS: tuple[tuple[str, str, int], ...] = (  # (table column, metric, digits)
+    ("first-exposure click calibration", "first_click_calibration", 3),
+    ("mean |calibration - 1|", "first_click_calibration_gap", 3),
+    ("mean pred / mean true p (first)", "first_click_vs_truth", 3),
+    ("first-exposure click AUC", "first_click_auc", 4),
+    ("first-exposure conversion AUC", "first_conversion_auc", 4),
+    ("all-rows click AUC", "all_click_auc", 4),
+    ("all-rows click calibration", "all_click_calibration", 3),
+)
+
+
+def _train_variants(ctx: ExperimentContext, market: "Market", weights: dict[str, np.ndarray], epochs: int
+                    ) -> dict[str, list[dict[str, float]]]:
+    """Every model with and without IPW on every seed: the test metrics per variant, one dict per seed."""
     import torch
 
-    from components.experiments.data import simulated_market
-    from components.training.propensity import ExposurePropensity
     from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
 
-    simulator, days, epochs = (SIMULATOR_SMALL, 4, 1) if ctx.small else (SIMULATOR, 6, TRAIN["epochs"])
-    market = simulated_market(ctx.settings, simulator, days=days, tasks=TASKS)
-    propensity = ExposurePropensity().fit(market.train)
-    weights = {t: propensity.weights(market.train, t) for t in TASKS}
-    summary = propensity.weight_summary()
-    first = market.extra["first_exposure"]
-    ctx.progress(f"[ipw] {market.train.num_rows} train rows, {market.test.num_rows} test rows "
-                 f"({int(first.sum())} first exposures, {int(market.labels['click'][first].sum())} clicks); "
-                 f"IPW re-weights {int((weights['click'] < 1).sum())} click positives of "
-                 f"{int(market.train['click'].to_numpy().sum())}")
     per_seed: dict[str, list[dict[str, float]]] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on 2 shared cores
@@ -137,23 +136,21 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                                                           **COMMON, **TRAIN, "epochs": epochs}, metrics)
     finally:
         torch.set_num_threads(threads)
-    ctx.plot_dir.mkdir(parents=True, exist_ok=True)
-    plots = [_plot(per_seed, ctx.seeds, ctx.plot_dir / "calibration.png")]
+    return per_seed
 
-    cols = [("first-exposure click calibration", "first_click_calibration", 3),
-            ("mean |calibration - 1|", "first_click_calibration_gap", 3),
-            ("mean pred / mean true p (first)", "first_click_vs_truth", 3),
-            ("first-exposure click AUC", "first_click_auc", 4),
-            ("first-exposure conversion AUC", "first_conversion_auc", 4),
-            ("all-rows click AUC", "all_click_auc", 4),
-            ("all-rows click calibration", "all_click_calibration", 3)]
+
+def _table_rows(per_seed: dict[str, list[dict[str, float]]]) -> list[dict[str, str]]:
     rows = []
     for variant, runs in per_seed.items():
         row = {"variant": variant}
-        for label, key, digits in cols:
+        for label, key, digits in COLUMNS:
             row[label] = fmt(*mean_std([m[key] for m in runs]), digits=digits)
         rows.append(row)
+    return rows
 
+
+def _verdict(per_seed: dict[str, list[dict[str, float]]]) -> tuple[Verdict, str]:
+    """Per model: does IPW bring first-exposure calibration nearer 1, and is AUC kept within tolerance."""
     checks, parts = [], []
     for name in MODELS:
         plain, weighted = per_seed[f"{name} no IPW"], per_seed[f"{name} + IPW"]
@@ -183,6 +180,29 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                (". AUC is kept within max(0.002, std)." if auc_kept else ". IPW costs AUC beyond max(0.002, std).")
                + f" The price: click calibration over all test rows ({overall}) - the weights target first "
                "exposures, so repeated exposures are under-predicted.")
+    return verdict, finding
+
+
+def run(ctx: ExperimentContext) -> ExperimentResult:
+    """Train every model with and without IPW on every seed; see the module docstring."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from components.experiments.data import simulated_market
+    from components.training.propensity import ExposurePropensity
+
+    simulator, days, epochs = (SIMULATOR_SMALL, 4, 1) if ctx.small else (SIMULATOR, 6, TRAIN["epochs"])
+    market = simulated_market(ctx.settings, simulator, days=days, tasks=TASKS)
+    propensity = ExposurePropensity().fit(market.train)
+    weights = {t: propensity.weights(market.train, t) for t in TASKS}
+    summary = propensity.weight_summary()
+    first = market.extra["first_exposure"]
+    ctx.progress(f"[ipw] {market.train.num_rows} train rows, {market.test.num_rows} test rows "
+                 f"({int(first.sum())} first exposures, {int(market.labels['click'][first].sum())} clicks); "
+                 f"IPW re-weights {int((weights['click'] < 1).sum())} click positives of "
+                 f"{int(market.train['click'].to_numpy().sum())}")
+    per_seed = _train_variants(ctx, market, weights, epochs)
+    ctx.plot_dir.mkdir(parents=True, exist_ok=True)
+    plots = [_plot(per_seed, ctx.seeds, ctx.plot_dir / "calibration.png")]
+    verdict, finding = _verdict(per_seed)
     down = weights["click"] < 1
     mean_down = float(weights["click"][down].mean()) if down.any() else math.nan
     notes = [
@@ -200,8 +220,8 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         "the simulator's true click probabilities of the same rows instead of the labels.",
     ]
     return ExperimentResult(name="ipw", title=EXPERIMENT.title, claim=EXPERIMENT.claim,
-                            columns=["variant", *(c[0] for c in cols)], rows=rows, verdict=verdict,
-                            finding=finding, plots=plots, notes=notes,
+                            columns=["variant", *(c[0] for c in COLUMNS)], rows=_table_rows(per_seed),
+                            verdict=verdict, finding=finding, plots=plots, notes=notes,
                             data={"per_seed": per_seed, "propensity": summary.get("strata", [])})
 
 

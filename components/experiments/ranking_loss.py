@@ -111,9 +111,9 @@ def _plot(panels: list[tuple[str, dict[float, dict[float, tuple[float, float]]],
           rates: list[float], path: Any) -> Any:
     """Per dataset: AUC gain over BCE against the training positive rate (one line per α), and
     prior-corrected logloss. ``panels``: (dataset, gains[α][rate], loglosses[α][rate])."""
-    from validation.collapse import _pyplot, _save
+    from validation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 2, figsize=(10, 4 * len(panels)), squeeze=False)
     x = [100 * r for r in rates]
     for (name, gains, loglosses), (ax1, ax2) in zip(panels, axes):
@@ -135,7 +135,7 @@ def _plot(panels: list[tuple[str, dict[float, dict[float, tuple[float, float]]],
         ax2.set_title(f"{name}: test logloss, prior-corrected", fontsize=10)
     fig.suptitle("combined-pair loss vs BCE (click), mean ± std over seeds", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _verdict(best: dict[float, tuple[float, float, float]], rates: list[float]) -> tuple[str, str]:

@@ -68,22 +68,19 @@ def _key(name: str, numeric: str) -> str:
     return f"{name} [{numeric}]"
 
 
-def run(ctx: ExperimentContext) -> ExperimentResult:
-    from components.training.evaluation import auc
+Results = dict[str, dict[str, list[float]]]  # variant key -> metric -> one value per seed
+
+
+def _train_variants(ctx: ExperimentContext, full: Any, train_cfg: dict[str, Any], new_ad: np.ndarray
+                    ) -> tuple[Results, dict[str, dict[str, Any]]]:
+    """Train every variant of :data:`VARIANTS` once per seed and score the test day: the metrics per
+    variant key, and each variant's fields."""
     from components.experiments import data as D
+    from components.training.evaluation import auc
     from components.training.trainer import TrainConfig, predict, train_ranker
     from models.config import RankerConfig
 
-    full = D.pipeline_market(
-        ctx.settings, days=D.PIPELINE_DAYS_SMALL if ctx.small else D.PIPELINE_DAYS,
-        simulator=D.PIPELINE_SIMULATOR_SMALL if ctx.small else D.PIPELINE_SIMULATOR,
-        features=D.PIPELINE_FEATURES, progress=ctx.progress)
-    train_cfg = TRAIN_SMALL if ctx.small else TRAIN
-    new_ad = full.extra["new_ad"]
-    if new_ad is None or not new_ad.any():
-        raise RuntimeError("the test day has no impressions of new ads: no cold-start slice")
-
-    per: dict[str, dict[str, list[float]]] = {}
+    per: Results = {}
     fields: dict[str, dict[str, Any]] = {}
     markets: dict[tuple[str, ...], Any] = {}
     for name, prefixes, numeric in VARIANTS:
@@ -115,12 +112,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                                                "ad_columns": ",".join(c for c in market.train.column_names
                                                                       if _ad_side(c)) or "ad_id",
                                                **MODEL, "mnse_bases": bases, **train_cfg}, metrics)
+    return per, fields
 
-    # ----- table, verdict, plots
-    test_rows, n_new = full.test.num_rows, int(new_ad.sum())
-    new_clicks = int(full.labels["click"][new_ad].sum())
-    columns = ["ad representation", "numeric encoding", "click AUC", "click AUC, new ads", "conversion AUC",
-               "parameters"]
+
+def _table_rows(per: Results) -> list[dict[str, str]]:
+    """One row per variant: seed mean and spread of the AUCs, and the parameter count."""
     rows = []
     for name, _p, numeric in VARIANTS:
         m = per[_key(name, numeric)]
@@ -129,7 +125,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                      "click AUC, new ads": fmt(*mean_std(m["click_auc_new_ads"])),
                      "conversion AUC": fmt(*mean_std(m["conversion_auc"])),
                      "parameters": f"{int(m['parameters'][0]):,}"})
+    return rows
 
+
+def _verdict(per: Results) -> tuple[dict[str, bool], Verdict, str]:
+    """The three checks of the claim (paired gains above their seed spread), the verdict and the finding."""
     def mean(key: str, metric: str) -> float:
         return mean_std(per[key][metric])[0]
 
@@ -158,6 +158,28 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                f"{mean(k_see, 'click_auc_new_ads'):.4f} ({g_see_new[0]:+.4f}); overall + semantic IDs {g_sid[0]:+.4f}, "
                f"+ SEE {g_see[0]:+.4f}; MNSE vs plain buckets {g_mnse[0]:+.4f} overall ({g_mnse_new[0]:+.4f} on "
                f"new ads), {g_mnse_all[0]:+.4f} with all ad features")
+    return parts, verdict, finding
+
+
+def run(ctx: ExperimentContext) -> ExperimentResult:
+    from components.experiments import data as D
+
+    full = D.pipeline_market(
+        ctx.settings, days=D.PIPELINE_DAYS_SMALL if ctx.small else D.PIPELINE_DAYS,
+        simulator=D.PIPELINE_SIMULATOR_SMALL if ctx.small else D.PIPELINE_SIMULATOR,
+        features=D.PIPELINE_FEATURES, progress=ctx.progress)
+    train_cfg = TRAIN_SMALL if ctx.small else TRAIN
+    new_ad = full.extra["new_ad"]
+    if new_ad is None or not new_ad.any():
+        raise RuntimeError("the test day has no impressions of new ads: no cold-start slice")
+    per, fields = _train_variants(ctx, full, train_cfg, new_ad)
+
+    # ----- table, verdict, plots
+    test_rows, n_new = full.test.num_rows, int(new_ad.sum())
+    new_clicks = int(full.labels["click"][new_ad].sum())
+    columns = ["ad representation", "numeric encoding", "click AUC", "click AUC, new ads", "conversion AUC",
+               "parameters"]
+    parts, verdict, finding = _verdict(per)
     notes = [
         f"Data: the simulator through the full pipeline ({full.train.num_rows:,} train rows, {test_rows:,} test rows "
         f"on the last day, of which {n_new:,} on new ads with {new_clicks} clicks; simulator "
@@ -172,7 +194,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     ]
     plots = _plots(ctx, per)
     return ExperimentResult(
-        name=ctx.name, title=EXPERIMENT.title, claim=EXPERIMENT.claim, columns=columns, rows=rows,
+        name=ctx.name, title=EXPERIMENT.title, claim=EXPERIMENT.claim, columns=columns, rows=_table_rows(per),
         verdict=verdict, finding=finding, plots=plots, notes=notes,
         data={"per_seed": per, "fields": fields, "new_ad_rows": n_new, "new_ad_clicks": new_clicks,
               "checks": parts})

@@ -26,6 +26,7 @@ reported, along with r of the category-averaged gap profile and r for the same T
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -137,22 +138,22 @@ def _correlations(learned: np.ndarray, planted: np.ndarray, cells: np.ndarray, c
 
 
 # ----- the run -----------------------------------------------------------------------------------------
-def run(ctx: ExperimentContext) -> ExperimentResult:
-    import torch
+@dataclass
+class PlantedCells:
+    """The planted category x gap matrix of the training sequences and the cells the correlation uses."""
 
-    from components.training.evaluation import auc, gauc
-    from components.experiments import data as D
-    from components.training.trainer import TrainConfig, predict, train_ranker
-    from models.config import RankerConfig
-    from models.ranker import Ranker
+    category_field: str
+    n_cats: int
+    n_gaps: int
+    planted: np.ndarray  # [n_cats, n_gaps]
+    counts: np.ndarray  # same-category behaviours per cell
+    mean_position: np.ndarray
+    cells: np.ndarray  # bool: cells with at least min_cell behaviours (the unknown category left out)
 
-    market = D.pipeline_market(
-        ctx.settings, days=D.PIPELINE_DAYS_SMALL if ctx.small else D.PIPELINE_DAYS,
-        simulator=D.PIPELINE_SIMULATOR_SMALL if ctx.small else D.PIPELINE_SIMULATOR,
-        features=D.PIPELINE_FEATURES, progress=ctx.progress)
+
+def planted_cells(market: Any, min_cell: int) -> PlantedCells:
+    """:func:`planted_matrix` of the market's same-category behaviours, with the cells to correlate over."""
     sim = market.extra["settings"].simulator
-    train_cfg = TRAIN_SMALL if ctx.small else TRAIN
-    min_cell = MIN_CELL_SMALL if ctx.small else MIN_CELL
     enc = market.encoders
     if enc.sequence is None or enc.sequence.category_field is None:
         raise RuntimeError("the pipeline's training set has no behaviour sequence with categories")
@@ -164,6 +165,23 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                                                sim.temporal_decay_hours)
     cells = counts >= min_cell
     cells[0, :] = False  # the unknown category
+    return PlantedCells(cat_field, n_cats, n_gaps, planted, counts, mean_pos, cells)
+
+
+def _train_variants(ctx: ExperimentContext, market: Any, train_cfg: dict[str, Any], plant: PlantedCells
+                    ) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
+    """Train every sequence encoder once per seed: test metrics per variant and, for TIM, the learned
+    matrix against the planted one (and the same TIM untrained, a chance reference)."""
+    import torch
+
+    from components.training.evaluation import auc, gauc
+    from components.training.trainer import TrainConfig, predict, train_ranker
+    from models.config import RankerConfig
+    from models.ranker import Ranker
+
+    enc = market.encoders
+    cat_field, n_cats, n_gaps, mean_pos = plant.category_field, plant.n_cats, plant.n_gaps, plant.mean_position
+    planted, cells, counts = plant.planted, plant.cells, plant.counts
     train_batch = enc.encode(market.train, with_labels=True)
     users = market.test.column("user_id").to_numpy()
 
@@ -192,9 +210,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                                                    "sequence_encoder": encoder, **train_cfg,
                                                    "train_rows": market.train.num_rows,
                                                    "test_rows": market.test.num_rows}, metrics)
+    return per, matrices
 
-    # ----- table, verdict, plots
-    columns = ["sequence encoder", "click AUC", "click GAUC", "conversion AUC", "r(learned, planted)"]
+
+def _table_rows(per: dict[str, dict[str, list[float]]]) -> list[dict[str, str]]:
     rows = []
     for variant, _ in VARIANTS:
         m = per[variant]
@@ -202,6 +221,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         rows.append({"sequence encoder": variant, "click AUC": fmt(*mean_std(m["click_auc"])),
                      "click GAUC": fmt(*mean_std(m["click_gauc"])),
                      "conversion AUC": fmt(*mean_std(m["conversion_auc"])), "r(learned, planted)": r_cell})
+    return rows
+
+
+def _verdict(per: dict[str, dict[str, list[float]]], n_cells: int) -> tuple[Verdict, str]:
+    """TIM against DIN and mean pooling (AUC margin above the seed spread) and its learned correlation."""
     auc_mean = {v: mean_std(per[v]["click_auc"])[0] for v, _ in VARIANTS}
     auc_std = {v: mean_std(per[v]["click_auc"])[1] for v, _ in VARIANTS}
     r_cells = mean_std(per["tim"].get("tim_r_cells", []))
@@ -220,8 +244,30 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         verdict = "not reproduced"
     finding = (f"click AUC tim {auc_mean['tim']:.4f} vs din {auc_mean['din']:.4f}, mean {auc_mean['mean']:.4f}, "
                f"no sequence {auc_mean['none']:.4f}; TIM's learned category x gap attention correlates with the "
-               f"planted boost at r = {r_cells[0]:.2f} ± {r_cells[1]:.2f} over {int(cells.sum())} cells "
+               f"planted boost at r = {r_cells[0]:.2f} ± {r_cells[1]:.2f} over {n_cells} cells "
                f"(gap profile r = {r_prof[0]:.2f}; untrained TIM r = {r_init[0]:.2f})")
+    return verdict, finding
+
+
+def run(ctx: ExperimentContext) -> ExperimentResult:
+    from components.experiments import data as D
+
+    market = D.pipeline_market(
+        ctx.settings, days=D.PIPELINE_DAYS_SMALL if ctx.small else D.PIPELINE_DAYS,
+        simulator=D.PIPELINE_SIMULATOR_SMALL if ctx.small else D.PIPELINE_SIMULATOR,
+        features=D.PIPELINE_FEATURES, progress=ctx.progress)
+    sim = market.extra["settings"].simulator
+    train_cfg = TRAIN_SMALL if ctx.small else TRAIN
+    min_cell = MIN_CELL_SMALL if ctx.small else MIN_CELL
+    plant = planted_cells(market, min_cell)
+    planted, counts, cells = plant.planted, plant.counts, plant.cells
+    per, matrices = _train_variants(ctx, market, train_cfg, plant)
+
+    # ----- table, verdict, plots
+    columns = ["sequence encoder", "click AUC", "click GAUC", "conversion AUC", "r(learned, planted)"]
+    verdict, finding = _verdict(per, int(cells.sum()))
+    r_prof = mean_std(per["tim"].get("tim_r_profile", []))
+    r_init = mean_std(per["tim"].get("init_r_cells", []))
     notes = [
         f"Data: the simulator through the full pipeline ({market.train.num_rows:,} train rows on days 1-"
         f"{(D.PIPELINE_DAYS_SMALL if ctx.small else D.PIPELINE_DAYS) - 1}, {market.test.num_rows:,} test rows on the last day; "
@@ -237,7 +283,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     ]
     plots = _plots(ctx, per, planted, matrices.get("learned", []), cells, counts)
     return ExperimentResult(
-        name=ctx.name, title=EXPERIMENT.title, claim=EXPERIMENT.claim, columns=columns, rows=rows,
+        name=ctx.name, title=EXPERIMENT.title, claim=EXPERIMENT.claim, columns=columns, rows=_table_rows(per),
         verdict=verdict, finding=finding, plots=plots, notes=notes,
         data={"per_seed": per, "cells": int(cells.sum()), "planted": np.where(cells, planted, np.nan).tolist(),
               "counts": counts.tolist()})

@@ -69,7 +69,8 @@ def analyse_model(settings: Settings, trained: Any, train: Any, valid: Any, task
     ``EXPERT_ROWS`` validation rows, the entanglement of the task pairs (two tasks or more) or, with one
     task, only the correlation of the experts."""
     from validation.collapse import collapse_report, id_counts_from_batch
-    from validation.entanglement import entanglement_report, expert_correlation
+    from validation.entanglement import entanglement_report
+    from validation.expert_correlation import expert_correlation
 
     cfg = settings.gates
     t0 = time.perf_counter()
@@ -95,15 +96,16 @@ def run_gates(settings: Settings, days: Sequence[dt.date], trained: Any, train: 
               metrics: dict[str, dict[str, Any]], champ: dict[str, Any] | None) -> list[Any]:
     """The four gates in order: data (the window's ingestion), collapse, entanglement, model (against the
     champion's metrics on the same rows when there is one)."""
+    from components.runs import StageManifest
     from validation.gates import collapse_gate, data_gate, entanglement_gate, model_gate
 
     cfg = settings.gates
     collapse, entangled, expert_corr = analysis.collapse, analysis.entangled, analysis.expert_corr
     gates = [
-        data_gate(settings, days),
-        collapse_gate(settings, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
+        data_gate({day: StageManifest(settings, "ingest").read(day) for day in days}, cfg.max_quarantine_rate),
+        collapse_gate(cfg, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
                       report=collapse),
-        entanglement_gate(settings, trained.model, train, report=entangled, expert_corr=expert_corr),
+        entanglement_gate(cfg, trained.model, train, report=entangled, expert_corr=expert_corr),
         model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band)),
     ]
     return gates
@@ -179,7 +181,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
     write_json_atomic(analysis_dir / "gates.json", {"gates": gate_dicts, "passed": passed})
-    log.info("gates for %s:\n%s", end_day, gate_table(gates))
+    log.info("gates for %s:\n%s", end_day, "\n".join(filter(None, [gate_table(gates), *(g.explain() for g in gates)])))
 
     registered = promoted = None
     if registry_on:

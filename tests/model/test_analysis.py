@@ -29,7 +29,7 @@ TRAIN: dict[str, Any] = {"epochs": 1, "batch_size": 512, "lr": 3e-3, "patience":
 def test_gaussian_matrix_has_ia_close_to_d() -> None:
     """5000 x 16 standard normal: measured IA 15.20 / 15.30 / 15.29 (seeds 0-2), so > 0.9 d holds with room;
     the finite sample keeps it under d."""
-    from validation.collapse import information_abundance
+    from validation.information_abundance import information_abundance
 
     for seed in range(3):
         x = np.random.default_rng(seed).normal(size=(5000, 16))
@@ -39,7 +39,7 @@ def test_gaussian_matrix_has_ia_close_to_d() -> None:
 
 def test_rank_one_matrix_has_ia_one() -> None:
     """Rows on one line, of any length and either sign, normalise to ±u: IA = 1 (zero rows are dropped)."""
-    from validation.collapse import information_abundance, normalised_spectrum
+    from validation.information_abundance import information_abundance, normalised_spectrum
 
     u = np.random.default_rng(0).normal(size=16)
     x = np.outer(np.r_[np.arange(1, 50), -np.arange(1, 20), 0.0], u)
@@ -52,7 +52,7 @@ def test_rank_one_matrix_has_ia_one() -> None:
 
 
 def test_information_abundance_rejects_bad_input() -> None:
-    from validation.collapse import information_abundance
+    from validation.information_abundance import information_abundance
 
     with pytest.raises(ValueError, match="2-D"):
         information_abundance(np.ones(5))
@@ -65,7 +65,7 @@ def test_information_abundance_rejects_bad_input() -> None:
 
 
 def test_weighted_sample_is_proportional_and_skips_zero_weights() -> None:
-    from validation.collapse import usable_rows, weighted_sample
+    from validation.information_abundance import usable_rows, weighted_sample
 
     w = np.array([0.0, 1.0, 1.0, 8.0, 0.0, 2.0])
     hits = np.zeros(len(w))
@@ -89,7 +89,7 @@ def test_weighted_sample_is_proportional_and_skips_zero_weights() -> None:
 def test_unseen_rows_are_excluded_by_weights() -> None:
     """40 trained rows on a 2-dimensional subspace + 2000 random never-seen rows: unweighted, the unseen
     rows hide the collapse (IA near d); with counts only the trained rows count (IA <= 2)."""
-    from validation.collapse import information_abundance
+    from validation.information_abundance import information_abundance
 
     rng = np.random.default_rng(0)
     trained = rng.normal(size=(40, 2)) @ rng.normal(size=(2, 16))
@@ -206,7 +206,7 @@ def test_interaction_map_on_dcnv2(tmp_path: Path, torch_one_thread: None) -> Non
 
     from models.config import RankerConfig
     from models.ranker import Ranker
-    from validation.collapse import interaction_collapse_map, plot_interaction_map
+    from validation.interaction_collapse import interaction_collapse_map, plot_interaction_map
 
     spec = _tiny_spec()
     model = Ranker(spec, RankerConfig(arch="dcnv2", embedding_dim=8, expert_hidden=(8,), tower_hidden=(4,),
@@ -236,14 +236,14 @@ def test_interaction_map_on_dcnv2(tmp_path: Path, torch_one_thread: None) -> Non
 
 # ----- contradictory pairs, by hand --------------------------------------------------------------------------
 def _rows(users: list[int], ads: list[int], a: list[int], b: list[int], n: int = 10) -> Any:
-    from validation.entanglement import InteractionRows
+    from validation.conflicting_pairs import InteractionRows
 
     labels = {"click": np.array(a, bool), "conversion": np.array(b, bool)}
     return InteractionRows(np.array(users), np.array(ads), labels, n_users=n, n_ads=n)
 
 
 def test_label_pairs_dedup_frequency_and_funnel() -> None:
-    from validation.entanglement import contradictory_pairs
+    from validation.conflicting_pairs import contradictory_pairs
 
     #            user  ad  click conv
     impressions = [(1, 1, 1, 0), (1, 1, 1, 0),  # C_click, twice: one pair
@@ -272,7 +272,8 @@ def test_single_shared_table_separates_nothing(torch_one_thread: None) -> None:
 
     from models.config import RankerConfig
     from models.ranker import Ranker
-    from validation.entanglement import ConflictingPairs, pair_separation
+    from validation.conflicting_pairs import ConflictingPairs
+    from validation.entanglement import pair_separation
 
     spec = _tiny_spec()
     rng = np.random.default_rng(0)
@@ -367,7 +368,7 @@ def test_unknown_ids_are_dropped_not_mapped_to_row_zero(trained: Trained) -> Non
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from validation.entanglement import interaction_rows
+    from validation.conflicting_pairs import interaction_rows
 
     table = trained.table.slice(0, 1000)
     strangers = table.set_column(table.column_names.index("user_id"), "user_id",
@@ -383,7 +384,7 @@ def test_unknown_ids_are_dropped_not_mapped_to_row_zero(trained: Trained) -> Non
 def test_reference_rule(trained: Trained) -> None:
     """Identical references cannot disagree (far under one, close under the other); two different ones
     give pairs that obey the 60th / 40th percentile rule."""
-    from validation.entanglement import (_pair_distances, frequent_mask, interaction_rows, reference_pairs)
+    from validation.conflicting_pairs import frequent_mask, interaction_rows, pair_distances, reference_pairs
 
     data = interaction_rows(trained.stem.model, trained.table, trained.encoders, ("click", "conversion"))
     same = reference_pairs(data, "click", "conversion", {"click": trained.mmoe.model, "conversion": trained.mmoe.model})
@@ -397,7 +398,7 @@ def test_reference_rule(trained: Trained) -> None:
 
     def dist(ref: Any, table: str, p: np.ndarray) -> np.ndarray:
         u, a = ref.user_item_embeddings(table)
-        return _pair_distances(u.numpy().astype(np.float64), a.numpy().astype(np.float64), p)
+        return pair_distances(u.numpy().astype(np.float64), a.numpy().astype(np.float64), p)
 
     d_click, d_conv = dist(refs["click"], "shared", every), dist(refs["conversion"], "task:conversion", every)
     assert (dist(refs["click"], "shared", pairs.pairs_b) > np.percentile(d_click, 60)).all()
@@ -411,7 +412,7 @@ def test_expert_correlation(trained: Trained) -> None:
 
     import torch
 
-    from validation.entanglement import expert_correlation
+    from validation.expert_correlation import expert_correlation
 
     batch = trained.encoders.encode(trained.table.slice(0, 3000), with_labels=False)
     mean_abs, matrix = expert_correlation(trained.mmoe.model, batch, max_rows=2000)

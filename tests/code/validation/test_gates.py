@@ -11,6 +11,14 @@ import pytest
 from validation.gates import GateResult, all_passed, data_gate, gate_table, model_gate
 
 
+def _data_gate(settings, days):
+    """The data gate over the ingest manifests of ``days``, as components/registry/gate_and_register.py calls it."""
+    from components.runs import StageManifest
+
+    manifest = StageManifest(settings, "ingest")
+    return data_gate({day: manifest.read(day) for day in days}, settings.gates.max_quarantine_rate)
+
+
 def test_model_gate_compares_with_the_champion_and_checks_calibration() -> None:
     ok = model_gate({"click": {"auc": 0.700, "calibration": 1.1}, "conversion": {"auc": 0.65, "calibration": 0.8}},
                     {"click": {"auc": 0.705}, "conversion": {"auc": 0.64}}, 0.01, (0.5, 2.0))
@@ -31,13 +39,13 @@ def test_data_gate_reads_the_ingest_manifests(settings) -> None:
     d1, d2, d3 = (dt.date(2026, 11, d) for d in (1, 2, 3))
     m.record(d1, "x", {"rows_in": 1000, "rows_quarantined": 10, "quarantine_rate": 0.01, "expectations_passed": True})
     m.record(d2, "y", {"rows_in": 1000, "rows_quarantined": 30, "quarantine_rate": 0.03, "expectations_passed": True})
-    g = data_gate(settings, [d1, d2])
+    g = _data_gate(settings, [d1, d2])
     assert g.passed and g.value == pytest.approx(0.02) and g.threshold == settings.gates.max_quarantine_rate
-    assert not data_gate(settings, [d1, d2, d3]).passed  # a day never ingested
+    assert not _data_gate(settings, [d1, d2, d3]).passed  # a day never ingested
     m.record(d3, "z", {"rows_in": 100, "rows_quarantined": 60, "quarantine_rate": 0.6, "expectations_passed": False,
                        "tables": {"impressions": {"expectations": [
                            {"table": "impressions", "column": "click", "name": "expect_x", "success": False}]}}})
-    bad = data_gate(settings, [d1, d2, d3])
+    bad = _data_gate(settings, [d1, d2, d3])
     assert not bad.passed and bad.value == pytest.approx(100 / 2100)
     assert bad.details["failed_expectations"] == {"2026-11-03": ["impressions.click: expect_x"]}
 
@@ -53,14 +61,14 @@ def test_collapse_gate_fails_a_collapsed_table_and_passes_a_healthy_one(settings
     spec = FeatureSpec((CategoricalField("user_id", 400, "user"), CategoricalField("ad_id", 300, "ad")))
     model = Ranker(spec, RankerConfig(arch="mmoe", embedding_dim=8, expert_hidden=(8,), gate_hidden=(4,),
                                       tower_hidden=(4,)))
-    healthy = collapse_gate(settings, model, None)
+    healthy = collapse_gate(settings.gates, model, None)
     assert healthy.passed and healthy.value > 0.5
-    assert not collapse_gate(settings, model, None, champion_value=healthy.value + 0.2).passed  # vs a better champion
+    assert not collapse_gate(settings.gates, model, None, champion_value=healthy.value + 0.2).passed  # vs a better champion
     with torch.no_grad():
         for w in model.embedding.weights:
             rank1 = torch.randn(w.shape[0], 1) @ torch.randn(1, w.shape[1])
             w.copy_(rank1.view_as(w))
-    collapsed = collapse_gate(settings, model, None)
+    collapsed = collapse_gate(settings.gates, model, None)
     assert not collapsed.passed and collapsed.value == pytest.approx(1 / 8, abs=1e-3)
     assert collapsed.reason == ("mean IA/d 0.125 < 0.200, floor 0.200 (gates.ia_floor): embeddings collapsed "
                                 "towards few directions")
@@ -78,7 +86,7 @@ def test_gates_say_what_failed_in_words(settings) -> None:
     """The verdict's reason is one readable line (validation/gates.py ``reason``), shown by gate_table and
     the run summary, not a bare value / threshold pair."""
     from components.runs import StageManifest
-    from flows.report import _gate_reason
+    from validation.gate_words import failure_text
 
     m = StageManifest(settings, "ingest")
     d1, d2 = dt.date(2026, 11, 3), dt.date(2026, 11, 4)
@@ -91,14 +99,15 @@ def test_gates_say_what_failed_in_words(settings) -> None:
                             "success": False, "observed": 0.61, "bounds": {"min_value": 0.001, "max_value": 0.5}},
                            {"table": "impressions", "column": "request_id", "success": False, "unexpected_count": 3,
                             "name": "expect_column_values_to_be_unique"}]}}})
-    g = data_gate(settings, [d1, d2])
+    g = _data_gate(settings, [d1, d2])
     assert not g.passed
     assert g.line() == (
         "data: FAIL, quarantine rate 6.7% > 5.0% bound (2026-11-03: 1,204 rows impressions: null_key: request_id); "
         "expectations failed on 2026-11-04: click rate 0.61 above 0.50 (ingest.label_rate_bounds.click); "
         "impressions.request_id has 3 repeated values")
-    assert g.reason in gate_table([g]).splitlines()[1] and _gate_reason(g.to_dict()) == g.reason
-    ok = data_gate(settings, [])
+    assert g.reason in gate_table([g]).splitlines()[1]
+    assert failure_text(g.to_dict()).startswith(f"data gate failed: {g.reason}\n")
+    ok = _data_gate(settings, [])
     assert ok.passed and ok.reason == "quarantine rate 0.0% <= 5.0% bound over 0 rows; expectations passed on 0 day(s)"
 
     worse = model_gate({"click": {"auc": 0.68, "calibration": 2.5}, "watch": {"auc": None, "calibration": 1.0}},
@@ -107,7 +116,8 @@ def test_gates_say_what_failed_in_words(settings) -> None:
                             "calibration 2.50 outside [0.50, 2.00] (mean prediction / observed rate); watch AUC "
                             "undefined on the newest day (no positive or no negative there)")
     fine = model_gate({"click": {"auc": 0.71, "calibration": 1.02}}, None, 0.01, (0.5, 2.0))
-    assert fine.line() == "model: pass, click AUC 0.710, calibration 1.02 (no champion yet: calibration checked only)"
+    assert fine.line() == ("model: pass, click AUC 0.710, calibration 1.02 (no earlier version serving to compare AUC "
+                           "with: calibration checked only)")
 
 
 class _Report:
@@ -129,21 +139,21 @@ def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
     from validation.gates import entanglement_gate
 
     pair = {"task_a": "click", "task_b": "conversion", "n_pairs_a": 40, "n_pairs_b": 12}
-    ok = entanglement_gate(settings, _Model(("click", "conversion")), None,
+    ok = entanglement_gate(settings.gates, _Model(("click", "conversion")), None,
                            report=_Report([{**pair, "separation": 0.041}]), expert_corr=0.47)
     assert ok.passed and ok.reason == ("smallest separation of conflicting pairs 0.041 > 0.000 "
                                        "(gates.min_separation); mean |r| between experts 0.470 <= 0.900 "
                                        "(gates.max_expert_correlation)")
-    sparse = entanglement_gate(settings, _Model(("click", "conversion")), None,
+    sparse = entanglement_gate(settings.gates, _Model(("click", "conversion")), None,
                                report=_Report([{**pair, "n_pairs_b": 0, "separation": None}]), expert_corr=0.95)
     assert not sparse.passed and sparse.reason == (
         "separation undefined: too few conflicting (user, ad) pairs with enough impressions (click/conversion "
         "40+0 pairs); not > 0.000 (gates.min_separation); mean |r| between experts 0.950 > 0.900 "
         "(gates.max_expert_correlation)")
     # A log with one label has no task pair: only the expert bound applies.
-    single = entanglement_gate(settings, _Model(("rating_high",)), None, report=None, expert_corr=0.3)
+    single = entanglement_gate(settings.gates, _Model(("rating_high",)), None, report=None, expert_corr=0.3)
     assert single.passed and single.value is None
-    assert entanglement_gate(settings, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3).passed
+    assert entanglement_gate(settings.gates, _Model(("rating_high",)), None, report=_Report([]), expert_corr=0.3).passed
     assert single.line().startswith("entanglement: pass, one task (rating_high): no task pair, separation not gated")
 
 
@@ -156,7 +166,83 @@ def test_data_gate_rate_is_the_worst_tables_so_a_lost_users_table_cannot_hide(se
         "rows_in": 100_610, "rows_quarantined": 610, "expectations_passed": True,
         "tables": {"impressions": {"rows_in": 100_000, "rows_quarantined": 0, "reasons": {}},
                    "users": {"rows_in": 610, "rows_quarantined": 610, "reasons": {"created_after_day: created_at": 610}}}})
-    g = data_gate(settings, [day])
+    g = _data_gate(settings, [day])
     assert not g.passed and g.value == pytest.approx(1.0)
     assert g.reason.startswith("quarantine rate of users 100.0% > 5.0% bound")
     assert g.details["quarantine_rate_per_table"] == {"impressions": 0.0, "users": 1.0}
+
+
+def test_a_failed_gate_says_what_failed_why_and_what_to_do_with_and_without_a_champion() -> None:
+    """The user-facing text of a failed gate (validation/gate_words.py): what failed, why it matters, the
+    config key of the threshold or the forced promotion; no champion wording when there is no champion."""
+    alone = model_gate({"click": {"auc": 0.7, "calibration": 2.5}}, None, 0.01, (0.5, 2.0))
+    assert alone.explain(3) == (
+        "model gate failed: click calibration 2.50 outside [0.50, 2.00] (mean prediction / observed rate)\n"
+        "  why it matters: the predicted click rate is off from the observed rate by more than the band allows, "
+        "so what the ranking expects of every ad is over- or under-stated\n"
+        "  what to do: check the label rates of the window against the newest day; to accept it, widen "
+        "gates.calibration_band\n"
+        '  or, having checked the version, promote it anyway: adsrec promote --version 3 --force --reason "..."')
+    assert "champion" not in alone.explain(3) and "champion" not in alone.reason
+    beaten = model_gate({"click": {"auc": 0.68, "calibration": 1.0}}, {"click": {"auc": 0.70}}, 0.01, (0.5, 2.0))
+    assert beaten.explain() == (
+        "model gate failed: click AUC 0.680 is 0.020 below the champion's 0.700 (tolerance 0.010)\n"
+        "  why it matters: this version ranks the newest day's impressions worse than the champion serving now "
+        "(click AUC)\n"
+        "  what to do: compare the two versions' metrics (adsrec models, the MLflow UI); if the drop is the noise "
+        "of a small day, raise gates.auc_tolerance\n"
+        '  or, having checked the version, promote it anyway: adsrec promote --version V --force --reason "..."')
+    assert model_gate({"click": {"auc": 0.71, "calibration": 1.0}}, None, 0.01, (0.5, 2.0)).explain() == ""
+
+
+def test_every_gate_names_the_threshold_key_of_what_failed(settings) -> None:
+    from types import SimpleNamespace
+
+    from validation.gate_words import failure_text
+    from validation.gates import entanglement_gate
+
+    collapsed = GateResult("collapse", 0.1, 0.2, False, {"floor": 0.2, "champion": None, "tolerance": 0.1}, "r")
+    assert "gates.ia_floor" in collapsed.explain() and "champion" not in collapsed.explain()
+    below_champion = GateResult("collapse", 0.3, 0.35, False, {"floor": 0.2, "champion": 0.45, "tolerance": 0.1}, "r")
+    words = below_champion.explain()
+    assert "gates.ia_champion_tolerance" in words and "gates.ia_floor" not in words
+    data = GateResult("data", 0.07, 0.05, False, {"days_missing": ["2026-11-05"], "failed_expectations": {}}, "r")
+    assert "gates.max_quarantine_rate" in data.explain() and "adsrec ingest --date" in data.explain()
+    tangled = entanglement_gate(settings.gates, SimpleNamespace(tasks=("click", "conversion"),
+                                                                config=SimpleNamespace(arch="stem")), None,
+                                report=_Report([{"task_a": "click", "task_b": "conversion", "separation": -0.01}]),
+                                expert_corr=0.95)
+    assert "gates.min_separation" in tangled.explain() and "gates.max_expert_correlation" in tangled.explain()
+    # A stored gate of an older run, without a reason, is still worded.
+    assert failure_text({"name": "model", "passed": False, "value": None, "threshold": -0.01}).startswith(
+        "model gate failed: value undefined, threshold -0.0100\n  why it matters: nothing was evaluated")
+
+
+def test_the_run_summary_drops_champion_columns_and_words_failures_without_a_champion() -> None:
+    from flows.report import render_gates
+
+    failed = model_gate({"click": {"auc": 0.7, "calibration": 2.5}}, None, 0.01, (0.5, 2.0))
+    st = {"metrics": {"click": {"auc": 0.7, "calibration": 2.5}}, "champion": None, "gates": [failed.to_dict()],
+          "gate_table": gate_table([failed]), "registered": {"name": "adsrec-ranker", "version": 1, "aliases": []}}
+    text = render_gates(st)
+    assert "champion" not in text and "compare with the champion" not in text
+    assert text.startswith("metrics on the newest day (no earlier version to compare with)\ntask   AUC")
+    assert failed.explain(1) in text
+    with_champion = render_gates({**st, "champion": {"version": 1, "metrics": {"click": {"auc": 0.69}}}})
+    assert with_champion.startswith("comparison on the newest day (champion: version 1)")
+    assert with_champion.splitlines()[1].split()[:4] == ["task", "AUC", "champion", "delta"]
+
+
+def test_validation_imports_nothing_from_components_or_flows() -> None:
+    """validation/ depends on models/ only (DESIGN.md): importing every module of it loads no components/."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    modules = sorted(p.stem for p in (root / "validation").glob("*.py")
+                     if p.stem not in ("__init__", "gx_expectations"))  # gx_expectations imports GX at import
+    code = ("import sys\n" + "".join(f"import validation.{m}\n" for m in modules)
+            + "print(sorted({n.split('.')[0] for n in sys.modules} & {'components', 'flows'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,215 @@
+"""What a failed quality gate means for the user, in words (the gates themselves are in
+validation/gates.py): for each way a gate can fail, why it matters and what to do, naming the config key
+of the threshold that failed (``gates.<key>``, components/config.py GatesConfig) or the forced promotion
+``adsrec promote --version V --force --reason "..."``; and a failed ingest expectation in words.
+
+Everything works on a gate as a dict (``GateResult.to_dict()`` or a stored ``gates.json`` entry), so the
+run summary can word the gates of an older run too. No champion wording appears when there is no
+champion: the champion-relative conditions are only reported when the gate compared with one.
+
+Example::
+
+    print(failure_text(model_gate({"click": {"auc": 0.7, "calibration": 2.5}}, None, 0.01, (0.5, 2.0)).to_dict()))
+    # model gate failed: click calibration 2.50 outside [0.50, 2.00] (mean prediction / observed rate)
+    #   why it matters: the predicted click rate is off from the observed rate by more than the band allows, ...
+    #   what to do: check the label rates of the window against the newest day; to accept it, widen
+    #   gates.calibration_band
+    #   or, having checked the version, promote it anyway: adsrec promote --version V --force --reason "..."
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+FORCE_PROMOTE = 'adsrec promote --version {version} --force --reason "..."'
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """One way a gate failed: why it matters to the user and what to do about it."""
+
+    why: str
+    what_to_do: str
+
+
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a float, None for None or NaN."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def fixed(x: Any, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals, or ``"undefined"``."""
+    v = finite_or_none(x)
+    return "undefined" if v is None else f"{v:.{digits}f}"
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# ----- data -------------------------------------------------------------------------------------------------
+def _data_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
+    d = gate.get("details") or {}
+    out = []
+    value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
+    if value is not None and threshold is not None and value > threshold:
+        out.append(Remedy(
+            "rejected rows never reach training, so the model learns from a part of the window that the "
+            "rejections chose, not from the market as it was",
+            "read the quarantine reasons in the day's ingest report and fix the source; if this rate is normal "
+            "for the source, raise gates.max_quarantine_rate"))
+    if d.get("failed_expectations"):
+        out.append(Remedy(
+            "the rows that landed break the rules the features and labels rely on (label rates, unique keys, "
+            "types, the run window)",
+            "open that day's Great Expectations Data Docs (adsrec up serves them) and fix the source; label-rate "
+            "bounds are ingest.label_rate_bounds.<task>"))
+    if d.get("days_missing"):
+        out.append(Remedy("the model would learn from a window with holes in it",
+                          "ingest the missing days (adsrec ingest --date DAY, or adsrec backfill) and run again"))
+    return out
+
+
+# ----- dimensional collapse -----------------------------------------------------------------------------------
+def _collapse_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
+    d = gate.get("details") or {}
+    value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
+    plot = "see the singular spectra in <home>/models/<day>/analysis/collapse_spectra.png"
+    if value is None:
+        return [Remedy("nothing was measured, so collapse cannot be ruled out",
+                       "check that the model has embedding fields that training read")]
+    floor, champion = finite_or_none(d.get("floor")), finite_or_none(d.get("champion"))
+    if champion is not None and threshold is not None and floor is not None and threshold > floor:
+        return [Remedy(
+            "the embeddings span fewer directions than the champion's: this version tells fewer users and ads "
+            "apart than the one serving now",
+            f"{plot}; to allow a larger drop against the champion, raise gates.ia_champion_tolerance")]
+    return [Remedy(
+        "the embeddings span few of their dimensions, so the model tells few users and ads apart and its "
+        "rankings flatten",
+        f"{plot} and check the training settings (learning rate, embedding width); to accept less, lower "
+        "gates.ia_floor")]
+
+
+# ----- interest entanglement ----------------------------------------------------------------------------------
+def _entanglement_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
+    d = gate.get("details") or {}
+    out = []
+    corr, max_corr = finite_or_none(d.get("expert_correlation")), finite_or_none(d.get("max_expert_correlation"))
+    corr_failed = corr is not None and max_corr is not None and corr > max_corr
+    value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
+    separation_failed = bool(d.get("separation_gated")) and (value is None or threshold is None or value <= threshold)
+    if separation_failed and value is None:
+        out.append(Remedy(
+            "with too few conflicting (user, ad) pairs the separation of the tasks cannot be measured",
+            "train on more days (pipeline.training_days) so more users and ads have enough impressions"))
+    elif separation_failed:
+        out.append(Remedy(
+            "a task's own table does not keep its pairs apart from the other task's, so one task's preferences "
+            "leak into the other's ranking",
+            "see <home>/models/<day>/analysis/entanglement_distances.png; to accept a smaller separation, lower "
+            "gates.min_separation"))
+    if corr_failed:
+        out.append(Remedy("the experts compute nearly the same thing, so mixing them adds nothing",
+                          "to accept more redundant experts, raise gates.max_expert_correlation"))
+    return out
+
+
+# ----- model --------------------------------------------------------------------------------------------------
+def _model_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
+    tasks = (gate.get("details") or {}).get("tasks") or {}
+    if not tasks:
+        return [Remedy("nothing was evaluated, so the version cannot be judged",
+                       "check the train step's evaluation of the newest day")]
+    out = []
+    below = [t for t, m in tasks.items() if m.get("auc") is not None and not m.get("auc_ok", True)]
+    undefined = [t for t, m in tasks.items() if m.get("auc") is None]
+    off = [t for t, m in tasks.items() if not m.get("calibration_ok", True)]
+    if below:
+        out.append(Remedy(
+            f"this version ranks the newest day's impressions worse than the champion serving now "
+            f"({', '.join(below)} AUC)",
+            "compare the two versions' metrics (adsrec models, the MLflow UI); if the drop is the noise of a small "
+            "day, raise gates.auc_tolerance"))
+    if undefined:
+        out.append(Remedy(
+            f"the newest day has no positive or no negative {', '.join(undefined)} label, so the version cannot "
+            "be judged on it",
+            "run again when the newest day has both labels, or train on a longer window (pipeline.training_days)"))
+    if off:
+        out.append(Remedy(
+            f"the predicted {', '.join(off)} rate is off from the observed rate by more than the band allows, "
+            "so what the ranking expects of every ad is over- or under-stated",
+            "check the label rates of the window against the newest day; to accept it, widen "
+            "gates.calibration_band"))
+    return out
+
+
+REMEDIES = {"data": _data_remedies, "collapse": _collapse_remedies, "entanglement": _entanglement_remedies,
+            "model": _model_remedies}
+
+
+def remedies(gate: Mapping[str, Any]) -> list[Remedy]:
+    """Why each failed condition of ``gate`` (a gate dict) matters and what to do; empty when it passed."""
+    if gate.get("passed"):
+        return []
+    words = REMEDIES.get(str(gate.get("name")))
+    found = words(gate) if words is not None else []
+    return found or [Remedy("the version is not fit to serve by this gate's measure",
+                            "read the gate's details in gates.json")]
+
+
+def failure_text(gate: Mapping[str, Any], version: int | None = None) -> str:
+    """A failed gate for the user: what failed (its ``reason``), why it matters, what to do, and the
+    forced promotion; empty for a gate that passed. ``version``: the registered version, if known."""
+    if gate.get("passed"):
+        return ""
+    reason = gate.get("reason") or f"value {fixed(gate.get('value'), 4)}, threshold {fixed(gate.get('threshold'), 4)}"
+    found = remedies(gate)
+    force = FORCE_PROMOTE.format(version=version if version is not None else "V")
+    return "\n".join([
+        f"{gate.get('name')} gate failed: {reason}",
+        "  why it matters: " + "; ".join(r.why for r in found),
+        "  what to do: " + "; ".join(r.what_to_do for r in found),
+        f"  or, having checked the version, promote it anyway: {force}",
+    ])
+
+
+def expectation_words(e: Mapping[str, Any], bounds_key: str = "ingest.label_rate_bounds") -> str:
+    """A failed expectation of an ingest report (validation/expectations.py ``ExpectationResult`` as a
+    dict) in words: what was observed against which bound, e.g. ``click rate 0.61 above 0.50
+    (ingest.label_rate_bounds.click)``."""
+    name, table, column = str(e.get("name")), e.get("table"), e.get("column")
+    where = f"{table}.{column}" if column else str(table)
+    b = e.get("bounds") or {}
+    observed, bad = e.get("observed"), e.get("unexpected_count")
+    if e.get("exception"):
+        return f"{name} on {where} could not run: {e['exception']}"
+    if name == "expect_column_mean_to_be_between":
+        lo, hi, v = finite_or_none(b.get("min_value")), finite_or_none(b.get("max_value")), finite_or_none(observed)
+        if v is None:
+            return f"{column} rate undefined ({where})"
+        side = (f"above {hi:.2f}" if hi is not None and v > hi else f"below {lo:.2f}" if lo is not None and v < lo
+                else f"outside [{fixed(lo, 2)}, {fixed(hi, 2)}]")
+        return f"{column} rate {v:.2f} {side} ({bounds_key}.{column})"
+    if name == "expect_table_row_count_to_be_between":
+        return f"{table} has {observed} rows, fewer than {b.get('min_value')}"
+    count = f"{bad:,}" if isinstance(bad, int) else "some"
+    if name == "expect_column_values_to_not_be_null":
+        return f"{where} has {count} null values"
+    if name == "expect_column_values_to_be_unique":
+        return f"{where} has {count} repeated values"
+    if name == "expect_column_values_to_be_in_set":
+        return f"{where} has {count} values outside {b.get('value_set')}"
+    if name == "expect_column_values_to_be_of_type":
+        return f"{where} is of type {observed}, expected {b.get('type_')}"
+    if name == "expect_column_values_to_be_between":
+        return f"{where} has {count} values outside [{b.get('min_value')}, {b.get('max_value')})"
+    return f"{name} failed on {where}" + (f" (observed {observed})" if observed is not None else "")
+
+
+__all__ = ["FORCE_PROMOTE", "Remedy", "expectation_words", "failure_text", "finite_or_none", "fixed", "percent",
+           "remedies"]
