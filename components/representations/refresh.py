@@ -7,11 +7,12 @@ known by the end of ``day`` (the offline store, latest row per ad):
    (space ``visual``: the ``image`` JPEG bytes, null without a photo), incrementally: only ads whose
    content hash is new are encoded (components/representations/vector_store.py);
 2. visual semantic IDs: the codebook is fitted the first time (on every ad with a photo known then)
-   and then reused, so new ads get codes without a refit (components/representations/semantic_ids.py);
+   and then reused, so new ads get codes without a refit (components/representations/semantic_ids.py,
+   the quantisers in components/representations/quantisers.py);
 3. LightGCN user / ad vectors on the clicks of the ``graph_window_days`` ending ``day``, warm-started
-   from the newest earlier snapshot (components/representations/graph.py);
+   from the newest earlier snapshot (components/representations/graph.py, the model in lightgcn.py);
 4. one partition per representation view ``<features_dir>/<view>/date=D/part-0.parquet`` (written
-   atomically, like components/store/features.py):
+   atomically, like components/store/features.py; the tables: components/representations/views.py):
 
    | view | entity | rows | stamped (``event_timestamp``) | Feast TTL |
    |---|---|---|---|---|
@@ -51,8 +52,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.representations.similarity import SEQUENCE_IDS, SEQUENCE_LENGTH, gather_rows
+from components.representations.views import (
+    ad_vector_view,
+    empty_vector_view,
+    graph_views,
+    interest_view,
+    semantic_id_view,
+    write_view,
+)
 from components.schemas import day_dir, day_window
-from components.representations.similarity import SEQUENCE_IDS, SEQUENCE_LENGTH, gather_rows, mean_vectors, sequence_matrix
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,19 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENT_TS = "event_timestamp"
-CREATED_TS = "created_timestamp"
-VECTOR = "vector"
 TEXT_SEPARATOR = ". "  # between the text columns of one ad
-REPRESENTATION_VIEWS = (
-    "ad_semantic_id",
-    "ad_text_embedding",
-    "ad_visual_embedding",
-    "user_text_interest",
-    "user_visual_interest",
-    "user_graph_embedding",
-    "ad_graph_embedding",
-)
 
 
 def _text_columns(settings: "Settings", names: list[str]) -> list[str]:
@@ -137,50 +134,6 @@ def _skip(report: dict[str, Any], space: str, reason: str) -> None:
     log.info("%s: %s; %s are skipped", space, reason, SKIPPED_OUTPUTS[space])
 
 
-def vector_column(matrix: np.ndarray) -> "pa.Array":
-    """A float32 [n, d] matrix as a ``list<float32>`` column (what Feast reads as ``Array(Float32)``)."""
-    import pyarrow as pa
-
-    n, d = matrix.shape
-    values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel(), type=pa.float32())
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32), type=pa.int32())
-    return pa.ListArray.from_arrays(offsets, values)
-
-
-def _write_view(settings: "Settings", view: str, day: dt.date, table: "pa.Table") -> int:
-    """Replace the view's partition of ``day`` atomically (components/storage.py); returns its rows."""
-    from components.storage import replace_partition, write_parquet_durable
-
-    replace_partition(day_dir(settings.features_dir, view, day),
-                      lambda tmp: write_parquet_durable(table, tmp / "part-0.parquet"))
-    return table.num_rows
-
-
-def _stamps(n: int, value: dt.datetime) -> "pa.Array":
-    import pyarrow as pa
-
-    from components.schemas import TIMESTAMP
-
-    return pa.array([value] * n, type=TIMESTAMP) if n else pa.array([], type=TIMESTAMP)
-
-
-def _ad_vector_view(ads: "pa.Table", store: Any, built_at: dt.datetime) -> "pa.Table":
-    """``ad_id``, ``vector``, stamped with the ad's ``created_at``; ads without input have no row."""
-    import pyarrow as pa
-
-    ad_ids = ads.column("ad_id").to_numpy()
-    pos, ok = gather_rows(store, ad_ids)
-    keep = np.flatnonzero(ok)
-    dim = store.vectors.shape[1]
-    vectors = store.vectors[pos[keep]] if keep.size else np.zeros((0, dim), np.float32)
-    return pa.table({
-        "ad_id": pa.array(ad_ids[keep], pa.int64()),
-        VECTOR: vector_column(vectors),
-        EVENT_TS: ads.column("created_at").take(pa.array(keep, pa.int64())),
-        CREATED_TS: _stamps(keep.size, built_at),
-    })
-
-
 def _read_sequences(settings: "Settings", day: dt.date) -> "pa.Table":
     """The ``user_sequence`` partition of ``day`` with columns renamed as in a training set."""
     import pyarrow.parquet as pq
@@ -194,56 +147,6 @@ def _read_sequences(settings: "Settings", day: dt.date) -> "pa.Table":
         )
     table = pq.read_table(files[0], columns=["user_id", "ad_ids", "length"])
     return table.rename_columns(["user_id", SEQUENCE_IDS, SEQUENCE_LENGTH])
-
-
-def _interest_view(sequences: "pa.Table", store: Any, day_end: dt.datetime, built_at: dt.datetime,
-                   last_n: int) -> "pa.Table":
-    """``user_id``, ``vector`` (mean of the usable clicked ads' vectors), ``clicks_used`` (how many);
-    users with no usable clicked ad have no row."""
-    import pyarrow as pa
-
-    seq = sequence_matrix(sequences, last_n)
-    means, defined = mean_vectors(seq, store)
-    pos, ok = gather_rows(store, seq) if seq.size else (seq, np.zeros(seq.shape, bool))
-    used = ok.sum(axis=1).astype(np.int32)
-    keep = np.flatnonzero(defined)
-    users = sequences.column("user_id").to_numpy()
-    return pa.table({
-        "user_id": pa.array(users[keep], pa.int64()),
-        VECTOR: vector_column(means[keep]),
-        "clicks_used": pa.array(used[keep], pa.int32()),
-        EVENT_TS: _stamps(keep.size, day_end),
-        CREATED_TS: _stamps(keep.size, built_at),
-    })
-
-
-def _graph_views(graph: Any, day_end: dt.datetime, built_at: dt.datetime) -> tuple["pa.Table", "pa.Table"]:
-    import pyarrow as pa
-
-    out = []
-    for key, ids, vectors in (("user_id", graph.user_ids, graph.user_vectors),
-                              ("ad_id", graph.ad_ids, graph.ad_vectors)):
-        n = ids.shape[0]
-        out.append(pa.table({
-            key: pa.array(ids, pa.int64()),
-            VECTOR: vector_column(np.asarray(vectors, np.float32).reshape(n, -1)),
-            EVENT_TS: _stamps(n, day_end),
-            CREATED_TS: _stamps(n, built_at),
-        }))
-    return out[0], out[1]
-
-
-def _empty_vector_view(key: str, dim: int) -> "pa.Table":
-    import pyarrow as pa
-
-    from components.schemas import TIMESTAMP
-
-    return pa.table({
-        key: pa.array([], pa.int64()),
-        VECTOR: vector_column(np.zeros((0, dim), np.float32)),
-        EVENT_TS: pa.array([], TIMESTAMP),
-        CREATED_TS: pa.array([], TIMESTAMP),
-    })
 
 
 def _window_clicks(settings: "Settings", day: dt.date) -> "pa.Table":
@@ -260,7 +163,6 @@ def _window_clicks(settings: "Settings", day: dt.date) -> "pa.Table":
     imp = read_offline(settings, "impressions", first, day, columns=["user_id", "ad_id", "event_time", task])
     return imp.filter(pc.equal(imp.column(task), 1)).select(["user_id", "ad_id", "event_time"])
 
-
 def refresh_representations(
     settings: "Settings", day: dt.date, *, progress: bool = True, refit_codebook: bool = False
 ) -> dict[str, Any]:
@@ -272,132 +174,36 @@ def refresh_representations(
     replaces the day's view partitions. ``refit_codebook`` fits a new semantic-ID codebook on every ad
     with a photo known by ``day`` (new codes for every ad; a new codebook version).
     """
-    from components.representations.text import make_text_encoder
-    from components.representations.vector_store import load_ad_vectors, refresh_ad_vectors
-    from components.representations.visual import decodable_images, make_image_encoder
-    from components.representations.graph import refresh_graph
-    from components.representations.semantic_ids import assign_codes, code_columns, codebook_report, fit_or_load_codebook, \
-        load_codebook
-
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     report: dict[str, Any] = {"day": day.isoformat()}
-    rep = settings.representations
-    _, day_end = day_window(day)
     built_at = dt.datetime.now(dt.timezone.utc)
 
     t0 = time.perf_counter()
-    ads = ads_as_of(settings, day)
-    if ads.num_rows == 0:
-        raise FileNotFoundError(f"no ads known by the end of {day} in {settings.offline_dir / 'ads'}; ingest first")
-    ad_ids = ads.column("ad_id").to_numpy().astype(np.int64)
-    sequences = _read_sequences(settings, day)
+    ads, ad_ids, sequences = _read_inputs(settings, day)
     seconds["read_inputs"] = time.perf_counter() - t0
     report["ads"] = int(ad_ids.size)
 
-    # --- 1. content vectors (incremental) ------------------------------------------------------------
-    # A space switched off, or without any input, is skipped before its encoder is even loaded.
     stores: dict[str, Any] = {}
-    for space, column, make in (("text", "text", make_text_encoder), ("visual", "image", make_image_encoder)):
+    for space in ("text", "visual"):
         t0 = time.perf_counter()
-        if not getattr(rep, space):
-            _skip(report, space, f"switched off (representations.{space}: false)")
-            continue
-        what = ("an image" if space == "visual" else
-                "a title" if rep.text_columns == ["title"] else f"text in {rep.text_columns}")
-        if ads.column(column).null_count == ads.num_rows:
-            _skip(report, space, f"no ad known by {day} has {what}")
-            continue
-        contents = ads.column(column).to_pylist()  # str / bytes / None per ad: what the encoders take
-        unreadable: list[int] = []
-        if space == "visual":
-            # A corrupt photo must not stop the day: the ad is treated as having no photo, and counted.
-            ok = decodable_images(contents)
-            unreadable = [int(a) for a, c, good in zip(ad_ids, contents, ok) if c is not None and not good]
-            contents = [c if good else None for c, good in zip(contents, ok)]
-            if unreadable:
-                log.warning("%d ads have an undecodable photo and are treated as having none (ad_ids %s%s)",
-                            len(unreadable), unreadable[:10], " ..." if len(unreadable) > 10 else "")
-        if len(unreadable) == ads.num_rows - ads.column(column).null_count:
-            _skip(report, space, f"no ad known by {day} has a decodable image ({len(unreadable)} undecodable)")
-            continue
-        encoder = make(settings)
-        encoded = refresh_ad_vectors(settings, space, ad_ids, contents, encoder, progress=progress)
-        stores[space] = load_ad_vectors(settings, space)
-        report[space] = encoded.to_dict()
-        if space == "visual":
-            report[space]["photos_unreadable"] = len(unreadable)
-            report[space]["unreadable_ad_ids"] = unreadable[:100]
-        seconds[f"{space}_vectors"] = time.perf_counter() - t0
+        store = _refresh_content_space(settings, space, day, ads, ad_ids, report, progress)
+        if store is not None:
+            stores[space] = store
+            seconds[f"{space}_vectors"] = time.perf_counter() - t0
 
-    # --- 2. visual semantic IDs ----------------------------------------------------------------------
     t0 = time.perf_counter()
-    sid_table = None
-    if rep.semantic_ids == "off":
-        _skip(report, "semantic_ids", "switched off (representations.semantic_ids: off)")
-    elif "visual" not in stores:
-        report["semantic_ids"] = {"skipped": "no visual vectors: " + report["visual"]["skipped"]}
-    else:
-        visual = stores["visual"]
-        pos, has_photo = gather_rows(visual, ad_ids)
-        X = visual.vectors[pos] * has_photo[:, None]
-        previous = load_codebook(settings)
-        codebook = fit_or_load_codebook(settings, X[has_photo], encoder=visual.encoder, refit=refit_codebook)
-        codes = assign_codes(settings, ad_ids, X, has_photo)
-        import pyarrow.compute as pc
-
-        codes_today = codes.filter(pc.is_in(codes.column("ad_id"), value_set=ads.column("ad_id")))
-        sids = code_columns(settings)
-        report["semantic_ids"] = {
-            "method": codebook.method,
-            "version": codebook.version,
-            "fitted_now": previous is None or previous.version != codebook.version,
-            **codebook_report(codes_today.select(sids), _sizes(codebook)),
-        }
-        sid_table = _semantic_id_view(ads, codes_today, sids, built_at)
+    sid_table = _refresh_semantic_ids(settings, ads, ad_ids, stores, report, built_at, refit_codebook)
     seconds["semantic_ids"] = time.perf_counter() - t0
 
-    # --- 3. graph ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    graph = None
-    if not rep.graph:
-        _skip(report, "graph", "switched off (representations.graph: false)")
-    else:
-        clicks = _window_clicks(settings, day)
-        if clicks.num_rows:
-            graph, graph_report = refresh_graph(settings, day, clicks)
-            report["graph"] = graph_report
-        else:
-            # No edge in the window (sparse or empty days): no new snapshot; consumers keep using the
-            # newest earlier one (components/representations/similarity.py reads the snapshot of the day before).
-            report["graph"] = {"skipped": f"no positive of the behaviour task in the {rep.graph_window_days} "
-                                          f"days ending {day}"}
-            log.info("graph: no new edges (no positive of the behaviour task in the %d days ending %s); no new "
-                     "snapshot, the newest earlier one, if any, stays in use", rep.graph_window_days, day)
+    graph = _refresh_graph_space(settings, day, report)
     seconds["graph"] = time.perf_counter() - t0
 
-    # --- 4. views ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    rows: dict[str, int] = {}
-    for space, store in stores.items():
-        rows[f"ad_{space}_embedding"] = _write_view(settings, f"ad_{space}_embedding", day,
-                                                    _ad_vector_view(ads, store, built_at))
-        view = f"user_{space}_interest"
-        rows[view] = _write_view(settings, view, day,
-                                 _interest_view(sequences, store, day_end, built_at, rep.interest_last_n))
-    if sid_table is not None:
-        rows["ad_semantic_id"] = _write_view(settings, "ad_semantic_id", day, sid_table)
-    if rep.graph:
-        if graph is not None:
-            users_view, ads_view = _graph_views(graph, day_end, built_at)
-        else:
-            users_view = _empty_vector_view("user_id", rep.graph_dim)
-            ads_view = _empty_vector_view("ad_id", rep.graph_dim)
-        rows["user_graph_embedding"] = _write_view(settings, "user_graph_embedding", day, users_view)
-        rows["ad_graph_embedding"] = _write_view(settings, "ad_graph_embedding", day, ads_view)
+    report["views"] = _write_views(settings, day, ads, sequences, stores, sid_table, graph, built_at)
     seconds["views"] = time.perf_counter() - t0
-    report["views"] = rows
-    if rep.interest_last_n > settings.features.sequence_length:
+    if settings.representations.interest_last_n > settings.features.sequence_length:
         report["interest_last_n_capped_at"] = settings.features.sequence_length
     seconds["total"] = time.perf_counter() - started
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
@@ -411,39 +217,152 @@ def refresh_representations(
     return report
 
 
+def _read_inputs(settings: "Settings", day: dt.date) -> tuple["pa.Table", np.ndarray, "pa.Table"]:
+    """The ads known by the end of ``day``, their ids (int64) and the day's user sequences."""
+    ads = ads_as_of(settings, day)
+    if ads.num_rows == 0:
+        raise FileNotFoundError(f"no ads known by the end of {day} in {settings.offline_dir / 'ads'}; ingest first")
+    ad_ids = ads.column("ad_id").to_numpy().astype(np.int64)
+    return ads, ad_ids, _read_sequences(settings, day)
+
+
+def _refresh_content_space(
+    settings: "Settings", space: str, day: dt.date, ads: "pa.Table", ad_ids: np.ndarray, report: dict[str, Any],
+    progress: bool,
+) -> Any:
+    """Step 1, one content space (``text`` or ``visual``): encode the ads whose content is new and return
+    the space's stored vectors, or None when the space is skipped (switched off, or no ad has an input:
+    then its encoder is never loaded). Writes the space's entry of ``report``."""
+    from components.representations.text import make_text_encoder
+    from components.representations.vector_store import load_ad_vectors, refresh_ad_vectors
+    from components.representations.visual import decodable_images, make_image_encoder
+
+    rep = settings.representations
+    column, make = ("text", make_text_encoder) if space == "text" else ("image", make_image_encoder)
+    if not getattr(rep, space):
+        _skip(report, space, f"switched off (representations.{space}: false)")
+        return None
+    what = ("an image" if space == "visual" else
+            "a title" if rep.text_columns == ["title"] else f"text in {rep.text_columns}")
+    if ads.column(column).null_count == ads.num_rows:
+        _skip(report, space, f"no ad known by {day} has {what}")
+        return None
+    contents = ads.column(column).to_pylist()  # str / bytes / None per ad: what the encoders take
+    unreadable: list[int] = []
+    if space == "visual":
+        # A corrupt photo must not stop the day: the ad is treated as having no photo, and counted.
+        ok = decodable_images(contents)
+        unreadable = [int(a) for a, c, good in zip(ad_ids, contents, ok) if c is not None and not good]
+        contents = [c if good else None for c, good in zip(contents, ok)]
+        if unreadable:
+            log.warning("%d ads have an undecodable photo and are treated as having none (ad_ids %s%s)",
+                        len(unreadable), unreadable[:10], " ..." if len(unreadable) > 10 else "")
+    if len(unreadable) == ads.num_rows - ads.column(column).null_count:
+        _skip(report, space, f"no ad known by {day} has a decodable image ({len(unreadable)} undecodable)")
+        return None
+    encoder = make(settings)
+    encoded = refresh_ad_vectors(settings, space, ad_ids, contents, encoder, progress=progress)
+    report[space] = encoded.to_dict()
+    if space == "visual":
+        report[space]["photos_unreadable"] = len(unreadable)
+        report[space]["unreadable_ad_ids"] = unreadable[:100]
+    return load_ad_vectors(settings, space)
+
+
+def _refresh_semantic_ids(
+    settings: "Settings", ads: "pa.Table", ad_ids: np.ndarray, stores: dict[str, Any], report: dict[str, Any],
+    built_at: dt.datetime, refit_codebook: bool,
+) -> "pa.Table | None":
+    """Step 2: code every ad with the semantic-ID codebook (fitted the first time, or when asked) and
+    return the ``ad_semantic_id`` table, or None when the codes are skipped."""
+    import pyarrow.compute as pc
+
+    from components.representations.quantisers import codebook_sizes
+    from components.representations.semantic_ids import (
+        assign_codes,
+        code_columns,
+        codebook_report,
+        fit_or_load_codebook,
+        load_codebook,
+    )
+
+    if settings.representations.semantic_ids == "off":
+        _skip(report, "semantic_ids", "switched off (representations.semantic_ids: off)")
+        return None
+    if "visual" not in stores:
+        report["semantic_ids"] = {"skipped": "no visual vectors: " + report["visual"]["skipped"]}
+        return None
+    visual = stores["visual"]
+    pos, has_photo = gather_rows(visual, ad_ids)
+    X = visual.vectors[pos] * has_photo[:, None]
+    previous = load_codebook(settings)
+    codebook = fit_or_load_codebook(settings, X[has_photo], encoder=visual.encoder, refit=refit_codebook)
+    codes = assign_codes(settings, ad_ids, X, has_photo)
+    codes_today = codes.filter(pc.is_in(codes.column("ad_id"), value_set=ads.column("ad_id")))
+    sids = code_columns(settings)
+    report["semantic_ids"] = {
+        "method": codebook.method,
+        "version": codebook.version,
+        "fitted_now": previous is None or previous.version != codebook.version,
+        **codebook_report(codes_today.select(sids), codebook_sizes(codebook)),
+    }
+    return semantic_id_view(ads, codes_today, sids, built_at)
+
+
+def _refresh_graph_space(settings: "Settings", day: dt.date, report: dict[str, Any]) -> Any:
+    """Step 3: train the day's LightGCN snapshot on the window's clicks and return it; None when the graph
+    is switched off or the window has no click (then no new snapshot)."""
+    from components.representations.graph import refresh_graph
+
+    rep = settings.representations
+    if not rep.graph:
+        _skip(report, "graph", "switched off (representations.graph: false)")
+        return None
+    clicks = _window_clicks(settings, day)
+    if clicks.num_rows:
+        graph, graph_report = refresh_graph(settings, day, clicks)
+        report["graph"] = graph_report
+        return graph
+    # No edge in the window (sparse or empty days): no new snapshot; consumers keep using the
+    # newest earlier one (components/representations/similarity.py reads the snapshot of the day before).
+    report["graph"] = {"skipped": f"no positive of the behaviour task in the {rep.graph_window_days} "
+                                  f"days ending {day}"}
+    log.info("graph: no new edges (no positive of the behaviour task in the %d days ending %s); no new "
+             "snapshot, the newest earlier one, if any, stays in use", rep.graph_window_days, day)
+    return None
+
+
+def _write_views(
+    settings: "Settings", day: dt.date, ads: "pa.Table", sequences: "pa.Table", stores: dict[str, Any],
+    sid_table: "pa.Table | None", graph: Any, built_at: dt.datetime,
+) -> dict[str, int]:
+    """Step 4: write the day's partition of every view a space produced; returns rows per view."""
+    rep = settings.representations
+    _, day_end = day_window(day)
+    rows: dict[str, int] = {}
+    for space, store in stores.items():
+        rows[f"ad_{space}_embedding"] = write_view(settings, f"ad_{space}_embedding", day,
+                                                   ad_vector_view(ads, store, built_at))
+        view = f"user_{space}_interest"
+        rows[view] = write_view(settings, view, day,
+                                interest_view(sequences, store, day_end, built_at, rep.interest_last_n))
+    if sid_table is not None:
+        rows["ad_semantic_id"] = write_view(settings, "ad_semantic_id", day, sid_table)
+    if rep.graph:
+        if graph is not None:
+            users_view, ads_view = graph_views(graph, day_end, built_at)
+        else:
+            users_view = empty_vector_view("user_id", rep.graph_dim)
+            ads_view = empty_vector_view("ad_id", rep.graph_dim)
+        rows["user_graph_embedding"] = write_view(settings, "user_graph_embedding", day, users_view)
+        rows["ad_graph_embedding"] = write_view(settings, "ad_graph_embedding", day, ads_view)
+    return rows
+
+
 def _encoded(space: dict[str, Any]) -> str:
     if "skipped" in space:
         return "skipped"
     return f"{space.get('items_encoded', 0)} encoded / {space.get('items_reused', 0)} reused"
-
-
-def _sizes(codebook: Any) -> list[int]:
-    sizes = getattr(codebook, "level_sizes", None)
-    return list(sizes) if sizes is not None else [1 << int(codebook.bits)]
-
-
-def _semantic_id_view(ads: "pa.Table", codes: "pa.Table", sids: list[str], built_at: dt.datetime) -> "pa.Table":
-    """Every ad of the day with its codes, stamped with its ``created_at``."""
-    import pyarrow as pa
-
-    ad_ids = ads.column("ad_id").to_numpy()
-    code_ids = codes.column("ad_id").to_numpy()
-    pos = np.searchsorted(code_ids, ad_ids)  # codes are sorted by ad_id and cover every ad of the day
-    columns: dict[str, Any] = {"ad_id": pa.array(ad_ids, pa.int64())}
-    for c in sids:
-        columns[c] = codes.column(c).take(pa.array(pos, pa.int64()))
-    columns[EVENT_TS] = ads.column("created_at")
-    columns[CREATED_TS] = _stamps(ads.num_rows, built_at)
-    return pa.table(columns)
-
-
-def representation_views(settings: "Settings") -> list[Any]:
-    """Specs of the representation views built under ``settings.home`` (feature_repo/adsrec_views.py)."""
-    from components.store.feast_store import views_module
-
-    names = set(REPRESENTATION_VIEWS)
-    specs = views_module().view_specs(settings.home, settings.features.ttl_days, representations=True)
-    return [s for s in specs if s.name in names]
 
 
 def representations_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -468,10 +387,7 @@ def representations_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "REPRESENTATION_VIEWS",
     "ads_as_of",
     "refresh_representations",
-    "representation_views",
     "representations_summary",
-    "vector_column",
 ]

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -199,16 +200,6 @@ def _write(path: Path, store: AdVectors, hashes: np.ndarray) -> None:
     write_parquet_atomic(table, path)
 
 
-def _progress_bar(total: int, space: str, enabled: bool) -> Any:
-    import sys
-
-    from tqdm.auto import tqdm
-
-    # Only on a terminal: in logs and CI a bar is noise (the EncodeReport carries the numbers).
-    show = enabled and total > 0 and sys.stderr.isatty()
-    return tqdm(total=total, desc=f"encode {space}", unit="item", disable=not show, leave=False)
-
-
 def refresh_ad_vectors(
     settings: Settings,
     space: str,
@@ -223,35 +214,17 @@ def refresh_ad_vectors(
         ad_ids: int64 [n], unique.
         contents: per ad, the text (str) or photo (JPEG bytes) to encode; None or empty = no input.
         encoder: a text or image encoder (``name``, ``dim``, ``encode``).
-        progress: show a progress bar over the items to encode (only on a terminal).
+        progress: show a progress bar with an ETA over the items to encode (components/progress.py:
+            on a terminal, or with ``ADSREC_PROGRESS=1``).
 
     A stored vector is reused whenever its content hash (encoder name + content) matches, whichever
     ad it was stored for. When the store was made by another encoder (a model change), its rows are
     all dropped and every ad given here is re-encoded; ads not given here are then gone too.
     """
     started = time.perf_counter()
-    ids = np.asarray(ad_ids)
-    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-        raise TypeError(f"ad_ids must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
-    ids = ids.astype(np.int64)
-    items = _as_list(contents)
-    if len(items) != ids.size:
-        raise ValueError(f"{ids.size} ad_ids but {len(items)} contents for space {space!r}")
-    uniq, counts = np.unique(ids, return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(f"duplicate ad_ids given to refresh {space!r}: {uniq[counts > 1][:10].tolist()}")
-
+    ids, items = _checked_inputs(space, ad_ids, contents)
     path = vectors_path(settings, space)
-    if path.is_file():
-        stored, stored_hashes = _read(path, space)
-        if stored.encoder != encoder.name or stored.dim != encoder.dim:
-            log.warning(
-                "space %s was encoded by %s (dim %d); re-encoding with %s (dim %d)",
-                space, stored.encoder, stored.dim, encoder.name, encoder.dim,
-            )
-            stored, stored_hashes = _empty_store(space, encoder.dim, encoder.name), np.zeros(0, object)
-    else:
-        stored, stored_hashes = _empty_store(space, encoder.dim, encoder.name), np.zeros(0, object)
+    stored, stored_hashes = _stored_for_encoder(path, space, encoder)
 
     hashes = np.asarray(content_hashes(encoder.name, items), dtype=object)
     has_input = np.asarray([h is not None for h in hashes], dtype=bool)
@@ -265,25 +238,7 @@ def refresh_ad_vectors(
     vectors = np.zeros((ids.size, encoder.dim), dtype=np.float32)
     vectors[reused] = stored.vectors[src[reused]]
     if to_encode.any():
-        # Distinct new contents only: ads sharing a title are encoded once.
-        new_hashes, first, inverse = np.unique(hashes[to_encode], return_index=True, return_inverse=True)
-        rows = np.flatnonzero(to_encode)
-        todo = [items[rows[i]] for i in first]
-        fresh = np.empty((len(todo), encoder.dim), dtype=np.float32)
-        with _progress_bar(len(todo), space, progress) as bar:
-            for start in range(0, len(todo), ENCODE_CHUNK):
-                chunk = todo[start : start + ENCODE_CHUNK]
-                out = np.asarray(encoder.encode(chunk), dtype=np.float32)
-                if out.shape != (len(chunk), encoder.dim):
-                    raise ValueError(
-                        f"encoder {encoder.name} returned shape {out.shape} for {len(chunk)} items "
-                        f"(expected ({len(chunk)}, {encoder.dim}))"
-                    )
-                if not np.isfinite(out).all():
-                    raise ValueError(f"encoder {encoder.name} returned non-finite values")
-                fresh[start : start + len(chunk)] = out
-                bar.update(len(chunk))
-        vectors[rows] = fresh[inverse]
+        _encode_new_contents(vectors, items, hashes, to_encode, encoder, space, progress)
 
     # Merge: stored rows for ads not given now, plus every given ad with its (new or reused) vector.
     keep = ~np.isin(stored.ad_ids, ids)
@@ -316,6 +271,66 @@ def refresh_ad_vectors(
         space, report.items_total, report.items_encoded, report.items_reused, report.items_without_input, seconds,
     )
     return report
+
+
+def _checked_inputs(
+    space: str, ad_ids: np.ndarray, contents: Sequence[bytes | str | None] | pa.Array | pa.ChunkedArray
+) -> tuple[np.ndarray, list[Any]]:
+    """The ad ids as int64 and the contents as a list, after checking they match and the ids are unique."""
+    ids = np.asarray(ad_ids)
+    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise TypeError(f"ad_ids must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
+    ids = ids.astype(np.int64)
+    items = _as_list(contents)
+    if len(items) != ids.size:
+        raise ValueError(f"{ids.size} ad_ids but {len(items)} contents for space {space!r}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"duplicate ad_ids given to refresh {space!r}: {uniq[counts > 1][:10].tolist()}")
+    return ids, items
+
+
+def _stored_for_encoder(path: Path, space: str, encoder: Encoder) -> tuple[AdVectors, np.ndarray]:
+    """The stored vectors and hashes of ``space``; empty when there are none or another encoder made them."""
+    if path.is_file():
+        stored, stored_hashes = _read(path, space)
+        if stored.encoder == encoder.name and stored.dim == encoder.dim:
+            return stored, stored_hashes
+        log.warning(
+            "space %s was encoded by %s (dim %d); re-encoding with %s (dim %d)",
+            space, stored.encoder, stored.dim, encoder.name, encoder.dim,
+        )
+    return _empty_store(space, encoder.dim, encoder.name), np.zeros(0, object)
+
+
+def _encode_new_contents(
+    vectors: np.ndarray, items: list[Any], hashes: np.ndarray, to_encode: np.ndarray, encoder: Encoder, space: str,
+    progress: bool,
+) -> None:
+    """Encode the distinct contents of the ``to_encode`` rows in chunks (ads sharing a title are encoded
+    once) and write each row's vector into ``vectors``; a bar with an ETA follows the chunks."""
+    from components.progress import progress_bar
+
+    new_hashes, first, inverse = np.unique(hashes[to_encode], return_index=True, return_inverse=True)
+    rows = np.flatnonzero(to_encode)
+    todo = [items[rows[i]] for i in first]
+    fresh = np.empty((len(todo), encoder.dim), dtype=np.float32)
+    bar = progress_bar(len(todo), f"encode {space}", unit="item") if progress else nullcontext()
+    with bar:
+        for start in range(0, len(todo), ENCODE_CHUNK):
+            chunk = todo[start : start + ENCODE_CHUNK]
+            out = np.asarray(encoder.encode(chunk), dtype=np.float32)
+            if out.shape != (len(chunk), encoder.dim):
+                raise ValueError(
+                    f"encoder {encoder.name} returned shape {out.shape} for {len(chunk)} items "
+                    f"(expected ({len(chunk)}, {encoder.dim}))"
+                )
+            if not np.isfinite(out).all():
+                raise ValueError(f"encoder {encoder.name} returned non-finite values")
+            fresh[start : start + len(chunk)] = out
+            if progress:
+                bar.update(len(chunk))
+    vectors[rows] = fresh[inverse]
 
 
 def _same_rows(stored: AdVectors, stored_hashes: np.ndarray, ids: np.ndarray, hashes: np.ndarray) -> bool:

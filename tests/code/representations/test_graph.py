@@ -1,4 +1,4 @@
-"""LightGCN graph embeddings (components/representations/graph.py): propagation maths, training behaviour, the daily
+"""LightGCN graph embeddings (components/representations/lightgcn.py and graph.py): propagation maths, training behaviour, the daily
 refresh with warm start, snapshots on disk, the unseen-id fallback, and quality on the simulator."""
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from components.representations.graph import (
+from components.representations.graph import graph_snapshots, load_graph, refresh_graph
+from components.representations.lightgcn import (
     GraphVectors,
-    _sample_negatives,
-    graph_snapshots,
-    load_graph,
     normalized_adjacency,
     propagate,
-    refresh_graph,
+    sample_negatives,
     train_lightgcn,
 )
 from components.schemas import TIMESTAMP
@@ -115,7 +113,7 @@ def test_negatives_avoid_the_users_own_clicks() -> None:
     edge_u = np.arange(200)
     edge_a = edge_u % n_ads
     keys = np.sort(edge_u * n_ads + edge_a)
-    neg = _sample_negatives(rng, edge_u, keys, n_ads)
+    neg = sample_negatives(rng, edge_u, keys, n_ads)
     assert neg.min() >= 0 and neg.max() < n_ads
     assert not np.any(neg == edge_a)
     assert set(np.unique(neg).tolist()) == {0, 1, 2}  # every other ad is drawn

@@ -202,7 +202,7 @@ def test_graph_similarity_of_a_day_uses_only_the_previous_days_graph(world: dict
 
 def test_feast_registers_the_views_and_serves_codes_and_vectors(world: dict[str, Any]) -> None:
     from components.store.feast_store import feature_store
-    from components.representations.refresh import REPRESENTATION_VIEWS
+    from components.representations.views import REPRESENTATION_VIEWS
     from components.representations.semantic_ids import load_codes
 
     settings, days, table = world["settings"], world["days"], world["table"]
