@@ -1,4 +1,4 @@
-"""Online serving (components/serving/online.py, flows/serving_cli.py) on a small simulated marketplace built by the
+"""Online serving (components/serving/online.py, flows/cli/serving.py) on a small simulated marketplace built by the
 real pipeline steps (deliver, ingest, features, representations) for three days.
 
 The central check is online/offline consistency: the online store materialised as of the end of day 2 serves,
@@ -269,7 +269,7 @@ def test_cli_materialize_and_score(world: dict[str, Any], materialized: dict[str
                                    restore_env: None) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.main import app
 
     settings = world["settings"]
     runner = CliRunner()
