@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from components.config import Settings
 
-FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 _VIEWS_MODULE = "adsrec_feature_repo_views"
 
 

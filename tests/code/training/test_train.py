@@ -22,7 +22,7 @@ TINY = {"arch": "stem", "embedding_dim": 8, "expert_hidden": [32], "gate_hidden"
 
 @pytest.fixture(scope="module")
 def training_set(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    from test_dataset import small_training_set  # tests/ is on sys.path (pytest's prepend import mode)
+    from tests.code.training.test_dataset import small_training_set
 
     return small_training_set(tmp_path_factory, shared_data)
 
