@@ -43,12 +43,14 @@ def _by() -> str:
 
 
 def _report(title: str, result: dict[str, Any]) -> None:
-    from prefect.artifacts import create_markdown_artifact
+    """Log the registry change and leave it as a one-row table artifact (keyed ``promote``/``rollback``)."""
+    from prefect.artifacts import create_table_artifact
 
     get_run_logger().info(f"{title}: {json.dumps(result, default=str)}")
     try:
-        create_markdown_artifact(markdown=f"### {title}\n```json\n{json.dumps(result, indent=2, default=str)}\n```",
-                                 key=title.split()[0].lower(), description=f"adsrec {title}")
+        row = {k: "" if v is None else v if isinstance(v, (str, int, float, bool)) else json.dumps(v, default=str)
+               for k, v in result.items()}
+        create_table_artifact(table=[row], key=title.split()[0].lower(), description=f"adsrec {title}")
     except Exception:  # an artifact is a courtesy; the registry change already happened
         pass
 

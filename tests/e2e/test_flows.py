@@ -124,6 +124,7 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     assert first["registered"]["version"] == 1 and first["champion"] is None
     assert first["gates_passed"] == ("challenger" in first["registered"]["aliases"])
     assert "quality gates" in res.output and "registered: adsrec-ranker version 1" in res.output
+    _assert_daily_artifacts(first["registered"])
     from components.config import load_settings
     from components.registry.client import champion, list_versions
 
@@ -173,6 +174,21 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     scored = pq.read_table(env / "scored.parquet")
     assert scored.num_rows == 5 and {"p_click", "p_conversion"} <= set(scored.column_names)
     assert isinstance(scored, pa.Table)
+
+
+def _assert_daily_artifacts(registered: dict) -> None:
+    """The run's summary is in Prefect as tables and links (flows/artifacts.py), not a text dump."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["daily-run", "daily-days", "daily-metrics", "daily-gates", "daily-mlflow-run", "daily-model-version"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    by_key = {a.key: a for a in found}
+    assert set(keys) <= set(by_key), sorted(by_key)
+    assert {by_key[k].type for k in keys[:4]} == {"table"} and {by_key[k].type for k in keys[4:]} == {"markdown"}
+    assert f"/runs/{registered['run_id']}" in str(by_key["daily-mlflow-run"].data)
+    assert f"/versions/{registered['version']}" in str(by_key["daily-model-version"].data)
 
 
 def test_source_outside_its_days_is_a_clear_error(env: Path) -> None:
