@@ -18,7 +18,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import steps
 from components.config import Settings
-from flows.pipeline import RunSummary, _finish, _record, _run_days, _settings, _summarised, train_task, training_set_task
+from components.runs import RunSummary
+from flows.stages import record_stage, run_days, train_task, training_set_task
+from flows.summaries import finish_run, flow_settings, summarised
 
 
 @task(name="gates-and-register", task_run_name="gates-and-register-{end_day}", cache_policy=NO_CACHE,
@@ -61,19 +63,19 @@ def daily(run_date: dt.date | None = None, force: bool = False, config_file: str
     next to the champion and (on the simulator) the oracle, run the quality gates, register the version
     (``challenger`` when every gate passes), apply ``registry.auto_promote``, and load the run date's
     feature values into the Feast online store for ``adsrec score``."""
-    settings = _settings(config_file)
+    settings = flow_settings(config_file)
     run_date = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
     days = steps.training_window(settings, run_date)
     summary = RunSummary("daily", {"run_date": run_date, "force": force})
-    with _summarised(settings, summary):
-        _run_days(settings, days, settings.pipeline.backfill_concurrency, force, summary)
+    with summarised(settings, summary):
+        run_days(settings, days, settings.pipeline.backfill_concurrency, force, summary)
         built = training_set_task(settings, run_date, len(days))
-        _record(summary, "training_set", run_date, built)
+        record_stage(summary, "training_set", run_date, built)
         if settings.training.enabled:
             trained = train_task(settings, run_date, built["path"], force)
-            _record(summary, "train", run_date, trained)
+            record_stage(summary, "train", run_date, trained)
             gated = gates_task(settings, run_date, trained, built["path"], days, force)
-            _record(summary, "gates", run_date, gated)
+            record_stage(summary, "gates", run_date, gated)
         # Serving reads the newest features from Feast's online store (adsrec score).
-        _record(summary, "materialize", run_date, materialize_task(settings, run_date))
-    return _finish(summary, settings)
+        record_stage(summary, "materialize", run_date, materialize_task(settings, run_date))
+    return finish_run(summary, settings)

@@ -1,15 +1,15 @@
 """Prefect deployments of the platform: the scheduled daily retrain, backfills, promotion and rollback.
 
 ``adsrec up`` runs ``python -m flows.deployments serve`` against its local Prefect server. That process
-registers four deployments (all named ``adsrec``) and executes their runs. Parameters are the flows'
+registers four deployments, each named after its flow, and executes their runs. Parameters are the flows'
 typed arguments, so the UI renders them as fields (dates as date pickers):
 
-- ``daily/adsrec`` (``flows.daily.daily``), on ``deploy.daily_cron`` in ``deploy.timezone``: run_date
+- ``daily/daily`` (``flows.daily.daily``), on ``deploy.daily_cron`` in ``deploy.timezone``: run_date
   (empty = yesterday), force, config_file;
-- ``backfill/adsrec`` (``flows.pipeline.backfill``), started from the UI or the API: start_date,
+- ``backfill/backfill`` (``flows.pipeline.backfill``), started from the UI or the API: start_date,
   end_date, concurrency, representations, force, config_file;
-- ``promote/adsrec`` (:func:`promote`): version (int), force (bool), reason (str);
-- ``rollback/adsrec`` (:func:`rollback`): config_file.
+- ``promote/promote`` (:func:`promote`): version (int), force (bool), reason (str);
+- ``rollback/rollback`` (:func:`rollback`): config_file.
 
 Serving also creates the global concurrency limit that keeps two training runs apart
 (``flows/concurrency.py``). Importing this module only defines the two registry flows; the pipeline
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, cast
 from prefect import flow, get_run_logger
 
 from components.config import Settings, load_settings
-from flows.services import DEPLOYMENT_NAME, DEPLOYMENT_NAMES, FLOW_NAMES
+from flows.services import DEPLOYMENT_NAMES, FLOW_NAMES
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
-__all__ = ["DEPLOYMENT_NAME", "DEPLOYMENT_NAMES", "FLOW_NAMES", "build_deployments", "main", "promote",
+__all__ = ["DEPLOYMENT_NAMES", "FLOW_NAMES", "build_deployments", "main", "promote",
            "rollback", "serve_deployments"]
 TAGS = ["adsrec"]
 
@@ -43,12 +43,14 @@ def _by() -> str:
 
 
 def _report(title: str, result: dict[str, Any]) -> None:
-    from prefect.artifacts import create_markdown_artifact
+    """Log the registry change and leave it as a one-row table artifact (keyed ``promote``/``rollback``)."""
+    from prefect.artifacts import create_table_artifact
 
     get_run_logger().info(f"{title}: {json.dumps(result, default=str)}")
     try:
-        create_markdown_artifact(markdown=f"### {title}\n```json\n{json.dumps(result, indent=2, default=str)}\n```",
-                                 key=title.split()[0].lower(), description=f"adsrec {title}")
+        row = {k: "" if v is None else v if isinstance(v, (str, int, float, bool)) else json.dumps(v, default=str)
+               for k, v in result.items()}
+        create_table_artifact(table=[row], key=title.split()[0].lower(), description=f"adsrec {title}")
     except Exception:  # an artifact is a courtesy; the registry change already happened
         pass
 
@@ -99,9 +101,10 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
                          f"{exc}") from None
 
     def deployment(flow_: Any, description: str, **kwargs: Any) -> RunnerDeployment:
-        # to_deployment is sync/async-dual in Prefect; called from sync code it returns the deployment.
+        # Named after its flow (daily/daily). to_deployment is sync/async-dual in Prefect; called from sync code
+        # it returns the deployment.
         return cast("RunnerDeployment", flow_.to_deployment(
-            DEPLOYMENT_NAME, description=description, tags=TAGS, entrypoint_type=EntrypointType.MODULE_PATH,
+            flow_.name, description=description, tags=TAGS, entrypoint_type=EntrypointType.MODULE_PATH,
             **kwargs))
 
     return [

@@ -37,100 +37,130 @@ def _encoded(rep: dict[str, Any] | None) -> str:
     return f"{_n(rep.get('text_encoded'))}/{_n(rep.get('visual_encoded'))}"
 
 
-def render_summary(summary: dict[str, Any]) -> str:
-    """One block per run: per-day rows landed/quarantined and feature rows, stage time, the training set."""
+DAY_STAGES = ("deliver", "ingest", "features", "representations")
+DAY_HEADERS = ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "encoded txt/img",
+               "s", "skipped"]
+
+
+def group_by_day(summary: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The run's day-step records folded into one entry per day (seconds summed, skipped stages, the
+    ingest tables, feature rows, representations), and the other records (training set, train, gates,
+    materialize) in run order."""
     days: dict[str, dict[str, Any]] = {}
     extra: list[dict[str, Any]] = []
     for st in summary.get("stages", []):
-        day = str(st.get("day")) if st.get("day") is not None else "-"
-        if st["stage"] in ("deliver", "ingest", "features", "representations"):
-            d = days.setdefault(day, {"seconds": 0.0, "skipped": []})
-            d["seconds"] += st.get("seconds") or 0.0
-            if st.get("skipped"):
-                d["skipped"].append(st["stage"])
-            if st["stage"] == "ingest":
-                d["ingest"] = st.get("tables") or {}
-                d["expectations_passed"] = st.get("expectations_passed")
-                d["data_docs"] = st.get("data_docs")
-            elif st["stage"] == "features":
-                d["features"] = st.get("rows") or {}
-            elif st["stage"] == "representations":
-                d["repr"] = st
-        else:
+        if st["stage"] not in DAY_STAGES:
             extra.append(st)
+            continue
+        day = str(st.get("day")) if st.get("day") is not None else "-"
+        d = days.setdefault(day, {"seconds": 0.0, "skipped": []})
+        d["seconds"] += st.get("seconds") or 0.0
+        if st.get("skipped"):
+            d["skipped"].append(st["stage"])
+        if st["stage"] == "ingest":
+            d["ingest"] = st.get("tables") or {}
+            d["expectations_passed"] = st.get("expectations_passed")
+            d["data_docs"] = st.get("data_docs")
+        elif st["stage"] == "features":
+            d["features"] = st.get("rows") or {}
+        elif st["stage"] == "representations":
+            d["repr"] = st
+    return days, extra
 
+
+def day_row(day: str, d: dict[str, Any]) -> list[str]:
+    """One row of the per-day table (:data:`DAY_HEADERS`) for an entry of :func:`group_by_day`."""
+    ing = d.get("ingest", {})
+    imp = ing.get("impressions", {})
+    q = sum((t.get("rows_quarantined") or 0) for t in ing.values()) if ing else None
+    rate = imp.get("rows_quarantined", 0) / imp["rows_in"] if imp.get("rows_in") else 0.0
+    feats = d.get("features", {})
+    return [
+        day,
+        _n(imp.get("rows_landed")),
+        _n(ing.get("ads", {}).get("rows_landed")),
+        _n(ing.get("users", {}).get("rows_landed")),
+        f"{_n(q)} ({rate:.2%})" if q is not None else "-",
+        {True: "pass", False: "FAIL", None: "-"}[d.get("expectations_passed")],
+        _n(sum(feats.values())) if feats else "-",
+        _encoded(d.get("repr")),
+        f"{d['seconds']:.1f}",
+        ",".join(d["skipped"]) or "",
+    ]
+
+
+def render_representations(r: dict[str, Any]) -> list[str]:
+    """The newest day's representations: codebook, usage, collisions, graph, seconds per stage."""
+    lines = [
+        f"representations ({r.get('day')}): visual semantic IDs codebook {r.get('codebook_version')}, "
+        f"usage {fmt_share(r.get('codebook_usage'))}, collision rate {fmt_share(r.get('collision_rate'))}; "
+        f"graph {_n(r.get('graph_edges'))} click edges, final BPR loss {_num(r.get('graph_final_loss'))}"
+    ]
+    stage_s = r.get("stage_seconds") or {}
+    if isinstance(stage_s, dict) and stage_s:
+        lines.append("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stage_s.items()
+                                                         if isinstance(v, (int, float))))
+    return lines
+
+
+def render_train(st: dict[str, Any]) -> list[str]:
+    """The trained model: rows, epochs, throughput, the evaluation text and where it was saved."""
+    tr = st.get("training") or {}
+    rows = st.get("rows") or {}
+    lines = [
+        f"model: {st.get('arch')} trained on {_n(rows.get('train'))} rows, evaluated on the newest day "
+        f"({_n(rows.get('valid'))} rows): {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
+        f"{_num_rate(tr.get('samples_per_s'))} samples/s on {tr.get('device')}"
+        + ("  [unchanged, skipped]" if st.get("skipped") else "")
+    ]
+    if st.get("evaluation_text"):
+        lines.append(st["evaluation_text"])
+    lines.append(f"  saved to {st.get('model_dir')}")
+    return lines
+
+
+def render_training_set(st: dict[str, Any]) -> list[str]:
+    """The training set: path, days, seconds, rows, label rates, join path, feature count."""
+    lines = [f"training set: {st.get('path')}  ({st.get('days')} days, {st.get('seconds', 0):.1f} s)"]
+    meta = st.get("meta") or {}
+    if meta:
+        rates = ", ".join(f"{k} {v:.2%}" for k, v in (meta.get("label_rates") or {}).items())
+        lines.append(f"  rows {_n(meta.get('rows'))}; label rates {rates}; join {meta.get('join_path')}; "
+                     f"{len(meta.get('features') or [])} features")
+    return lines
+
+
+def render_stage(st: dict[str, Any]) -> list[str]:
+    """A record that is not a day-step: training set, train, gates, materialize, or any other."""
+    if st["stage"] == "train":
+        return render_train(st)
+    if st["stage"] == "gates":
+        return [render_gates(st)]
+    if st["stage"] == "materialize":
+        views = st.get("views") or {}
+        return [f"online store: feature values as of {st.get('as_of')} for {len(views)} views "
+                f"({st.get('seconds') or 0:.1f} s); score pairs with `adsrec score --pairs FILE`"]
+    if st["stage"] == "training_set":
+        return render_training_set(st)
+    return [f"{st['stage']}: {({k: v for k, v in st.items() if k != 'stage'})}"]
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """One block per run: per-day rows landed/quarantined and feature rows, stage time, the training set."""
+    days, extra = group_by_day(summary)
     head = (f"adsrec {summary.get('flow')}  status={summary.get('status')}  "
             f"{summary.get('seconds', 0):.1f} s  params={summary.get('parameters')}")
     blocks = [head]
     if days:
-        rows = []
-        for day, d in sorted(days.items()):
-            ing = d.get("ingest", {})
-            imp = ing.get("impressions", {})
-            q = sum((t.get("rows_quarantined") or 0) for t in ing.values()) if ing else None
-            rate = imp.get("rows_quarantined", 0) / imp["rows_in"] if imp.get("rows_in") else 0.0
-            feats = d.get("features", {})
-            rows.append([
-                day,
-                _n(imp.get("rows_landed")),
-                _n(ing.get("ads", {}).get("rows_landed")),
-                _n(ing.get("users", {}).get("rows_landed")),
-                f"{_n(q)} ({rate:.2%})" if q is not None else "-",
-                {True: "pass", False: "FAIL", None: "-"}[d.get("expectations_passed")],
-                _n(sum(feats.values())) if feats else "-",
-                _encoded(d.get("repr")),
-                f"{d['seconds']:.1f}",
-                ",".join(d["skipped"]) or "",
-            ])
-        blocks.append(_table(
-            ["day", "impressions", "ads", "users", "quarantined", "expect.", "feature rows", "encoded txt/img", "s",
-             "skipped"], rows))
+        blocks.append(_table(DAY_HEADERS, [day_row(day, d) for day, d in sorted(days.items())]))
     docs = next((d["data_docs"] for _, d in sorted(days.items()) if d.get("data_docs")), None)
     if docs:  # right under the table's expect. column
         blocks.append(render_data_docs(docs))
     reps = [d["repr"] for _, d in sorted(days.items()) if d.get("repr")]
     if reps:
-        r = reps[-1]
-        blocks.append(
-            f"representations ({r.get('day')}): visual semantic IDs codebook {r.get('codebook_version')}, "
-            f"usage {fmt_share(r.get('codebook_usage'))}, collision rate {fmt_share(r.get('collision_rate'))}; "
-            f"graph {_n(r.get('graph_edges'))} click edges, final BPR loss {_num(r.get('graph_final_loss'))}"
-        )
-        stage_s = r.get("stage_seconds") or {}
-        if isinstance(stage_s, dict) and stage_s:
-            blocks.append("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stage_s.items()
-                                                                if isinstance(v, (int, float))))
+        blocks.extend(render_representations(reps[-1]))
     for st in extra:
-        if st["stage"] == "train":
-            tr = st.get("training") or {}
-            rows = st.get("rows") or {}
-            blocks.append(
-                f"model: {st.get('arch')} trained on {_n(rows.get('train'))} rows, evaluated on the newest day "
-                f"({_n(rows.get('valid'))} rows): {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
-                f"{_num_rate(tr.get('samples_per_s'))} samples/s on {tr.get('device')}"
-                + ("  [unchanged, skipped]" if st.get("skipped") else "")
-            )
-            if st.get("evaluation_text"):
-                blocks.append(st["evaluation_text"])
-            blocks.append(f"  saved to {st.get('model_dir')}")
-            continue
-        if st["stage"] == "gates":
-            blocks.append(render_gates(st))
-            continue
-        if st["stage"] == "materialize":
-            views = st.get("views") or {}
-            blocks.append(f"online store: feature values as of {st.get('as_of')} for {len(views)} views "
-                          f"({st.get('seconds') or 0:.1f} s); score pairs with `adsrec score --pairs FILE`")
-            continue
-        if st["stage"] == "training_set":
-            blocks.append(f"training set: {st.get('path')}  ({st.get('days')} days, {st.get('seconds', 0):.1f} s)")
-            meta = st.get("meta") or {}
-            if meta:
-                rates = ", ".join(f"{k} {v:.2%}" for k, v in (meta.get("label_rates") or {}).items())
-                blocks.append(f"  rows {_n(meta.get('rows'))}; label rates {rates}; join {meta.get('join_path')}; "
-                              f"{len(meta.get('features') or [])} features")
-        else:
-            blocks.append(f"{st['stage']}: {({k: v for k, v in st.items() if k != 'stage'})}")
+        blocks.extend(render_stage(st))
     if summary.get("error"):
         blocks.append(f"error: {summary['error']}")
     return "\n\n".join(blocks)

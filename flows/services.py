@@ -15,16 +15,18 @@ with its PID file and log under ``<home>/services/``:
 
 ``down`` stops them by PID (SIGTERM to the process group, SIGKILL after a grace period). A PID file
 whose process is gone, or now belongs to another program, is stale: it is removed, nothing is killed.
-No Prefect or MLflow import here: only the standard library.
+Starting, watching and stopping the processes is flows/processes.py's job. Prefect's own
+``prefect server start --background`` / ``prefect server stop`` (3.8) cannot do it for the Prefect
+server: it pipes the server's output into a pipe nobody reads (no log to show when a start fails, and
+a server that writes 64 KiB blocks), and ``stop`` sends one SIGTERM without waiting or reaching the
+process group; the three other services need the supervision anyway. No Prefect or MLflow import
+here: only the standard library.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -33,38 +35,22 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import PROJECT_ROOT, Settings
+from components.config import Settings
+from flows.processes import (Launched, ServiceError, ServiceSpec, http_ok, launch, log_file, log_tail, owned_pid,
+                             pid_file, port_free, read_pid, runs_service, stop_pid, wait_ready)
 
 SERVICE_ORDER = ("prefect", "mlflow", "data_docs", "deployments")
 # A substring of each service's command line: a PID file whose process no longer shows it is stale
 # (the PID may have been reused by another program, which must never be killed).
 MARKERS = {"prefect": "server start", "mlflow": "mlflow", "data_docs": "http.server",
            "deployments": "flows.deployments"}
-# The deployments the deployment server registers (flows/deployments.py builds them; kept here so that
-# checking them needs no Prefect import).
-DEPLOYMENT_NAME = "adsrec"
+# The deployments the deployment server registers, each named after its flow (flows/deployments.py
+# builds them; kept here so that checking them needs no Prefect import).
 FLOW_NAMES = ("daily", "backfill", "promote", "rollback")
-DEPLOYMENT_NAMES = tuple(f"{name}/{DEPLOYMENT_NAME}" for name in FLOW_NAMES)
+DEPLOYMENT_NAMES = tuple(f"{name}/{name}" for name in FLOW_NAMES)
 # Filesystem lease storage: a training slot held while the server restarts is still released on expiry
 # (the default in-memory storage would forget the lease and leave the slot occupied).
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
-
-
-class ServiceError(RuntimeError):
-    """A service could not be started or stopped; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """How to start one service and how to tell that it is ready."""
-
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    port: int | None
-    url: str | None            # what a person opens
-    health_url: str | None     # GET answers 2xx when ready
-    marker: str                # a substring of the process's command line (guards against PID reuse)
 
 
 @dataclass(frozen=True)
@@ -168,111 +154,7 @@ def service_specs(settings: Settings, mlflow: bool = True, data_docs: bool = Tru
     return specs
 
 
-# --- processes ----------------------------------------------------------------------------------------
-
-def _pid_file(settings: Settings, name: str) -> Path:
-    return services_dir(settings) / f"{name}.pid"
-
-
-def _log_file(settings: Settings, name: str) -> Path:
-    return services_dir(settings) / f"{name}.log"
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie child of this process counts as gone and is reaped)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.is_file():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return True
-    return True
-
-
-def _command_line(pid: int) -> str:
-    proc = Path(f"/proc/{pid}/cmdline")
-    if proc.is_file():
-        try:
-            return proc.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return ""
-    out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owned_pid(settings: Settings, spec_name: str, marker: str) -> int | None:
-    """The PID in the service's PID file when that process still runs the service, else ``None``
-    (and a stale PID file is removed)."""
-    path = _pid_file(settings, spec_name)
-    pid = _read_pid(path)
-    if pid is None:
-        return None
-    if _alive(pid) and marker in _command_line(pid):
-        return pid
-    path.unlink(missing_ok=True)
-    return None
-
-
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URLs we built
-            return 200 <= resp.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _port_free(host: str, port: int) -> bool:
-    """False when something listens on ``host:port``; :class:`ServiceError` when ``host`` cannot be bound
-    at all (not an address of this machine, or not an address)."""
-    import errno
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise ServiceError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): check deploy.host") from None
-    return True
-
-
-def _log_tail(path: Path, lines: int = 25) -> str:
-    if not path.is_file():
-        return "(no log)"
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
-
+# --- readiness ------------------------------------------------------------------------------------
 
 def _deployments_registered(settings: Settings, since: float | None = None) -> bool:
     """Every deployment exists on the API, and (with ``since``, a UNIX time) was (re)registered after it:
@@ -295,67 +177,15 @@ def _deployments_registered(settings: Settings, since: float | None = None) -> b
 
 def _ready(settings: Settings, spec: ServiceSpec, since: float | None = None) -> bool:
     if spec.health_url:
-        return _http_ok(spec.health_url)
+        return http_ok(spec.health_url)
     return _deployments_registered(settings, since)
 
 
-@dataclass
-class _Launched:
-    spec: ServiceSpec
-    proc: subprocess.Popen[bytes]
-    at: float  # time.time() at launch
-
-
-def _launch(settings: Settings, spec: ServiceSpec) -> _Launched:
-    """Start one service in its own process group, its output appended to its log, its PID in its file."""
-    log_path = _log_file(settings, spec.name)
-    with open(log_path, "ab") as log:
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.command)}\n".encode())
-        log.flush()
-        at = time.time()
-        proc = subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=spec.env, cwd=PROJECT_ROOT, start_new_session=True)
-    _pid_file(settings, spec.name).write_text(f"{proc.pid}\n")
-    return _Launched(spec, proc, at)
-
-
-def _wait_ready(settings: Settings, launched: _Launched, deadline: float) -> None:
-    """Poll until the service answers; raise :class:`ServiceError` with the log's tail when it exits or
-    the deadline (``time.monotonic()``) passes."""
-    spec, proc = launched.spec, launched.proc
-    log_path = _log_file(settings, spec.name)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceError(f"the {spec.name} service exited with code {proc.returncode} while starting; "
-                               f"last lines of {log_path}:\n{_log_tail(log_path)}")
-        if _ready(settings, spec, since=launched.at):
-            return
-        time.sleep(0.5)
+def _wait_ready(settings: Settings, launched: Launched, deadline: float) -> None:
+    """Poll until the service answers (its health URL, or the deployments registered after its launch)."""
+    spec = launched.spec
     what = spec.health_url or f"deployments {', '.join(DEPLOYMENT_NAMES)} registered"
-    raise ServiceError(f"the {spec.name} service was not ready in time (waited for {what}); "
-                       f"last lines of {log_path}:\n{_log_tail(log_path)}")
-
-
-def _stop_pid(pid: int, grace: float) -> str:
-    """SIGTERM the process group led by ``pid``; SIGKILL what is left after ``grace`` seconds."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return "already gone"
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid) and not _group_alive(pid):
-            return "stopped"
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return "stopped"
-    for _ in range(50):
-        if not _alive(pid):
-            break
-        time.sleep(0.1)
-    return "killed after SIGTERM timed out"
+    wait_ready(services_dir(settings), launched, deadline, lambda: _ready(settings, spec, since=launched.at), what)
 
 
 # --- the commands -------------------------------------------------------------------------------------
@@ -364,22 +194,22 @@ def status(settings: Settings) -> list[ServiceStatus]:
     """What runs: one entry per known service (running or not), with its health."""
     out = []
     for spec in service_specs(settings):
-        pid = _owned_pid(settings, spec.name, spec.marker)
+        pid = owned_pid(services_dir(settings), spec.name, spec.marker)
         running = pid is not None
         out.append(ServiceStatus(name=spec.name, pid=pid, running=running,
                                  healthy=running and _ready(settings, spec), url=spec.url,
-                                 log=_log_file(settings, spec.name)))
+                                 log=log_file(services_dir(settings), spec.name)))
     return out
 
 
 def running_prefect_api_url(settings: Settings) -> str | None:
     """The API URL of the Prefect server ``adsrec up`` started for this home, when it runs and answers."""
-    if not _pid_file(settings, "prefect").is_file():
+    if not pid_file(services_dir(settings), "prefect").is_file():
         return None
-    if _owned_pid(settings, "prefect", MARKERS["prefect"]) is None:
+    if owned_pid(services_dir(settings), "prefect", MARKERS["prefect"]) is None:
         return None
     api = prefect_api_url(settings)
-    return api if _http_ok(f"{api}/health", timeout=1.0) else None
+    return api if http_ok(f"{api}/health", timeout=1.0) else None
 
 
 def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
@@ -409,7 +239,7 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
         if "deployments" in only and "prefect" not in only and not running_prefect_api_url(settings):
             raise ServiceError("the deployments service needs the Prefect server: start it too (or first)")
         specs = [s for s in specs if s.name in only]
-    running = {s.name: _owned_pid(settings, s.name, s.marker) for s in specs}
+    running = {s.name: owned_pid(services_dir(settings), s.name, s.marker) for s in specs}
     if all(running.values()):
         echo("adsrec is already up (adsrec down stops it):")
         return status(settings)
@@ -417,13 +247,13 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
         if pid:
             echo(f"{name}: already running (pid {pid})")
     for spec in specs:
-        if not running[spec.name] and spec.port is not None and not _port_free(settings.deploy.host, spec.port):
+        if not running[spec.name] and spec.port is not None and not port_free(settings.deploy.host, spec.port):
             key = f"{spec.name}_port"
             raise ServiceError(
                 f"port {spec.port} on {settings.deploy.host} is already in use, so the {spec.name} server cannot "
                 f"start. Stop what listens there, or choose another port: deploy.{key} in the config file or "
                 f"ADSREC_DEPLOY__{key.upper()}=<port>.")
-    started: dict[str, _Launched] = {}
+    started: dict[str, Launched] = {}
     try:
         # Stage 1: the servers (independent of each other); stage 2: the deployment server (needs the API).
         for stage in ([s for s in specs if s.name != "deployments"], [s for s in specs if s.name == "deployments"]):
@@ -431,15 +261,15 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
             t0 = time.monotonic()
             for spec in todo:
                 echo(f"{spec.name}: starting ...")
-                started[spec.name] = _launch(settings, spec)
+                started[spec.name] = launch(services_dir(settings), spec)
             for spec in todo:
                 _wait_ready(settings, started[spec.name], t0 + timeout)
                 echo(f"{spec.name}: ready after {time.monotonic() - t0:.1f} s "
-                     f"(pid {started[spec.name].proc.pid}, log {_log_file(settings, spec.name)})")
+                     f"(pid {started[spec.name].proc.pid}, log {log_file(services_dir(settings), spec.name)})")
     except BaseException:
         for name, launched in reversed(list(started.items())):
-            _stop_pid(launched.proc.pid, grace=10.0)
-            _pid_file(settings, name).unlink(missing_ok=True)
+            stop_pid(launched.proc.pid, grace=10.0)
+            pid_file(services_dir(settings), name).unlink(missing_ok=True)
         raise
     return status(settings)
 
@@ -450,15 +280,15 @@ def down(settings: Settings, grace: float = 20.0, echo: Callable[[str], None] = 
     Returns ``{service: outcome}``."""
     outcome: dict[str, str] = {}
     for name in reversed(SERVICE_ORDER):
-        path = _pid_file(settings, name)
-        pid = _read_pid(path)
+        path = pid_file(services_dir(settings), name)
+        pid = read_pid(path)
         if pid is None:
             path.unlink(missing_ok=True)
             continue
-        if not _alive(pid) or MARKERS[name] not in _command_line(pid):
+        if not runs_service(pid, MARKERS[name]):
             outcome[name] = "not running (stale PID file removed)"
         else:
-            outcome[name] = _stop_pid(pid, grace)
+            outcome[name] = stop_pid(pid, grace)
         path.unlink(missing_ok=True)
         echo(f"{name}: {outcome[name]}")
     if not outcome:
@@ -469,12 +299,12 @@ def down(settings: Settings, grace: float = 20.0, echo: Callable[[str], None] = 
 def watch(settings: Settings, interval: float = 2.0, echo: Callable[[str], None] = print) -> str:
     """Block while every started service runs (``adsrec up --foreground``); return the name of the first
     one that stops (its log tail is echoed). Ctrl-C raises ``KeyboardInterrupt`` as usual."""
-    names = [n for n in SERVICE_ORDER if _pid_file(settings, n).is_file()]
+    names = [n for n in SERVICE_ORDER if pid_file(services_dir(settings), n).is_file()]
     while True:
         for name in names:
-            if _owned_pid(settings, name, MARKERS[name]) is None:
-                log_path = _log_file(settings, name)
-                echo(f"{name} stopped; last lines of {log_path}:\n{_log_tail(log_path)}")
+            if owned_pid(services_dir(settings), name, MARKERS[name]) is None:
+                log_path = log_file(services_dir(settings), name)
+                echo(f"{name} stopped; last lines of {log_path}:\n{log_tail(log_path)}")
                 return name
         time.sleep(interval)
 

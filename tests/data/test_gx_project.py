@@ -64,9 +64,10 @@ def _spec(table: pa.Table, labels: tuple[str, ...] = ("click",), bounds: tuple[f
 def test_ingested_day_is_in_the_gx_project_data_docs_and_run_summary(sim_settings: Any) -> None:
     from components import steps
     from components.runs import RunSummary
-    from flows.pipeline import _link_data_docs, _record
     from flows.report import render_summary
     from flows.services import data_docs_url
+    from flows.stages import record_stage
+    from flows.summaries import link_data_docs
 
     steps.deliver_day(sim_settings, DAY)
     result = steps.ingest(sim_settings, DAY)
@@ -96,8 +97,8 @@ def test_ingested_day_is_in_the_gx_project_data_docs_and_run_summary(sim_setting
     assert len(pages) == 1 and "request_id" in pages[0].read_text()
 
     summary = RunSummary("ingest_day", {"run_date": DAY})
-    _record(summary, "ingest", DAY, result)
-    _link_data_docs(summary, sim_settings)
+    record_stage(summary, "ingest", DAY, result)
+    link_data_docs(summary, sim_settings)
     text = render_summary(json.loads(json.dumps(summary.to_dict(), default=str)))
     assert str(index) in text and data_docs_url(sim_settings) in text, text
 

@@ -332,7 +332,7 @@ def test_index_follows_a_reingested_day_and_is_rebuilt_when_deleted(settings) ->
 
 def test_prefect_retries_io_errors_only() -> None:
     from components.ingest.report import IngestDayFailed
-    from flows.pipeline import retry_on_io_error
+    from flows.stages import retry_on_io_error
 
     class State:
         def __init__(self, exc: BaseException) -> None:

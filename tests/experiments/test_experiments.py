@@ -56,7 +56,7 @@ def test_experiment_list_names_all_six() -> None:
     from typer.testing import CliRunner
 
     from components.experiments import NAMES
-    from flows.cli import app
+    from flows.cli.main import app
 
     res = CliRunner().invoke(app, ["experiment", "--list"])
     assert res.exit_code == 0, res.output

@@ -432,7 +432,7 @@ def test_cli_analyze(trained: Trained, tmp_path: Path, monkeypatch: pytest.Monke
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.main import app
 
     home = tmp_path / "home"
     trained.stem.save(home / "models" / "2026-01-03")

@@ -66,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     from components.config import load_settings
     from flows import services
-    from flows.cli import app
+    from flows.cli.main import app
 
     home = tmp_path_factory.mktemp("deployments") / "home"
     saved = dict(os.environ)
@@ -105,7 +105,7 @@ def api(stack: Stack) -> Iterator[str]:
 
 def test_up_starts_the_uis_and_the_deployment_server(stack: Stack) -> None:
     from flows import services
-    from flows.cli import app
+    from flows.cli.main import app
 
     out = stack.up_output
     assert f"Prefect UI:   {stack.ui}" in out and f"{stack.ui}/deployments" in out and stack.mlflow in out
@@ -130,7 +130,7 @@ def test_backfill_deployment_runs_two_days_triggered_through_the_api(stack: Stac
     from prefect.deployments import run_deployment
 
     t0 = time.monotonic()
-    run = run_deployment("backfill/adsrec", parameters={"start_date": "2026-11-01", "end_date": "2026-11-02",
+    run = run_deployment("backfill/backfill", parameters={"start_date": "2026-11-01", "end_date": "2026-11-02",
                                                         "representations": False},
                          timeout=300, poll_interval=1)
     assert run.state is not None and run.state.is_completed(), (
@@ -157,7 +157,7 @@ def test_daily_deployment_has_its_cron_schedule_and_gets_scheduled_runs(stack: S
     from prefect.client.schemas.objects import StateType
 
     with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name("daily/adsrec")
+        dep = client.read_deployment_by_name("daily/daily")
         schedules = [(s.schedule.cron, s.schedule.timezone, s.active) for s in dep.schedules]
         assert schedules == [("0 3 * * *", "UTC", True)]
         assert not dep.paused
@@ -171,7 +171,7 @@ def test_daily_deployment_has_its_cron_schedule_and_gets_scheduled_runs(stack: S
                                          flow_run_filter=FlowRunFilter(state=scheduled))
             if not runs:
                 time.sleep(1)
-    assert runs, ("the scheduler created no SCHEDULED run of daily/adsrec within 60 s; server log:\n"
+    assert runs, ("the scheduler created no SCHEDULED run of daily/daily within 60 s; server log:\n"
                   + stack.log_tail("prefect"))
     now = dt.datetime.now(dt.timezone.utc)
     for run in runs:
@@ -183,9 +183,9 @@ def test_registry_deployments_have_typed_parameters(stack: Stack, api: str) -> N
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        promote = client.read_deployment_by_name("promote/adsrec")
-        rollback = client.read_deployment_by_name("rollback/adsrec")
-        backfill = client.read_deployment_by_name("backfill/adsrec")
+        promote = client.read_deployment_by_name("promote/promote")
+        rollback = client.read_deployment_by_name("rollback/rollback")
+        backfill = client.read_deployment_by_name("backfill/backfill")
     p = promote.parameter_openapi_schema
     assert p["required"] == ["version"]
     assert [p["properties"][k].get("type") for k in ("version", "force", "reason")] == ["integer", "boolean", "string"]
@@ -201,7 +201,7 @@ def test_promote_deployment_runs_and_reports_the_registry_refusal(stack: Stack, 
     own error (the full promote/rollback behaviour is tested in the registry's tests)."""
     from prefect.deployments import run_deployment
 
-    run = run_deployment("promote/adsrec", parameters={"version": 1}, timeout=120, poll_interval=1)
+    run = run_deployment("promote/promote", parameters={"version": 1}, timeout=120, poll_interval=1)
     assert run.state is not None and run.state.is_failed(), f"{run.state!r}\n{stack.log_tail('deployments')}"
     assert "RegistryError" in (run.state.message or ""), run.state.message
 
@@ -214,13 +214,13 @@ PROBE = textwrap.dedent('''
 
     @flow(name="training-slot-probe")
     def probe(tag: str, out: str) -> bool:
-        with training_slot(load_settings().resolved(), timeout_seconds=120) as held:
+        with training_slot(load_settings().resolved(), timeout_seconds=120):
             enter = time.time()
             time.sleep(2.0)
             leave = time.time()
         with open(out, "a") as f:
-            f.write(json.dumps({"tag": tag, "enter": enter, "leave": leave, "held": held}) + "\\n")
-        return held
+            f.write(json.dumps({"tag": tag, "enter": enter, "leave": leave}) + "\\n")
+        return True
 
     probe(sys.argv[1], sys.argv[2])
 ''')
@@ -243,21 +243,20 @@ def test_training_slot_lets_one_flow_run_train_at_a_time(stack: Stack, api: str,
     logs = [p.communicate(timeout=180)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
     first, second = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["enter"])
-    assert first["held"] and second["held"]
     assert second["enter"] >= first["leave"], f"the two training blocks overlapped: {first} {second}"
 
     # A limit that does not exist never blocks: the block runs at once, without a slot.
     missing = stack.settings.model_copy(deep=True)
     missing.deploy.training_concurrency_limit = "adsrec-no-such-limit"
     t0 = time.monotonic()
-    with training_slot(missing) as held:
+    with training_slot(missing):
         pass
-    assert held is False and time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 5
 
 
 def test_down_stops_every_service(stack: Stack) -> None:
     from flows import services
-    from flows.cli import app
+    from flows.cli.main import app
 
     pids = {s.name: s.pid for s in services.status(stack.settings)}
     res = CliRunner().invoke(app, ["down"])
@@ -314,6 +313,7 @@ def test_build_deployments_takes_schedule_and_defaults_from_config(settings: Any
     s.pipeline.backfill_concurrency = 3
     deps = {d.flow_name: d for d in build_deployments(s)}
     assert list(deps) == ["daily", "backfill", "promote", "rollback"]
+    assert [d.name for d in deps.values()] == list(deps)  # each deployment is named after its flow
     sched = deps["daily"].schedules[0].schedule
     assert (sched.cron, sched.timezone) == ("30 4 * * 1-5", "Europe/Berlin")
     assert deps["backfill"].parameters == {"concurrency": 3}
@@ -330,21 +330,22 @@ def test_training_slot_outside_a_run_without_an_api_is_free(settings: Any) -> No
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         t0 = time.perf_counter()
-        with training_slot(settings) as held:
+        with training_slot(settings):
             inside = time.perf_counter() - t0
-    assert held is False and inside < 0.1
+    assert inside < 0.1
 
 
 def test_a_service_that_dies_while_starting_is_reported_with_its_log(settings: Any) -> None:
-    from flows import services
+    from flows import processes, services
 
-    services.services_dir(settings).mkdir(parents=True)
+    folder = services.services_dir(settings)
+    folder.mkdir(parents=True)
     dying = [sys.executable, "-c", "print('no database here'); raise SystemExit(3)"]
-    spec = services.ServiceSpec(name="mlflow", command=dying, env=dict(os.environ), port=None, url=None,
-                                health_url="http://127.0.0.1:9/health", marker="mlflow")
-    launched = services._launch(settings, spec)
-    with pytest.raises(services.ServiceError, match=r"(?s)exited with code 3 while starting.*no database here"):
-        services._wait_ready(settings, launched, time.monotonic() + 30)
+    spec = processes.ServiceSpec(name="mlflow", command=dying, env=dict(os.environ), port=None, url=None,
+                                 health_url="http://127.0.0.1:9/health", marker="mlflow")
+    launched = processes.launch(folder, spec)
+    with pytest.raises(processes.ServiceError, match=r"(?s)exited with code 3 while starting.*no database here"):
+        processes.wait_ready(folder, launched, time.monotonic() + 30, lambda: False, "its health URL")
     bad = settings.model_copy(deep=True)
     bad.deploy.host = "192.0.2.1"  # TEST-NET-1: not an address of this machine
     with pytest.raises(services.ServiceError, match="cannot listen on 192.0.2.1"):

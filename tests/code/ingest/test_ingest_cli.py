@@ -49,7 +49,7 @@ def cli(settings, prefect_api: None, monkeypatch: pytest.MonkeyPatch):
     ``calls`` counts ingest_day runs."""
     import components.ingest.day as ingest_mod
     from components import steps
-    from flows.cli import app
+    from flows.cli.main import app
 
     monkeypatch.setattr(steps, "_source", lambda s: LandedSource())
     calls: list[dt.date] = []

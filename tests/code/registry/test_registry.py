@@ -1,5 +1,5 @@
 """The MLflow registry (components/registry/: client.py, run_logging.py, register.py, aliases.py, packaged.py;
-flows/registry_cli.py).
+flows/cli/registry.py).
 
 One small marketplace is simulated and one small STEM ranker (with a behaviour sequence, so list and
 timestamp columns go through the pandas round trip) is trained per module, then registered three times in
@@ -481,7 +481,7 @@ def cli_env(fresh_aliases: Any) -> Iterator[Any]:
 def test_cli_models_promote_rollback(cli_env: Any) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.main import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["models"])

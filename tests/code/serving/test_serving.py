@@ -1,4 +1,4 @@
-"""Online serving (components/serving/online_store.py, online_rows.py, scoring.py; flows/serving_cli.py) on a
+"""Online serving (components/serving/online_store.py, online_rows.py, scoring.py; flows/cli/serving.py) on a
 small simulated marketplace built by the real pipeline steps (deliver, ingest, features, representations)
 for three days.
 
@@ -255,7 +255,7 @@ def test_cli_materialize_and_score(world: dict[str, Any], materialized: dict[str
                                    restore_env: None) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.main import app
 
     settings = world["settings"]
     runner = CliRunner()

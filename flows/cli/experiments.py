@@ -6,13 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.cli.common import prepare_settings
+
 
 def _run_one(name: str, seeds: tuple[int, ...], size: str, mlflow: bool, write: bool) -> None:
     from components.experiments import get
     from components.experiments.base import PLOTS_DIR, ExperimentContext, write_results
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     experiment = get(name)
     plot_dir = PLOTS_DIR / name if size == "default" else settings.home / "experiments" / name
     ctx = ExperimentContext(name=name, settings=settings, seeds=seeds, size=size,  # type: ignore[arg-type]

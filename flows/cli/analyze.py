@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from flows.cli.common import fail, load_settings_or_exit
+
 if TYPE_CHECKING:
     from components.config import Settings
 
@@ -31,20 +33,6 @@ ModelDirOpt = Annotated[Optional[Path], typer.Option(
     "--model-dir", help="a saved ranker folder (default: the newest under <home>/models/)")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="folder for the JSON report and PNGs "
                                                 "(default: <home>/analysis/<model folder name>/)")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> "Settings":
-    from components.config import load_settings
-
-    try:
-        return load_settings().resolved()
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc), 2) from None
 
 
 def newest_model_dir(home: Path) -> Path:
@@ -88,7 +76,7 @@ def collapse_cmd(
 ) -> None:
     """Information abundance (IA, IA/d) of every field of every embedding table, singular spectra, and the
     DCNv2 interaction-collapse map when the model has a DCNv2 expert."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     try:
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=False)
         from components.training.encoders import read_training_set
@@ -108,7 +96,7 @@ def collapse_cmd(
                                  max_rows=max_rows or settings.gates.ia_max_rows, seed=seed)
         seconds = time.perf_counter() - start
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"model: {model_dir}" + (f"\nid counts from: {training_set}" if training_set else
                                         "\nno training set: all rows used, unweighted"))
     typer.echo(report.to_text())
@@ -143,7 +131,7 @@ def entanglement_cmd(
 ) -> None:
     """Contradictory preference analysis between every pair of tasks (separation of the conflicting
     (user, ad) pairs per table) and the inter-expert correlation."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     try:
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=True)
         from components.training.encoders import read_training_set
@@ -157,7 +145,7 @@ def entanglement_cmd(
                                      max_pairs=max_pairs or settings.gates.entanglement_max_pairs, seed=seed)
         seconds = time.perf_counter() - start
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"model: {model_dir}\nrows: {training_set} ({table.num_rows} impressions)")
     typer.echo(report.to_text())
     written = [_write_json(out / "entanglement.json", {"model_dir": str(model_dir), "training_set":

@@ -1,7 +1,7 @@
 """``adsrec materialize`` and ``adsrec score``: the Feast online store and scoring (user, ad) pairs from it
 (components/serving/online.py does the work; docs/serving.md explains it).
 
-Registered on the main app by ``flows/cli.py``; importing this module loads only typer.
+Registered on the main app by ``flows/cli/main.py``; importing this module loads only typer.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
+
+from flows.cli.common import prepare_settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,9 +44,8 @@ def materialize(
 ) -> None:
     """Load the newest feature values as of the end of a day into the Feast online store (SQLite)."""
     from components.serving.online_store import materialize_online, newest_feature_day
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     day = date.date() if date is not None else _call(lambda: newest_feature_day(settings))
     out = _call(lambda: materialize_online(settings, day))
     typer.echo(f"online store as of {out['as_of']} ({out['online_store']}), {out['seconds']:.2f} s")
@@ -97,9 +98,8 @@ def score(
     from components.serving.online_rows import serving_summary
     from components.serving.requests import read_requests
     from components.serving.scoring import score_requests
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     target = out or pairs.with_name(f"{pairs.stem}.scored{pairs.suffix or '.parquet'}")
     if with_features and target.suffix.lower() == ".csv":
         typer.secho("error: --with-features needs a .parquet output (list columns do not fit in CSV)",

@@ -1,7 +1,7 @@
 """``adsrec up``, ``adsrec down`` and ``adsrec services``: the local Prefect UI, MLflow UI, GX Data Docs
 and deployment server (flows/services.py does the work; docs/deployments.md explains them).
 
-Registered on the main app by ``flows/cli.py``; importing this module loads only typer.
+Registered on the main app by ``flows/cli/main.py``; importing this module loads only typer.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
+from flows.cli.common import prepare_settings
 
 
 def up(
@@ -22,9 +24,8 @@ def up(
     Data Docs and the deployment server (daily on its schedule, backfill, promote, rollback), in the
     background; adsrec down stops them."""
     from flows import services
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     try:
         statuses = services.up(settings, mlflow=mlflow, data_docs=data_docs, timeout=timeout, echo=typer.echo)
     except services.ServiceError as exc:
@@ -65,9 +66,8 @@ def down(
     """Stop what adsrec up started (deployment server, Data Docs, MLflow UI, Prefect server); safe when
     nothing runs."""
     from flows import services
-    from flows.cli import _settings
 
-    services.down(_settings(), grace=grace, echo=typer.echo)
+    services.down(prepare_settings(), grace=grace, echo=typer.echo)
 
 
 def services_cmd(
@@ -75,9 +75,8 @@ def services_cmd(
 ) -> None:
     """What adsrec up started and whether it answers."""
     from flows import services
-    from flows.cli import _settings
 
-    statuses = services.status(_settings())
+    statuses = services.status(prepare_settings())
     typer.echo(services.as_json(statuses) if json_out else services.describe(statuses))
 
 

@@ -1,7 +1,7 @@
 """``adsrec promote``, ``adsrec rollback`` and ``adsrec models``: the model registry from the command line
 (components/registry/client.py does the work; docs/registry.md explains the rules).
 
-Registered on the main app by ``flows/cli.py``; importing this module loads only typer.
+Registered on the main app by ``flows/cli/main.py``; importing this module loads only typer.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+
+from flows.cli.common import prepare_settings
 
 
 def _call(fn: Callable[[], Any]) -> Any:
@@ -29,9 +31,8 @@ def promote(
 ) -> None:
     """Make a registered version the champion (the old champion becomes 'previous')."""
     from components.registry.aliases import promote as promote_version
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     out = _call(lambda: promote_version(settings, version, force=force, reason=reason))
     if not out["changed"]:
         typer.echo(f"{out['model']} version {version} already is the champion; nothing changed")
@@ -44,9 +45,8 @@ def promote(
 def rollback() -> None:
     """Make the previous champion the champion again (undoes the last promotion)."""
     from components.registry.aliases import rollback as rollback_champion
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     out = _call(lambda: rollback_champion(settings))
     prev = f"version {out['previous']}" if out["previous"] is not None else "none"
     typer.secho(f"{out['model']}: rolled back version {out['rolled_back']}; champion is now version "
@@ -56,9 +56,8 @@ def rollback() -> None:
 def models() -> None:
     """The registered versions: aliases, gates, per-task AUC, data window, creation time."""
     from components.registry.aliases import list_versions, versions_table
-    from flows.cli import _settings
 
-    settings = _settings()
+    settings = prepare_settings()
     versions = _call(lambda: list_versions(settings))
     if not versions:
         typer.echo(f"no versions of {settings.registry.model_name} registered yet "

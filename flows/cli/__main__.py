@@ -1,0 +1,5 @@
+"""``python -m flows.cli``: the ``adsrec`` command line (flows/cli/main.py)."""
+
+from flows.cli.main import main
+
+main()
