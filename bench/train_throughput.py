@@ -120,7 +120,8 @@ def run_one(args: argparse.Namespace, arch: str) -> dict[str, Any]:
     """Train one architecture in this process and measure it."""
     import torch
 
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.ranker import Ranker
 
     if args.threads:

@@ -91,8 +91,8 @@ def collapse_cmd(
     settings = _settings()
     try:
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=False)
+        from components.training.artefact import load_trained
         from components.training.encoders import read_training_set
-        from components.training.trainer import load_trained
         from validation.collapse import (collapse_report, id_counts_from_batch, interaction_collapse_map,
                                          plot_interaction_map)
 
@@ -146,8 +146,8 @@ def entanglement_cmd(
     settings = _settings()
     try:
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=True)
+        from components.training.artefact import load_trained
         from components.training.encoders import read_training_set
-        from components.training.trainer import load_trained
         from validation.entanglement import entanglement_report
 
         trained = load_trained(model_dir)

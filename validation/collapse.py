@@ -16,7 +16,7 @@ read the model's weights, and matplotlib only inside the ``plot`` functions (Agg
 
 Example::
 
-    from components.training.trainer import load_trained
+    from components.training.artefact import load_trained
     trained = load_trained(".adsrec/models/2026-11-07")
     counts = id_counts_from_batch(trained.model, trained.encoders.encode_numpy(train_table, with_labels=False))
     report = collapse_report(trained.model, id_counts=counts)

@@ -29,7 +29,7 @@ outputs of each pair of experts over a batch.
 
 Example::
 
-    from components.training.trainer import load_trained
+    from components.training.artefact import load_trained
     trained = load_trained(".adsrec/models/2026-11-07")
     report = entanglement_report(trained, train_table)       # a TrainedModel carries its encoders
     print(report.to_text()); report.plot("entanglement.png")

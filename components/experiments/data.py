@@ -239,7 +239,7 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
 
     from components import steps
     from components.training.encoders import FeatureEncoders, read_training_set, time_split
-    from components.training.evaluation import EvalSlices, slice_masks
+    from components.training.slices import EvalSlices, slice_masks
     from components.store.offline import read_offline
 
     say = progress or (lambda _msg: None)

@@ -44,7 +44,7 @@ MIN_TOL = 0.002
 
 
 def _metrics(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]:
-    from components.training.evaluation import auc, calibration
+    from components.training.metrics import auc, calibration
 
     first = market.extra["first_exposure"]
     y, truth = market.labels, market.truth
@@ -105,8 +105,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     import torch
 
     from components.experiments.data import simulated_market
+    from components.training.device import predict
+    from components.training.loop import train_ranker
     from components.training.propensity import ExposurePropensity
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     simulator, days, epochs = (SIMULATOR_SMALL, 4, 1) if ctx.small else (SIMULATOR, 6, TRAIN["epochs"])

@@ -69,9 +69,11 @@ def _key(name: str, numeric: str) -> str:
 
 
 def run(ctx: ExperimentContext) -> ExperimentResult:
-    from components.training.evaluation import auc
+    from components.training.metrics import auc
     from components.experiments import data as D
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     full = D.pipeline_market(

@@ -140,9 +140,11 @@ def _correlations(learned: np.ndarray, planted: np.ndarray, cells: np.ndarray, c
 def run(ctx: ExperimentContext) -> ExperimentResult:
     import torch
 
-    from components.training.evaluation import auc, gauc
+    from components.training.metrics import auc, gauc
     from components.experiments import data as D
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
     from models.ranker import Ranker
 

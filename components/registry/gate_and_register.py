@@ -63,7 +63,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     from components.training.encoders import read_training_set, time_split
     from components.runs import StageManifest, fingerprint_files
     from components.storage import write_json_atomic
-    from components.training.trainer import load_trained
+    from components.training.artefact import load_trained
     from validation.collapse import collapse_report, id_counts_from_batch
     from validation.entanglement import entanglement_report, expert_correlation
     from validation.gates import all_passed, collapse_gate, data_gate, entanglement_gate, gate_table, model_gate

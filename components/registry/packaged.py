@@ -31,7 +31,7 @@ from mlflow.pyfunc import PythonModel
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from components.training.trainer import TrainedModel
+    from components.training.artefact import TrainedModel
 
 RANKER_ARTIFACT = "ranker"
 # The files of a saved ranker folder that go into the logged model (checkpoints and the like stay behind).
@@ -95,7 +95,7 @@ class PackagedRanker(PythonModel):
 
     def load(self, directory: str | Path) -> "PackagedRanker":
         """Load the ranker from a saved ranker folder (also usable without MLflow)."""
-        from components.training.trainer import load_trained
+        from components.training.artefact import load_trained
 
         trained = load_trained(directory)
         if trained.encoders is None:

@@ -72,12 +72,14 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     import pyarrow.compute as pc
 
     from components.training.encoders import read_training_set, time_split
-    from components.training.evaluation import evaluate, oracle_auc
+    from components.training.evaluation import evaluate
+    from components.training.oracle import oracle_auc
     from components.store.features import pick_task
     from components.store.offline import read_offline
     from components.training.propensity import ExposurePropensity
     from components.storage import write_json_atomic
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     cfg = settings.training

@@ -315,7 +315,8 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, torch_o
     from components.training.encoders import FeatureEncoders
     from components.experiments.data import simulator_feature_table
     from components.sources.simulator import simulate
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     settings = load_settings(environ={}, overrides={

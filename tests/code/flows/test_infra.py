@@ -168,7 +168,7 @@ def test_infra_readme_covers_the_scale_out_paths() -> None:
     import contextlib
     import io
 
-    from components.training.trainer import main as train_main
+    from components.training.__main__ import main as train_main
 
     text = (INFRA / "README.md").read_text()
     for needle in ("docker compose", "type: spark", "type: bigquery", "type: redis", "type: postgres",
