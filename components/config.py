@@ -173,7 +173,7 @@ class RepresentationConfig(_Section):
 
 class TrainingConfig(_Section):
     """The ranker the daily run trains (issue 4): ``ranker`` is a models.config.RankerConfig as a mapping,
-    ``train`` a components.training.trainer.TrainConfig; both are validated when the step runs."""
+    ``train`` a components.training.train_config.TrainConfig; both are validated when the step runs."""
 
     enabled: bool = True
     valid_days: int = Field(1, ge=1, description="the newest days of the window, held out for evaluation")

@@ -1,7 +1,7 @@
 """``adsrec analyze``: the collapse and entanglement analyses (validation/collapse.py,
 validation/entanglement.py) of a saved ranker, from the command line.
 
-A model folder is what ``components.training.trainer.TrainResult.save`` writes (``<home>/models/<day>/``); the
+A model folder is what ``components.training.artefact.TrainResult.save`` writes (``<home>/models/<day>/``); the
 training set is ``<home>/training/<day>/train.parquet`` of the same day unless given. Each command prints
 its readable table and writes a JSON report and PNG plots to ``--out`` (default ``<home>/analysis/<day>/``).
 Heavy libraries (torch, pyarrow, matplotlib) load inside the commands, so ``adsrec --help`` stays instant.

@@ -384,7 +384,7 @@ class CollapseReport:
 
 
 def _unwrap(model: Any) -> Any:
-    """A Ranker from a Ranker or anything holding one as ``.model`` (components.training.trainer.TrainedModel)."""
+    """A Ranker from a Ranker or anything holding one as ``.model`` (components.training.artefact.TrainedModel)."""
     inner = getattr(model, "model", None)
     if inner is not None and hasattr(inner, "embedding_tables"):
         return inner

@@ -1,9 +1,9 @@
 """The ranker as an MLflow ``pyfunc`` model: what the registry logs and what serving loads by alias.
 
-:class:`PackagedRanker` wraps a saved ranker folder (what ``components.training.trainer.TrainResult.save`` writes:
+:class:`PackagedRanker` wraps a saved ranker folder (what ``components.training.artefact.TrainResult.save`` writes:
 ``model.pt``, ``spec.json``, ``ranker_config.json``, ``encoders.json``, ...) that MLflow stores as the
 model's artifact ``ranker``. Loading it needs only this package's model and encoder code (``models/``,
-``components/training/encoders.py`` and ``components.training.trainer.load_trained``), torch, pyarrow, numpy and pandas: no
+``components/training/encoders.py`` and ``components.training.artefact.load_trained``), torch, pyarrow, numpy and pandas: no
 Prefect, Feast or training-set code, no pickled torch module (the weights are a ``state_dict``, the
 architecture is rebuilt from ``spec.json`` + ``ranker_config.json``), and nothing pickled: the model is
 logged "from code" (:data:`MODEL_CODE`, a three-line script naming :class:`PackagedRanker`).

@@ -162,6 +162,36 @@ class DeviceData:
         return out
 
 
+class EpochBatches:
+    """The batches of one epoch: global batches of ``batch_size`` rows, slices of the epoch's permutation
+    ``perm``, this rank's part of each. Streamed data is gathered and copied to the device one large chunk
+    of the permutation at a time (``stream_chunk_rows``, whole batches), batches sliced from it on the device."""
+
+    def __init__(self, data: DeviceData, perm: "torch.Tensor", batch_size: int, stream_chunk_rows: int,
+                 dist_info: DistInfo) -> None:
+        self.data, self.perm, self.batch_size, self.dist_info = data, perm, batch_size, dist_info
+        self.chunk_rows = max(batch_size, (stream_chunk_rows // batch_size) * batch_size)
+        self.chunk: DeviceData | None = None
+        self.chunk_start = -1
+
+    def at(self, step: int) -> tuple[Batch, int, int]:
+        """(this rank's batch, global rows of the step, this rank's rows) of step ``step`` of the epoch."""
+        import torch
+
+        data, n, world, rank = self.data, self.data.rows, self.dist_info.world_size, self.dist_info.rank
+        lo = step * self.batch_size
+        hi = min(n, lo + self.batch_size)
+        part = self.perm[lo:hi].tensor_split(world)[rank]
+        if data.on_device:
+            return data.take(part), hi - lo, len(part)
+        start = (lo // self.chunk_rows) * self.chunk_rows
+        if self.chunk is None or start != self.chunk_start:
+            self.chunk = DeviceData.resident(data.take(self.perm[start:min(n, start + self.chunk_rows)]), data.device)
+            self.chunk_start = start
+        local = torch.arange(lo - start, hi - start, device=data.device).tensor_split(world)[rank]
+        return self.chunk.take(local), hi - lo, len(part)
+
+
 # ----- scoring -------------------------------------------------------------------------------------------
 def predict(
     model: Any,
@@ -235,6 +265,6 @@ def all_reduce_sum(tensor: "torch.Tensor", dist_info: DistInfo) -> "torch.Tensor
 
 
 __all__ = [
-    "Batch", "DeviceData", "DistInfo", "all_gather_scores", "all_reduce_sum", "init_distributed", "place_step_module",
-    "predict", "resolve_device", "shard_bounds", "synchronize", "teardown_distributed", "uses_bf16",
+    "Batch", "DeviceData", "DistInfo", "EpochBatches", "all_gather_scores", "all_reduce_sum", "init_distributed",
+    "place_step_module", "predict", "resolve_device", "shard_bounds", "synchronize", "teardown_distributed", "uses_bf16",
 ]

@@ -1,32 +1,21 @@
-"""The training loop of the ranker: :func:`train_ranker` on CPU, one GPU, or DDP under ``torchrun``, and
-:func:`main`, its command line (``python -m components.training.loop``).
+"""The training loop of the ranker: :func:`train_ranker`, on CPU, one GPU, or DDP under ``torchrun``
+(the command line is components/training/__main__.py, ``python -m components.training``).
 
 ``train_ranker(settings, train, valid, ranker_config, train_config)`` fits the feature encoders on the
 training rows (components/training/encoders.py), encodes both tables once into contiguous tensors and trains
 ``models.ranker.Ranker`` with Adam on the multi-task combined-pair loss (models/losses.py), early-stopping
-on validation AUC. docs/training.md describes every knob; the essentials:
+on validation AUC. docs/training.md describes every knob. Batches are slices of a per-epoch permutation,
+resident on the device or streamed from pinned host memory, bf16 autocast on CUDA only
+(components/training/device.py). Under DDP ``batch_size`` is the global batch, each rank its own slice of
+it; training loss and validation scores are all-reduced / all-gathered, so every rank makes the same
+early-stopping decision. Progress: a bar with an ETA on a terminal (components/progress.py), ``logging``
+every ``log_every`` steps, and an optional callback per logged step and per epoch; losses are read from
+the device only when logged.
 
-- **data**: the whole training set is one set of tensors, resident on the device or streamed from
-  pinned host memory (components/training/device.py). Batches are slices of a per-epoch index
-  permutation (seeded by ``seed`` and the epoch): no per-row Python, no DataLoader.
-- **precision**: bf16 autocast on CUDA only; the loss is computed in float32.
-- **DDP**: when ``WORLD_SIZE > 1`` (``torchrun``), the process group is gloo on CPU, NCCL on GPU.
-  ``batch_size`` is the global batch: every step each rank takes its own contiguous slice of the same
-  permutation slice (disjoint shards), gradients are averaged, so a step equals a one-process step on
-  the same global batch up to the in-batch pairs of the ranking loss. Training loss and validation
-  scores are all-reduced / all-gathered, so every rank makes the same early-stopping decision.
-- **state and checkpoints**: one :class:`~components.training.checkpoint.LoopState` carries the run from
-  step to step; every ``checkpoint_every`` steps (and at each epoch end) rank 0 saves it whole
-  (components/training/checkpoint.py). ``resume=True`` continues from it and ends with bit-identical
-  weights to an uninterrupted run.
-- **progress**: a bar with an ETA over the run's steps on a terminal (components/progress.py),
-  ``logging`` every ``log_every`` steps with samples/s, and an optional callback receiving a dict per
-  logged step and per epoch. No host synchronisation per step: losses are accumulated on the device
-  and read when logged.
-
-The steps of a run: :func:`_encode_inputs` (tables to tensors), :func:`_set_up` (device, process group,
-model, data: a :class:`_Run`), :func:`_start_state` (fresh or resumed), then per epoch
-:func:`_train_epoch` and :func:`_end_epoch`, and :func:`_result`.
+A run is a few named steps around one :class:`~components.training.checkpoint.LoopState` (saved whole by
+the checkpoints, so a resumed run ends bit-identical): :func:`_encode_inputs` (tables to tensors),
+:func:`_set_up` (device, process group, model, data: a :class:`_Run`), :func:`_start_state` (fresh or
+resumed), then per epoch :func:`_train_epoch` and :func:`_end_epoch`, and :func:`_result`.
 """
 
 from __future__ import annotations
@@ -47,6 +36,7 @@ from components.training.device import (
     Batch,
     DeviceData,
     DistInfo,
+    EpochBatches,
     all_gather_scores,
     all_reduce_sum,
     init_distributed,
@@ -194,43 +184,14 @@ def _checkpoint(run: _Run, state: LoopState) -> None:
     })
 
 
-class _Batches:
-    """The batches of one epoch: slices of its permutation, this rank's part of each. Streamed data is
-    gathered and copied to the device one large chunk of the permutation at a time, batches sliced from it."""
-
-    def __init__(self, run: _Run, perm: "torch.Tensor") -> None:
-        self.run, self.perm = run, perm
-        self.chunk_rows = max(run.cfg.batch_size, (run.cfg.stream_chunk_rows // run.cfg.batch_size) * run.cfg.batch_size)
-        self.chunk: DeviceData | None = None
-        self.chunk_start = -1
-
-    def at(self, step: int) -> tuple[Batch, int, int]:
-        """(this rank's batch, global rows of the step, this rank's rows) of step ``step`` of the epoch."""
-        import torch
-
-        run, data, n = self.run, self.run.train_data, self.run.train_data.rows
-        lo = step * run.cfg.batch_size
-        hi = min(n, lo + run.cfg.batch_size)
-        part = self.perm[lo:hi].tensor_split(run.dist_info.world_size)[run.dist_info.rank]
-        if data.on_device:
-            return data.take(part), hi - lo, len(part)
-        start = (lo // self.chunk_rows) * self.chunk_rows
-        if self.chunk is None or start != self.chunk_start:
-            self.chunk = DeviceData.resident(data.take(self.perm[start:min(n, start + self.chunk_rows)]), run.device)
-            self.chunk_start = start
-        local = torch.arange(lo - start, hi - start, device=run.device)
-        local = local.tensor_split(run.dist_info.world_size)[run.dist_info.rank]
-        return self.chunk.take(local), hi - lo, len(part)
-
-
 def _train_epoch(run: _Run, state: LoopState) -> None:
     """The optimiser steps of the current epoch from ``state.step_in_epoch`` on, with step logs and
     checkpoints; the epoch's training seconds go to ``state.epoch_train_s``."""
     import torch
 
     cfg, device = run.cfg, run.device
-    batches = _Batches(run, epoch_permutation(run.train_data.rows, cfg.seed, state.epoch).to(
-        run.train_data.tensors["cat"].device))
+    perm = epoch_permutation(run.train_data.rows, cfg.seed, state.epoch).to(run.train_data.tensors["cat"].device)
+    batches = EpochBatches(run.train_data, perm, cfg.batch_size, cfg.stream_chunk_rows, run.dist_info)
     t_epoch = time.perf_counter()
     t_log, rows_log = t_epoch, 0
     while state.step_in_epoch < run.steps_per_epoch:

@@ -305,7 +305,7 @@ def test_single_shared_table_separates_nothing(torch_one_thread: None) -> None:
 class Trained:
     table: Any
     encoders: Any
-    stem: Any  # components.training.trainer.TrainResult
+    stem: Any  # components.training.artefact.TrainResult
     mmoe: Any
 
 

@@ -182,4 +182,4 @@ def test_infra_readme_covers_the_scale_out_paths() -> None:
     assert len(commands) == 2
     for command in commands:
         for option in re.findall(r"(?<!\S)(--[a-z-]+)", command):
-            assert option in usage.getvalue(), f"components.training.trainer has no option {option}"
+            assert option in usage.getvalue(), f"components.training (the trainer's command) has no option {option}"
