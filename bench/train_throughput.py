@@ -8,7 +8,7 @@ The dataset has the shape that public CTR benchmarks use, so the figure compares
 sequence. Ids are drawn vectorised (inverse CDF of a truncated power law, then a fixed random permutation
 of the ids so the hot rows are scattered through the table, as hashed ids are).
 
-Each model trains through the real trainer (``components.training.trainer.train_ranker``): the encoded tensors are
+Each model trains through the real trainer (``components.training.loop.train_ranker``): the encoded tensors are
 loaded once (on the GPU when it fits), batches are index slices of a per-epoch permutation, the step is
 forward + multi-task combined-pair loss + backward + optimiser step, bf16 autocast on CUDA. So data
 loading is inside the timed figure. ``--warmup-epochs`` whole epochs (default 1: allocator, thread
@@ -120,7 +120,8 @@ def run_one(args: argparse.Namespace, arch: str) -> dict[str, Any]:
     """Train one architecture in this process and measure it."""
     import torch
 
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.ranker import Ranker
 
     if args.threads:

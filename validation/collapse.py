@@ -18,7 +18,7 @@ validation/interaction_collapse.py.
 
 Example::
 
-    trained = load_trained(".adsrec/models/2026-11-07")   # components/training/trainer.py
+    trained = load_trained(".adsrec/models/2026-11-07")   # components/training/artefact.py
     counts = id_counts_from_batch(trained.model, trained.encoders.encode_numpy(train_table, with_labels=False))
     report = collapse_report(trained.model, id_counts=counts)
     print(report.to_text()); report.plot("spectra.png")

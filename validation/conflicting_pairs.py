@@ -75,7 +75,7 @@ def interaction_rows(
     else:
         if encoders is None:
             raise ValueError("mapping raw user/ad ids to embedding rows needs the model's FeatureEncoders: "
-                             "pass encoders=..., a TrainedModel (components.training.trainer.load_trained), or an "
+                             "pass encoders=..., a TrainedModel (components.training.artefact.load_trained), or an "
                              "encoded batch")
         names = set(rows.column_names)
         missing = [c for c in (USER_FIELD, ITEM_FIELD, *tasks) if c not in names]

@@ -31,7 +31,7 @@ The pairs themselves are chosen in validation/conflicting_pairs.py.
 
 Example::
 
-    trained = load_trained(".adsrec/models/2026-11-07")      # components/training/trainer.py
+    trained = load_trained(".adsrec/models/2026-11-07")      # components/training/artefact.py
     report = entanglement_report(trained, train_table)       # a TrainedModel carries its encoders
     print(report.to_text()); report.plot("entanglement.png")
     report.pairs[0].separation                                # click vs conversion

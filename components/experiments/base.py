@@ -2,7 +2,7 @@
 (a table of mean ± std over seeds, plots, a verdict on the claim), and writing ``docs/results.md``.
 
 An experiment is a function ``run(ctx) -> ExperimentResult``. It trains its models with
-``components.training.trainer.train_ranker`` on data from ``components.experiments.data``, logs every (variant,
+``components.training.loop.train_ranker`` on data from ``components.experiments.data``, logs every (variant,
 seed) run with :meth:`ExperimentContext.log_run` (one MLflow experiment per comparison,
 ``adsrec-exp-<name>``), aggregates with :func:`mean_std`, saves plots under ``ctx.plot_dir`` and returns
 the result; :func:`write_results` puts it into its own section of docs/results.md (and the claim-by-claim

@@ -108,8 +108,10 @@ def concatenated_ia_ratio(model: Any, id_counts: dict[str, np.ndarray], min_rows
 def _train_one(market: "Market", variant: dict[str, Any], seed: int, train: dict[str, Any],
                train_batch: dict[str, Any], min_rows: int = MIN_ROWS_FOR_IA) -> dict[str, Any]:
     """Train one variant with one seed; test AUC per task, parameters and the collapse numbers."""
-    from components.training.evaluation import auc
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.metrics import auc
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
     from validation.collapse import collapse_report, id_counts_from_batch
 

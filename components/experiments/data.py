@@ -239,7 +239,7 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
 
     from components import steps
     from components.training.encoders import FeatureEncoders, read_training_set, time_split
-    from components.training.evaluation import EvalSlices, slice_masks
+    from components.training.slices import EvalSlices, slice_masks
     from components.store.offline import read_offline
 
     say = progress or (lambda _msg: None)
@@ -280,7 +280,8 @@ def refit_market(market: Market, keep: Any = None, drop: Any = None) -> Market:
     the columns of train and test (labels and identifiers always stay), and the encoders are refitted, so
     a dropped column is no feature at all (``FeatureEncoders.fit`` gives each remaining column its role
     by name). The sequence category field is kept as the original encoders had it."""
-    from components.training.encoders import IDENTIFIERS, FeatureEncoders
+    from components.training.encoders import FeatureEncoders
+    from components.training.field_encoders import IDENTIFIERS
 
     always = set(market.tasks) | set(IDENTIFIERS) | {"exposure_index"}
     names = [c for c in market.train.column_names

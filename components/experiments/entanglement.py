@@ -99,7 +99,8 @@ def load_market(ctx: ExperimentContext, dataset: str, sizes: Sizes) -> "Market":
 
 
 def _train(market: "Market", arch: dict[str, Any], seed: int, epochs: int, encoders: Any) -> Any:
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     cfg = TrainConfig(**{**TRAIN, "epochs": epochs}, seed=seed, ipw=False)
@@ -107,7 +108,7 @@ def _train(market: "Market", arch: dict[str, Any], seed: int, epochs: int, encod
 
 
 def _scores(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]:
-    from components.training.evaluation import auc, gauc
+    from components.training.metrics import auc, gauc
 
     users = market.test["user_id"].to_numpy()
     clicked = market.labels["click"] == 1
@@ -128,8 +129,8 @@ def _plot_table(report: Any, prefer: str) -> Any:
 
 def _run_dataset(ctx: ExperimentContext, dataset: str, sizes: Sizes) -> dict[str, Any]:
     """Train every model on every seed; per-seed metrics, seed-0 distance tables for the plot."""
+    from components.training.device import predict
     from components.training.encoders import FeatureEncoders
-    from components.training.trainer import predict
     from validation.entanglement import entanglement_report
 
     market = load_market(ctx, dataset, sizes)

@@ -44,7 +44,7 @@ MIN_TOL = 0.002
 
 
 def _metrics(market: "Market", probs: dict[str, np.ndarray]) -> dict[str, float]:
-    from components.training.evaluation import auc, calibration
+    from components.training.metrics import auc, calibration
 
     first = market.extra["first_exposure"]
     y, truth = market.labels, market.truth
@@ -115,7 +115,9 @@ def _train_variants(ctx: ExperimentContext, market: "Market", weights: dict[str,
     """Every model with and without IPW on every seed: the test metrics per variant, one dict per seed."""
     import torch
 
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     per_seed: dict[str, list[dict[str, float]]] = {}

@@ -179,8 +179,10 @@ def _datasets(ctx: ExperimentContext) -> list[tuple[str, "Market", dict[str, Any
 def _run_dataset(ctx: ExperimentContext, name: str, market: "Market", about: dict[str, Any],
                  train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Every rate x α x seed on one dataset: per-seed runs, table rows, gains, loglosses, the best α per rate."""
-    from components.training.evaluation import auc, logloss
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.metrics import auc, logloss
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     y_test = market.labels[TASK]

@@ -76,8 +76,10 @@ def _train_variants(ctx: ExperimentContext, full: Any, train_cfg: dict[str, Any]
     """Train every variant of :data:`VARIANTS` once per seed and score the test day: the metrics per
     variant key, and each variant's fields."""
     from components.experiments import data as D
-    from components.training.evaluation import auc
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.metrics import auc
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     per: Results = {}

@@ -174,8 +174,10 @@ def _train_variants(ctx: ExperimentContext, market: Any, train_cfg: dict[str, An
     matrix against the planted one (and the same TIM untrained, a chance reference)."""
     import torch
 
-    from components.training.evaluation import auc, gauc
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.metrics import auc, gauc
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
     from models.ranker import Ranker
 

@@ -150,7 +150,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     from components.runs import StageManifest, fingerprint_files
     from components.storage import write_json_atomic
     from components.training.encoders import read_training_set, time_split
-    from components.training.trainer import load_trained
+    from components.training.artefact import load_trained
     from validation.gates import all_passed, gate_table
 
     started = time.perf_counter()

@@ -1,9 +1,9 @@
 """The ranker as an MLflow ``pyfunc`` model: what the registry logs and what serving loads by alias.
 
-:class:`PackagedRanker` wraps a saved ranker folder (what ``components.training.trainer.TrainResult.save`` writes:
+:class:`PackagedRanker` wraps a saved ranker folder (what ``components.training.artefact.TrainResult.save`` writes:
 ``model.pt``, ``spec.json``, ``ranker_config.json``, ``encoders.json``, ...) that MLflow stores as the
 model's artifact ``ranker``. Loading it needs only this package's model and encoder code (``models/``,
-``components/training/encoders.py`` and ``components.training.trainer.load_trained``), torch, pyarrow, numpy and pandas: no
+``components/training/encoders.py`` and ``components.training.artefact.load_trained``), torch, pyarrow, numpy and pandas: no
 Prefect, Feast or training-set code, no pickled torch module (the weights are a ``state_dict``, the
 architecture is rebuilt from ``spec.json`` + ``ranker_config.json``), and nothing pickled: the model is
 logged "from code" (:data:`MODEL_CODE`, a three-line script naming :class:`PackagedRanker`).
@@ -31,7 +31,7 @@ from mlflow.pyfunc import PythonModel
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from components.training.trainer import TrainedModel
+    from components.training.artefact import TrainedModel
 
 RANKER_ARTIFACT = "ranker"
 # The files of a saved ranker folder that go into the logged model (checkpoints and the like stay behind).
@@ -95,7 +95,7 @@ class PackagedRanker(PythonModel):
 
     def load(self, directory: str | Path) -> "PackagedRanker":
         """Load the ranker from a saved ranker folder (also usable without MLflow)."""
-        from components.training.trainer import load_trained
+        from components.training.artefact import load_trained
 
         trained = load_trained(directory)
         if trained.encoders is None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 REQUIRED_REQUEST_COLUMNS = ("user_id", "ad_id")
 # Context a request may leave out, and what it gets then (docs/serving.md, "Requests").
 DEFAULT_POSITION = 1
-DEFAULT_EXPOSURE_INDEX = 1  # not a model input (components/training/encoders.py NOT_FEATURES); kept for the row shape
+DEFAULT_EXPOSURE_INDEX = 1  # not a model input (components/training/field_encoders.py NOT_FEATURES); kept for the row shape
 
 
 def as_chunked(values: Any) -> "pa.ChunkedArray":

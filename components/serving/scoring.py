@@ -1,5 +1,5 @@
 """Scoring serving requests: online feature rows (components/serving/online_rows.py) plus one ``p_<task>``
-column per task, from a ``components.training.trainer.TrainedModel`` (``.score(table)``) or an MLflow
+column per task, from a ``components.training.artefact.TrainedModel`` (``.score(table)``) or an MLflow
 pyfunc (``.predict(DataFrame)``, e.g. ``components.registry.aliases.load_champion``); docs/serving.md.
 """
 
@@ -43,7 +43,7 @@ def _probabilities(scorer: Any, rows: "pa.Table") -> dict[str, np.ndarray]:
             raise ValueError(f"the pyfunc model returned {len(out)} rows for {inputs.num_rows} requests")
         return {str(c): out[c].to_numpy(dtype=np.float32) for c in cols}
     raise TypeError(
-        f"cannot score with a {type(scorer).__name__}: pass a components.training.trainer.TrainedModel or an MLflow "
+        f"cannot score with a {type(scorer).__name__}: pass a components.training.artefact.TrainedModel or an MLflow "
         "pyfunc model (components.registry.aliases.load_champion)"
     )
 
@@ -52,7 +52,7 @@ def score_requests(settings: "Settings", requests: "pa.Table", scorer: Any,
                    *, now: dt.datetime | None = None) -> "pa.Table":
     """:func:`online_feature_rows` of ``requests`` plus one float32 ``p_<task>`` column per task.
 
-    ``scorer``: a ``components.training.trainer.TrainedModel`` (``load_trained(dir)``) or an MLflow pyfunc model
+    ``scorer``: a ``components.training.artefact.TrainedModel`` (``load_trained(dir)``) or an MLflow pyfunc model
     (``components.registry.aliases.load_champion(settings)``). The scorer sees the rows without the
     ``user_known`` / ``ad_known`` flags. The summary in the schema metadata gains ``seconds_scoring``."""
     import pyarrow as pa

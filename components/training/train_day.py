@@ -61,6 +61,37 @@ def _check_positives(train: Any, valid: Any, tasks: tuple[str, ...], path: Path)
                         valid.num_rows, path)
 
 
+def _ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: dt.date,
+                 end_day: dt.date) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Per-task inverse propensity weights of the training rows (None when IPW is off or skipped) and
+    what the summary says about them: enabled, the task, why it was skipped or the weights' summary."""
+    from components.store.features import pick_task
+    from components.store.offline import read_offline
+    from components.training.propensity import ExposurePropensity
+
+    cfg = settings.training
+    ipw: dict[str, Any] = {"enabled": cfg.ipw}
+    if not cfg.ipw:
+        return None, ipw
+    task = pick_task(cfg.ipw_task, tasks, "training.ipw_task")
+    impressions = read_offline(settings, "impressions", first, end_day,
+                               columns=["user_id", "ad_id", "event_time", "exposure_index", task])
+    ipw["task"] = task
+    reason = ipw_skip_reason(impressions, task)
+    propensity = None
+    if reason is None:
+        try:
+            propensity = ExposurePropensity(label=task).fit(impressions)
+        except ValueError as exc:  # e.g. a window shorter than the propensity's horizon
+            reason = str(exc)
+    if propensity is None:
+        ipw["skipped"] = reason
+        log.info("IPW skipped for %s: %s; every row has weight 1", end_day, reason)
+        return None, ipw
+    ipw["summary"] = propensity.weight_summary()
+    return {t: propensity.weights(train, t, cfg.ipw_w_min) for t in tasks}, ipw
+
+
 def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path, tasks: tuple[str, ...],
                        progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train on ``training_set`` (all but the newest days), evaluate on the newest days, save the model.
@@ -72,12 +103,12 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     import pyarrow.compute as pc
 
     from components.training.encoders import read_training_set, time_split
-    from components.training.evaluation import evaluate, oracle_auc
-    from components.store.features import pick_task
+    from components.training.evaluation import evaluate
+    from components.training.oracle import oracle_auc
     from components.store.offline import read_offline
-    from components.training.propensity import ExposurePropensity
     from components.storage import write_json_atomic
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     cfg = settings.training
     started = time.perf_counter()
@@ -86,26 +117,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     first = pc.min(table.column("event_time")).as_py().date()
 
     _check_positives(train, valid, tasks, training_set)
-    weights = None
-    ipw: dict[str, Any] = {"enabled": cfg.ipw}
-    if cfg.ipw:
-        task = pick_task(cfg.ipw_task, tasks, "training.ipw_task")
-        impressions = read_offline(settings, "impressions", first, end_day,
-                                   columns=["user_id", "ad_id", "event_time", "exposure_index", task])
-        ipw["task"] = task
-        reason = ipw_skip_reason(impressions, task)
-        propensity = None
-        if reason is None:
-            try:
-                propensity = ExposurePropensity(label=task).fit(impressions)
-            except ValueError as exc:  # e.g. a window shorter than the propensity's horizon
-                reason = str(exc)
-        if propensity is None:
-            ipw["skipped"] = reason
-            log.info("IPW skipped for %s: %s; every row has weight 1", end_day, reason)
-        else:
-            weights = {t: propensity.weights(train, t, cfg.ipw_w_min) for t in tasks}
-            ipw["summary"] = propensity.weight_summary()
+    weights, ipw = _ipw_weights(settings, train, tasks, first, end_day)
 
     out_dir = settings.models_dir / end_day.isoformat()
     train_cfg = TrainConfig.from_dict({**cfg.train.to_dict(),

@@ -1,7 +1,7 @@
 """``adsrec analyze``: the collapse and entanglement analyses (validation/collapse.py,
 validation/entanglement.py) of a saved ranker, from the command line.
 
-A model folder is what ``components.training.trainer.TrainResult.save`` writes (``<home>/models/<day>/``); the
+A model folder is what ``components.training.artefact.TrainResult.save`` writes (``<home>/models/<day>/``); the
 training set is ``<home>/training/<day>/train.parquet`` of the same day unless given. Each command prints
 its readable table and writes a JSON report and PNG plots to ``--out`` (default ``<home>/analysis/<day>/``).
 Heavy libraries (torch, pyarrow, matplotlib) load inside the commands, so ``adsrec --help`` stays instant.
@@ -79,8 +79,8 @@ def collapse_cmd(
     settings = load_settings_or_exit()
     try:
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=False)
+        from components.training.artefact import load_trained
         from components.training.encoders import read_training_set
-        from components.training.trainer import load_trained
         from validation.collapse import collapse_report, id_counts_from_batch
         from validation.interaction_collapse import interaction_collapse_map, plot_interaction_map
 
@@ -134,8 +134,8 @@ def entanglement_cmd(
     settings = load_settings_or_exit()
     try:
         model_dir, training_set, out = _resolve(settings, model_dir, training_set, out, need_training_set=True)
+        from components.training.artefact import load_trained
         from components.training.encoders import read_training_set
-        from components.training.trainer import load_trained
         from validation.entanglement import entanglement_report
 
         trained = load_trained(model_dir)

@@ -107,7 +107,7 @@ def score(
         raise typer.Exit(2)
     requests = _call(lambda: read_requests(pairs))
     if model_dir is not None:
-        from components.training.trainer import load_trained
+        from components.training.artefact import load_trained
 
         scorer = _call(lambda: load_trained(model_dir))
         source = str(model_dir)

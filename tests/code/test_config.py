@@ -25,11 +25,9 @@ from models.config import ARCHS, EXPERTS, RankerConfig
 
 
 def train_config_class() -> type:
-    """The trainer's TrainConfig dataclass, wherever the training package keeps it."""
-    try:
-        from components.training.train_config import TrainConfig  # type: ignore[import-not-found]
-    except ImportError:
-        from components.training.trainer import TrainConfig
+    """The trainer's TrainConfig dataclass."""
+    from components.training.train_config import TrainConfig
+
     return TrainConfig
 
 

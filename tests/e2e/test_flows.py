@@ -136,7 +136,7 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     # Day 2: collapse every embedding table to rank 1 right after training.
     import torch
 
-    import components.training.trainer as train_mod
+    import components.training.loop as train_mod
 
     original = train_mod.train_ranker
 

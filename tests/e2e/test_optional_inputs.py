@@ -88,7 +88,7 @@ def test_a_bare_log_with_an_empty_day_trains_materializes_and_serves(bare: dict[
     from components.training.train_day import train_and_evaluate
     from components.serving.online_rows import online_feature_rows
     from components.serving.online_store import materialize_online
-    from components.training.trainer import load_trained
+    from components.training.artefact import load_trained
     from components.training.training_set import build_training_set
 
     settings, days = bare["settings"], bare["days"]

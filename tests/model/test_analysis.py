@@ -306,7 +306,7 @@ def test_single_shared_table_separates_nothing(torch_one_thread: None) -> None:
 class Trained:
     table: Any
     encoders: Any
-    stem: Any  # components.training.trainer.TrainResult
+    stem: Any  # components.training.artefact.TrainResult
     mmoe: Any
 
 
@@ -316,7 +316,8 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, torch_o
     from components.training.encoders import FeatureEncoders
     from components.experiments.data import simulator_feature_table
     from components.sources.simulator import simulate
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     settings = load_settings(environ={}, overrides={

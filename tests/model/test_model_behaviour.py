@@ -91,7 +91,9 @@ def _train(market: Marketplace, model: dict[str, Any], seed: int,
            weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Train on days 1-5 for a fixed number of epochs (no validation, the last epoch is kept) and
     return the test day's probabilities per task."""
-    from components.training.trainer import TrainConfig, predict, train_ranker
+    from components.training.device import predict
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     result = train_ranker(None, market.train, None, RankerConfig(**model),
@@ -111,7 +113,7 @@ def mmoe_scores(market: Marketplace, torch_one_thread: None) -> list[dict[str, n
 
 
 def _mean_auc(market: Marketplace, runs: list[dict[str, np.ndarray]], task: str) -> float:
-    from components.training.evaluation import auc
+    from components.training.metrics import auc
 
     return float(np.mean([auc(run[task], market.labels[task]) for run in runs]))
 
@@ -119,7 +121,7 @@ def _mean_auc(market: Marketplace, runs: list[dict[str, np.ndarray]], task: str)
 def test_marketplace_has_the_planted_effects(market: Marketplace) -> None:
     """The config is what the claims need: enough positives of each task on the test day, and tasks
     whose true probabilities rank differently (the entanglement)."""
-    from components.training.evaluation import auc
+    from components.training.metrics import auc
 
     assert market.train.num_rows > 80_000 and market.test.num_rows > 15_000
     assert market.labels["click"].sum() > 1000 and market.labels["conversion"].sum() > 500
@@ -163,7 +165,7 @@ def test_stem_ranks_post_click_conversion_better_than_mmoe(market: Marketplace, 
     below 0.48, i.e. worse than random: its shared table ranks by click taste, which the simulator makes
     anti-correlated with conversion taste). This is the entanglement STEM removes, even though MMoE wins
     the unconditional conversion AUC (test above), which is mostly the click signal."""
-    from components.training.evaluation import auc
+    from components.training.metrics import auc
 
     clicked = market.labels["click"] == 1
     stem = [auc(r["conversion"][clicked], market.labels["conversion"][clicked]) for r in stem_scores]
@@ -187,7 +189,7 @@ def ipw_scores(market: Marketplace, ipw_weights, torch_one_thread: None) -> list
 
 
 def _first_exposure_calibration(market: Marketplace, runs: list[dict[str, np.ndarray]]) -> np.ndarray:
-    from components.training.evaluation import calibration
+    from components.training.metrics import calibration
 
     first = market.first_exposure
     return np.array([calibration(run["click"][first], market.labels["click"][first]) for run in runs])
@@ -223,7 +225,7 @@ def test_stem_beats_popularity_and_reaches_a_share_of_the_oracle(market: Marketp
     """Seed-0 STEM on the test day against (a) each ad's smoothed positive rate over the training days and
     (b) the oracle AUC of the true probabilities. Measured: click STEM 0.6721, popularity 0.5787, oracle
     0.8451 (ratio 0.80); conversion STEM 0.6170, popularity 0.5588, oracle 0.8180 (ratio 0.75)."""
-    from components.training.evaluation import auc
+    from components.training.metrics import auc
 
     train_ads = market.train["ad_id"].to_numpy()
     ads, codes = np.unique(train_ads, return_inverse=True)

@@ -167,7 +167,7 @@ def test_infra_readme_covers_the_scale_out_paths() -> None:
     import contextlib
     import io
 
-    from components.training.trainer import main as train_main
+    from components.training.__main__ import main as train_main
 
     text = (INFRA / "README.md").read_text()
     for needle in ("docker compose", "type: spark", "type: bigquery", "type: redis", "type: postgres",
@@ -181,4 +181,4 @@ def test_infra_readme_covers_the_scale_out_paths() -> None:
     assert len(commands) == 2
     for command in commands:
         for option in re.findall(r"(?<!\S)(--[a-z-]+)", command):
-            assert option in usage.getvalue(), f"components.training.trainer has no option {option}"
+            assert option in usage.getvalue(), f"components.training (the trainer's command) has no option {option}"

@@ -72,7 +72,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) ->
     from components.training.encoders import time_split
     from components.training.evaluation import evaluate
     from components.sources.simulator import simulate
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from models.config import RankerConfig
     from components.experiments.data import simulator_feature_table
 
@@ -394,7 +395,7 @@ def test_load_champion_in_process_scores_tables_and_frames(fresh_aliases: Any, t
     by_table = ranker.score_table(rows)
     by_dicts = model.predict(rows.to_pylist())
     direct = trained["result"]
-    from components.training.trainer import predict
+    from components.training.device import predict
 
     ref = predict(direct.model, direct.encoders.encode(rows, with_labels=False), TASKS)
     for task in TASKS:

@@ -48,7 +48,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[s
 
     from components import steps
     from components.representations.refresh import refresh_representations
-    from components.training.trainer import TrainConfig, load_trained, train_ranker
+    from components.training.artefact import load_trained
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
     from components.training.training_set import build_training_set
     from models.config import RankerConfig
 

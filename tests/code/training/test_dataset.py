@@ -1,4 +1,4 @@
-"""components/training/encoders.py: which columns become which fields, vocabularies, equal-frequency buckets, the
+"""components/training/encoders.py and field_encoders.py: which columns become which fields, vocabularies, equal-frequency buckets, the
 sequence, JSON round trip, and the encoding of a real (small) point-in-time training set."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.training.encoders import FeatureEncoders, SequenceEncoder, _fit_buckets, time_split
+from components.training.encoders import FeatureEncoders, time_split
+from components.training.field_encoders import SequenceEncoder, fit_buckets
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
@@ -144,7 +145,7 @@ def test_vocabulary_most_frequent_first_unknown_and_rare_to_zero() -> None:
 def test_buckets_are_equal_frequency_and_nulls_get_bucket_zero() -> None:
     rng = np.random.default_rng(3)
     values = rng.lognormal(size=10_000)
-    enc = _fit_buckets(pa.chunked_array([pa.array(np.append(values, np.nan), from_pandas=True)]), "x", "context", 10)
+    enc = fit_buckets(pa.chunked_array([pa.array(np.append(values, np.nan), from_pandas=True)]), "x", "context", 10)
     assert enc.n_buckets == 11  # null + 10 quantile buckets
     ids = enc.encode(pa.array(values))
     counts = np.bincount(ids, minlength=11)
@@ -152,12 +153,12 @@ def test_buckets_are_equal_frequency_and_nulls_get_bucket_zero() -> None:
     assert np.all(np.abs(counts[1:] - 1000) <= 1), counts
     assert enc.encode(pa.array([None, np.nan, -1e9, 1e9], pa.float64(), from_pandas=True)).tolist() == [0, 0, 1, 10]
     # Heavily tied values (mostly zero counts) merge quantiles instead of making empty buckets.
-    tied = _fit_buckets(pa.chunked_array([pa.array([0] * 90 + [1] * 5 + [2] * 5)]), "c", "user", 10)
+    tied = fit_buckets(pa.chunked_array([pa.array([0] * 90 + [1] * 5 + [2] * 5)]), "c", "user", 10)
     assert tied.boundaries == [1.0, 2.0]
     assert tied.encode(pa.array([0, 1, 2, 7])).tolist() == [1, 2, 3, 3]
     # A heavy value among continuous ones gets its own bucket; the rest stay equal-frequency.
     mixed = np.concatenate([np.zeros(5000), rng.uniform(1, 2, 5000)])
-    heavy = _fit_buckets(pa.chunked_array([pa.array(mixed)]), "r", "ad", 10)
+    heavy = fit_buckets(pa.chunked_array([pa.array(mixed)]), "r", "ad", 10)
     counts = np.bincount(heavy.encode(pa.array(mixed)))
     assert counts[1] == 5000 and len(counts) == 7 and np.all(np.abs(counts[2:] - 1000) <= 1), counts
 

@@ -1,102 +1,22 @@
-"""Evaluation metrics, slices and the simulator's oracle AUC (components/training/evaluation.py)."""
+"""Evaluation reports, slices and the simulator's oracle AUC (components/training/evaluation.py, slices.py,
+oracle.py); the metrics themselves are tests/code/training/test_metrics.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings as hyp_settings, strategies as st
 
-from components.training.evaluation import (
-    EvalSlices,
-    auc,
-    calibration,
-    evaluate,
-    gauc,
-    gauc_detail,
-    logloss,
-    oracle_auc,
-    slice_masks,
-)
 from components.schemas import TIMESTAMP
+from components.training.evaluation import evaluate
+from components.training.metrics import auc, calibration, gauc, logloss
+from components.training.oracle import oracle_auc
+from components.training.slices import EvalSlices, slice_masks
 
 DAY_US = 86_400_000_000
-
-
-def brute_auc(s: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = s[y == 1], s[y == 0]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float(((diff > 0) + 0.5 * (diff == 0)).sum() / (pos.size * neg.size))
-
-
-@hyp_settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1)), min_size=1, max_size=60))
-def test_auc_equals_a_pairwise_count_with_ties(rows: list[tuple[int, int]]) -> None:
-    s = np.array([r[0] / 6 for r in rows])  # few distinct values: many ties
-    y = np.array([r[1] for r in rows])
-    expected = brute_auc(s, y)
-    got = auc(s, y)
-    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
-
-
-def test_auc_hand_examples_and_errors() -> None:
-    assert auc([0.1, 0.4, 0.4, 0.8], [0, 0, 1, 1]) == 0.875
-    assert auc([0.3, 0.3, 0.3], [0, 1, 0]) == 0.5
-    assert auc([0.9, 0.1], [0, 1]) == 0.0
-    assert math.isnan(auc([0.2, 0.5], [1, 1]))
-    with pytest.raises(ValueError, match="NaN"):
-        auc([0.1, float("nan")], [0, 1])
-    with pytest.raises(ValueError, match="0/1"):
-        auc([0.1, 0.2], [0, 2])
-    with pytest.raises(ValueError, match="rows"):
-        auc([0.1, 0.2, 0.3], [0, 1])
-
-
-@hyp_settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), users=st.integers(1, 25))
-def test_gauc_equals_a_per_user_loop(seed: int, n: int, users: int) -> None:
-    rng = np.random.default_rng(seed)
-    s = rng.integers(0, 8, n) / 8.0  # ties inside users
-    y = (rng.random(n) < 0.3).astype(int)
-    g = rng.integers(0, users, n) * 7 - 3  # arbitrary, unsorted ids
-    num = den = 0.0
-    counted = 0
-    for u in np.unique(g):  # the reference: an explicit loop over users
-        m = g == u
-        a = brute_auc(s[m], y[m])
-        if not math.isnan(a):
-            num += m.sum() * a
-            den += m.sum()
-            counted += 1
-    value, n_users = gauc_detail(s, y, g)
-    assert n_users == counted
-    if counted == 0:
-        assert math.isnan(value)
-    else:
-        assert value == pytest.approx(num / den, abs=1e-12)
-
-
-def test_gauc_hand_example() -> None:
-    # user 1: AUC 1 on 2 rows; user 2: AUC 0.5 on 3 rows; user 3: one class only, left out
-    assert gauc([0.1, 0.9, 0.2, 0.3, 0.1, 0.5], [0, 1, 1, 0, 0, 1], [1, 1, 2, 2, 2, 3]) == pytest.approx(0.7)
-
-
-def test_logloss_and_calibration_hand_examples() -> None:
-    assert logloss([0.5, 0.5], [0, 1]) == pytest.approx(math.log(2))
-    assert logloss([0.8, 0.1], [1, 0]) == pytest.approx(-(math.log(0.8) + math.log(0.9)) / 2)
-    assert logloss([0.0], [1]) == pytest.approx(-math.log(1e-7))  # clipped, not infinite
-    assert logloss([1.0, 0.0], [1, 0]) == pytest.approx(-math.log(1 - 1e-7))
-    assert calibration([0.1, 0.3], [0, 1]) == pytest.approx(0.4)
-    assert calibration([0.05, 0.05, 0.05, 0.05], [1, 0, 0, 0]) == pytest.approx(0.2)
-    assert math.isnan(calibration([0.2, 0.3], [0, 0]))
-    with pytest.raises(ValueError, match="probabilities"):
-        logloss([1.5, 0.2], [1, 0])
 
 
 def eval_table(n: int = 400, seed: int = 0) -> tuple[pa.Table, pa.Table, dict[str, np.ndarray]]:

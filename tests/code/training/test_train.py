@@ -1,4 +1,4 @@
-"""components/training/trainer.py: the real ranker trains on a real (small) training set, resumes bit-exactly from a
+"""components/training/loop.py (and checkpoint.py, device.py, step.py, ``python -m components.training``): the real ranker trains on a real (small) training set, resumes bit-exactly from a
 checkpoint, streams identically to resident data, stops early, and under ``torchrun`` (2 processes, gloo)
 reaches the same validation metrics as one process."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,8 @@ def _ranker(**over):
 
 
 def test_loss_goes_down_and_the_model_ranks(split) -> None:
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     train, valid = split
     events: list[dict] = []
@@ -69,7 +71,7 @@ def test_loss_goes_down_and_the_model_ranks(split) -> None:
     # The returned model is the best epoch's, and valid_scores are its probabilities.
     assert set(result.valid_scores) == {"click", "conversion"}
     assert result.valid_scores["click"].shape == (valid.num_rows,)
-    from components.training.trainer import predict
+    from components.training.device import predict
 
     assert result.encoders is not None
     again = predict(result.model, result.encoders.encode(valid), ("click", "conversion"))
@@ -87,7 +89,8 @@ def _state_equal(a, b) -> bool:
 
 
 def test_resumed_run_ends_with_bit_identical_weights(tmp_path: Path, encoded) -> None:
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     enc, train, valid = encoded
     ranker = _ranker(dropout=0.1)  # dropout draws from the RNG, whose state the checkpoint must restore
@@ -117,7 +120,8 @@ def test_resumed_run_ends_with_bit_identical_weights(tmp_path: Path, encoded) ->
 
 
 def test_streamed_chunks_train_exactly_like_resident_data(encoded) -> None:
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     enc, train, valid = encoded
     base: dict[str, Any] = dict(epochs=1, batch_size=256, patience=0, log_every=0)
@@ -132,7 +136,8 @@ def test_sparse_embeddings_train_with_sparse_adam(encoded) -> None:
     handing their sparse gradients to dense Adam used to fail the run."""
     import math
 
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     enc, train, valid = encoded
     result = train_ranker(None, train, valid, _ranker(sparse_embeddings=True),
@@ -143,7 +148,8 @@ def test_sparse_embeddings_train_with_sparse_adam(encoded) -> None:
 
 
 def test_ple_trains_without_a_validation_set(encoded) -> None:
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     enc, train, _ = encoded
     result = train_ranker(None, train, None, _ranker(arch="ple"), TrainConfig(epochs=1, batch_size=1024,
@@ -152,7 +158,8 @@ def test_ple_trains_without_a_validation_set(encoded) -> None:
 
 
 def test_early_stopping_keeps_the_best_epoch(encoded) -> None:
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     enc, train, valid = encoded
     # A learning rate this small leaves the validation AUC where it is: no epoch after the first improves.
@@ -163,10 +170,28 @@ def test_early_stopping_keeps_the_best_epoch(encoded) -> None:
     assert result.best_metric == pytest.approx(np.mean(list(result.history[0]["valid_auc"].values())))
 
 
+def test_training_draws_a_progress_bar_with_an_eta_when_asked(encoded, capsys, monkeypatch) -> None:
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
+
+    enc, train, valid = encoded
+    cfg = TrainConfig(epochs=2, batch_size=1024, patience=0, log_every=0)
+    monkeypatch.setenv("ADSREC_PROGRESS", "0")
+    train_ranker(None, train, valid, _ranker(), cfg, spec=enc.spec())
+    assert "training stem" not in capsys.readouterr().err  # off when not a terminal and not asked
+    monkeypatch.setenv("ADSREC_PROGRESS", "1")
+    result = train_ranker(None, train, valid, _ranker(), cfg, spec=enc.spec())
+    err = capsys.readouterr().err
+    assert "training stem" in err and f"{result.steps}/{result.steps}" in err, err
+    assert re.search(r"\[[^\]]*<[^\]]*\]", err), err  # [elapsed<ETA, rate]
+    assert "valid AUC" in err
+
+
 def test_ipw_weights_reach_the_loss_only_when_enabled(encoded) -> None:
     import torch
 
-    from components.training.trainer import TrainConfig, _loss_module
+    from components.training.step import loss_module
+    from components.training.train_config import TrainConfig
     from models.ranker import Ranker
 
     enc, train, _ = encoded
@@ -175,17 +200,17 @@ def test_ipw_weights_reach_the_loss_only_when_enabled(encoded) -> None:
     batch = {k: v[:512] for k, v in train.items()}
     weighted = dict(batch, weights=torch.where(batch["labels"] > 0, 0.2, 1.0))
     with torch.no_grad():
-        plain = _loss_module(model, enc.spec(), TrainConfig())(batch)[0]
-        ipw = _loss_module(model, enc.spec(), TrainConfig(ipw=True))(weighted)[0]
-        off = _loss_module(model, enc.spec(), TrainConfig(ipw=False))(weighted)[0]
+        plain = loss_module(model, enc.spec(), TrainConfig())(batch)[0]
+        ipw = loss_module(model, enc.spec(), TrainConfig(ipw=True))(weighted)[0]
+        off = loss_module(model, enc.spec(), TrainConfig(ipw=False))(weighted)[0]
     assert float(off) == float(plain)
     assert float(ipw) < float(plain)  # down-weighted positives carry most of the BCE
     with pytest.raises(ValueError, match="purchase"):
-        _loss_module(model, enc.spec(), TrainConfig(alphas={"purchase": 0.5}))
+        loss_module(model, enc.spec(), TrainConfig(alphas={"purchase": 0.5}))
 
 
 def test_config_errors_name_the_problem() -> None:
-    from components.training.trainer import TrainConfig
+    from components.training.train_config import TrainConfig
 
     with pytest.raises(ValueError, match="alpha"):
         TrainConfig(alphas={"click": 1.5})
@@ -201,7 +226,8 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path, training_set: Path,
     the averaged gradient equals the one-process gradient of the same global batch, so the runs differ
     only by floating-point summation order: validation AUC within 0.001 and training loss within 0.02%
     (measured: 5e-5 and 1e-5)."""
-    from components.training.trainer import TrainConfig, train_ranker
+    from components.training.loop import train_ranker
+    from components.training.train_config import TrainConfig
 
     train_cfg = {"epochs": 2, "batch_size": 512, "lr": 3e-3, "default_alpha": 1.0, "patience": 0,
                  "device": "cpu", "log_every": 0}
@@ -209,7 +235,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path, training_set: Path,
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "components.training.trainer",
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "components.training",
          "--training-set", str(training_set), "--out", str(out),
          "--ranker-config", json.dumps(TINY), "--train-config", json.dumps(train_cfg)],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240,
