@@ -165,6 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run through the imported module, not __main__: the deployments' entry points must name
     # flows.deployments.promote, which a flow defined in __main__ would not.
-    from flows.deployments import main as _main
+    import flows.deployments
 
-    raise SystemExit(_main())
+    raise SystemExit(flows.deployments.main())

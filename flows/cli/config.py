@@ -21,9 +21,9 @@ def show_config(
 
         typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
         return
-    from components.config import describe_settings
+    from components.config import render_settings
 
-    typer.echo(describe_settings(settings))
+    typer.echo(render_settings(settings), nl=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -47,7 +47,25 @@ def demo(
     else:
         typer.echo(f"\nFeast repository: cd feature_repo && FEAST_FS_YAML_FILE_PATH={settings.feast_dir}/"
                    "feature_store.yaml feast feature-views list")
-    typer.echo("Run `make demo` again to retrain on the next day and compare with the champion.")
+    typer.echo(next_demo_hint(settings))
+
+
+def next_demo_hint(settings: Any) -> str:
+    """What another ``make demo`` does: compare with the champion when there is one; otherwise say that
+    none serves and how to make one (a failed gate's own lines above say which key to change)."""
+    if not settings.registry.enabled:
+        return "Run `make demo` again to retrain on the next day (the registry is off: registry.enabled)."
+    from components.registry.aliases import champion
+
+    try:
+        current = champion(settings)
+    except Exception as exc:  # a registry we cannot read: say so instead of guessing
+        return f"Run `make demo` again to retrain on the next day (the registry could not be read: {exc})."
+    if current is None:
+        return ("Run `make demo` again to retrain on the next day. No champion yet: no version passed its gates, "
+                "so none serves; `adsrec promote --version V --force --reason \"...\"` overrides them.")
+    return (f"Run `make demo` again to retrain on the next day and compare the new model with the champion "
+            f"(version {current.version}).")
 
 
 def daily_cmd(
