@@ -94,17 +94,8 @@ def id_counts_from_batch(
         spec = model_or_spec
         bases = tuple(mnse_bases or DEFAULT_MNSE_BASES)
     counts: dict[str, np.ndarray] = {}
-    if spec.categorical:
-        if "cat" not in batch:
-            raise KeyError("batch has no 'cat' tensor")
-        cat = _to_numpy_int(batch["cat"])
-        if cat.ndim != 2 or cat.shape[1] != len(spec.categorical):
-            raise ValueError(f"batch['cat'] has shape {cat.shape}, expected [N, {len(spec.categorical)}]")
-        for j, f in enumerate(spec.categorical):
-            col = cat[:, j]
-            if len(col) and (col.min() < 0 or col.max() >= f.vocab_size):
-                raise ValueError(f"batch['cat'] column {j} ({f.name}) has ids outside [0, {f.vocab_size})")
-            counts[f.name] = np.bincount(col, minlength=f.vocab_size).astype(np.int64)
+    for j, f, col in _checked_columns(batch, "cat", spec.categorical, "vocab_size", "ids"):
+        counts[f.name] = np.bincount(col, minlength=f.vocab_size).astype(np.int64)
     seq = spec.sequence
     if include_sequence and seq is not None and "seq_items" in batch and "seq_gaps" in batch:
         real = _to_numpy_int(batch["seq_gaps"]) > 0
@@ -117,27 +108,35 @@ def id_counts_from_batch(
             if len(ids) and (ids.min() < 0 or ids.max() >= size):
                 raise ValueError(f"batch[{key!r}] has ids outside [0, {size})")
             counts[name] = counts[name] + np.bincount(ids, minlength=size)
-    if spec.numeric:
-        if "num" not in batch:
-            raise KeyError("batch has no 'num' tensor")
-        num = _to_numpy_int(batch["num"])
-        if num.ndim != 2 or num.shape[1] != len(spec.numeric):
-            raise ValueError(f"batch['num'] has shape {num.shape}, expected [N, {len(spec.numeric)}]")
-        for j, f in enumerate(spec.numeric):
-            col = num[:, j]
-            if len(col) and (col.min() < 0 or col.max() >= f.n_buckets):
-                raise ValueError(f"batch['num'] column {j} ({f.name}) has buckets outside [0, {f.n_buckets})")
-            bucket_counts = np.bincount(col, minlength=f.n_buckets)  # tokens depend only on the bucket
-            buckets = np.arange(f.n_buckets)
-            for b in bases:
-                k_b = _mnse_digits(f.n_buckets, b)
-                powers = b ** np.arange(k_b)
-                rows = b * np.arange(k_b) + (buckets[:, None] // powers) % b  # [n_buckets, K_b] token rows
-                weights = np.broadcast_to(bucket_counts[:, None], rows.shape)
-                counts[f"{f.name}@base{b}"] = np.bincount(
-                    rows.ravel(), weights=weights.ravel(), minlength=b * k_b
-                ).astype(np.int64)
+    for j, f, col in _checked_columns(batch, "num", spec.numeric, "n_buckets", "buckets"):
+        bucket_counts = np.bincount(col, minlength=f.n_buckets)  # tokens depend only on the bucket
+        buckets = np.arange(f.n_buckets)
+        for b in bases:
+            k_b = _mnse_digits(f.n_buckets, b)
+            powers = b ** np.arange(k_b)
+            rows = b * np.arange(k_b) + (buckets[:, None] // powers) % b  # [n_buckets, K_b] token rows
+            weights = np.broadcast_to(bucket_counts[:, None], rows.shape)
+            counts[f"{f.name}@base{b}"] = np.bincount(
+                rows.ravel(), weights=weights.ravel(), minlength=b * k_b
+            ).astype(np.int64)
     return counts
+
+
+def _checked_columns(batch: Any, key: str, fields: Sequence[Any], size_attr: str, what: str):
+    """``(j, field, column j of batch[key])`` for each field, after checking the tensor is there (when there
+    are fields), is [N, len(fields)], and every value lies in [0, field.<size_attr>)."""
+    if not fields:
+        return
+    if key not in batch:
+        raise KeyError(f"batch has no {key!r} tensor")
+    matrix = _to_numpy_int(batch[key])
+    if matrix.ndim != 2 or matrix.shape[1] != len(fields):
+        raise ValueError(f"batch[{key!r}] has shape {matrix.shape}, expected [N, {len(fields)}]")
+    for j, f in enumerate(fields):
+        col, size = matrix[:, j], getattr(f, size_attr)
+        if len(col) and (col.min() < 0 or col.max() >= size):
+            raise ValueError(f"batch[{key!r}] column {j} ({f.name}) has {what} outside [0, {size})")
+        yield j, f, col
 
 
 # ----- the report ---------------------------------------------------------------------------------------------

@@ -16,18 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from flows.cli.common import fail, load_settings_or_exit
+from flows.cli.common import fail, load_settings_or_exit, new_app
 
 if TYPE_CHECKING:
     from components.config import Settings
 
-analyze_app = typer.Typer(
-    name="analyze",
-    help="Dimensional collapse and interest entanglement of a saved ranker (docs/analysis.md).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+analyze_app = new_app("analyze", "Dimensional collapse and interest entanglement of a saved ranker (docs/analysis.md).")
 
 ModelDirOpt = Annotated[Optional[Path], typer.Option(
     "--model-dir", help="a saved ranker folder (default: the newest under <home>/models/)")]
@@ -82,7 +76,10 @@ def collapse_cmd(
         from components.training.artefact import load_trained
         from components.training.encoders import read_training_set
         from validation.collapse import collapse_report, id_counts_from_batch
-        from validation.interaction_collapse import interaction_collapse_map, plot_interaction_map
+        from validation.interaction_collapse import (
+            interaction_collapse_map,
+            plot_interaction_map,
+        )
 
         trained = load_trained(model_dir)
         start = time.perf_counter()

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 DateOpt = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="a UTC day, YYYY-MM-DD")]
 
 
+
+def new_app(name: str, help: str, completion: bool = False) -> typer.Typer:
+    """A Typer app as every ``adsrec`` app is made: help when called bare, plain tracebacks off (errors are
+    one line), shell completion only on the main app."""
+    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=completion,
+                       pretty_exceptions_enable=False)
+
 def one_line(text: str) -> str:
     """``text`` with every run of whitespace (newlines included) as one space."""
     return " ".join(text.split())

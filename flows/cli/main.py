@@ -14,15 +14,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli import analyze, config, experiments, pipeline, registry, services, serving
-
-app = typer.Typer(
-    name="adsrec",
-    help="Raw ad impression logs to a quality-checked, registered multi-task ranking model, every day.",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
+from flows.cli import (
+    analyze,
+    config,
+    experiments,
+    pipeline,
+    registry,
+    services,
+    serving,
 )
+from flows.cli.common import new_app
+
+app = new_app("adsrec", "Raw ad impression logs to a quality-checked, registered multi-task ranking model, every day.",
+              completion=True)
 
 
 @app.callback()

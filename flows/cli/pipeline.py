@@ -13,7 +13,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from flows.cli.common import DateOpt, check_or_exit, load_settings_or_exit, prepare_settings, print_run, run_flow
+from flows.cli.common import (
+    DateOpt,
+    check_or_exit,
+    load_settings_or_exit,
+    prepare_settings,
+    print_run,
+    run_flow,
+)
 from flows.cli.dates import validate_date_range, validate_run_date, yesterday
 
 

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.experiments.conftest import run_small
+
 
 def test_collapse_small_run_has_every_variant_at_matched_embedding_budgets(settings, tmp_path: Path,
                                                                           torch_one_thread: None) -> None:
-    from components.experiments import get
-    from components.experiments.base import ExperimentContext
     from components.experiments.collapse import FAMILIES, SCALES, variants
 
-    lines: list[str] = []
-    ctx = ExperimentContext(name="collapse", settings=settings, seeds=(0,), size="small",
-                            plot_dir=tmp_path / "plots", mlflow=False, progress=lines.append)
-    result = get("collapse")(ctx)
+    result, lines = run_small("collapse", settings, tmp_path / "plots")
     d = result.data["base_dim"]
     labels = [v["label"] for v in variants(d=d)]
     assert [r["model"] for r in result.rows] == labels and len(labels) == len(FAMILIES) * len(SCALES)

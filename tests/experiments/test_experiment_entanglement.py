@@ -8,17 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.experiments.conftest import run_small
+
 
 def test_entanglement_small_run_has_every_model_and_the_separation_by_construction(settings, tmp_path: Path,
                                                                                      shared_data: Path) -> None:
-    from components.experiments import get
-    from components.experiments.base import ExperimentContext
     from components.experiments.entanglement import ORDER
 
-    lines: list[str] = []
-    ctx = ExperimentContext(name="entanglement", settings=settings, seeds=(0,), size="small",
-                            plot_dir=tmp_path / "plots", mlflow=False, progress=lines.append)
-    result = get("entanglement")(ctx)
+    result, lines = run_small("entanglement", settings, tmp_path / "plots")
     assert [r["model"] for r in result.rows] == list(ORDER)  # the small size runs the simulator only
     assert result.verdict in ("reproduced", "partly", "not reproduced")
     assert all(p.is_file() and p.stat().st_size > 10_000 for p in result.plots)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.experiments.conftest import run_small
+
 
 def test_ipw_small_run_lowers_first_exposure_predictions(settings, tmp_path: Path, shared_data: Path) -> None:
-    from components.experiments import get
-    from components.experiments.base import ExperimentContext
-
-    ctx = ExperimentContext(name="ipw", settings=settings, seeds=(0,), size="small", plot_dir=tmp_path / "plots",
-                            mlflow=False, progress=lambda _line: None)
-    result = get("ipw")(ctx)
+    result, lines = run_small("ipw", settings, tmp_path / "plots")
     assert [r["variant"] for r in result.rows] == ["STEM no IPW", "STEM + IPW", "MMoE no IPW", "MMoE + IPW"]
     assert result.verdict in ("reproduced", "partly", "not reproduced")
     assert result.plots and all(p.is_file() for p in result.plots)

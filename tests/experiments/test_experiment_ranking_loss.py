@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.experiments.conftest import run_small
+
 
 def test_thin_positives_keeps_negatives_and_reaches_the_rate() -> None:
     import pyarrow as pa
@@ -28,14 +30,9 @@ def test_thin_positives_keeps_negatives_and_reaches_the_rate() -> None:
 
 def test_ranking_loss_small_run_has_every_rate_and_alpha(settings, tmp_path: Path, shared_data: Path,
                                                          torch_one_thread: None) -> None:
-    from components.experiments import get
-    from components.experiments.base import ExperimentContext
     from components.experiments.ranking_loss import ALPHAS, RATES
 
-    lines: list[str] = []
-    ctx = ExperimentContext(name="ranking_loss", settings=settings, seeds=(0,), size="small",
-                            plot_dir=tmp_path / "plots", mlflow=False, progress=lines.append)
-    result = get("ranking_loss")(ctx)
+    result, lines = run_small("ranking_loss", settings, tmp_path / "plots")
     datasets = [n for n in ("simulator", "taobao") if n in result.data]
     assert datasets[0] == "simulator" and (shared_data / "taobao").exists() <= ("taobao" in datasets)
     per = len(RATES) * len(ALPHAS)

@@ -8,25 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-
-@pytest.fixture(scope="module")
-def pipeline_settings(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
-    from components.config import load_settings
-
-    home = tmp_path_factory.getbasetemp() / "experiments-pipeline-home"
-    return load_settings(environ={}, overrides={"home": str(home), "pipeline": {"shared_data": str(shared_data)}}).resolved()
+from tests.experiments.conftest import run_small
 
 
 def test_representations_small_run_has_every_variant_and_their_features(pipeline_settings, tmp_path: Path) -> None:
-    from components.experiments import get
-    from components.experiments.base import ExperimentContext
     from components.experiments.representations import VARIANTS, _key
 
-    ctx = ExperimentContext(name="representations", settings=pipeline_settings, seeds=(0,), size="small",
-                            plot_dir=tmp_path / "plots", mlflow=False, progress=lambda _line: None)
-    result = get("representations")(ctx)
+    result, lines = run_small("representations", pipeline_settings, tmp_path / "plots")
     assert len(result.rows) == len(VARIANTS)
     assert result.verdict in ("reproduced", "partly", "not reproduced")
     assert result.plots and all(p.is_file() for p in result.plots)

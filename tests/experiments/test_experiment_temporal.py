@@ -9,26 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-
-@pytest.fixture(scope="module")
-def pipeline_settings(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
-    from components.config import load_settings
-
-    # One home for the session: the pipeline's day-steps skip what an earlier test already built.
-    home = tmp_path_factory.getbasetemp() / "experiments-pipeline-home"
-    return load_settings(environ={}, overrides={"home": str(home), "pipeline": {"shared_data": str(shared_data)}}).resolved()
+from tests.experiments.conftest import run_small
 
 
 def test_temporal_small_run_compares_every_encoder(pipeline_settings, tmp_path: Path) -> None:
-    from components.experiments import get
-    from components.experiments.base import ExperimentContext
     from components.experiments.temporal import VARIANTS
 
-    ctx = ExperimentContext(name="temporal", settings=pipeline_settings, seeds=(0,), size="small",
-                            plot_dir=tmp_path / "plots", mlflow=False, progress=lambda _line: None)
-    result = get("temporal")(ctx)
+    result, lines = run_small("temporal", pipeline_settings, tmp_path / "plots")
     assert [r["sequence encoder"] for r in result.rows] == [v for v, _ in VARIANTS]
     assert result.verdict in ("reproduced", "partly", "not reproduced")
     assert result.plots and all(p.is_file() for p in result.plots)
