@@ -1,6 +1,6 @@
 """What a failed quality gate means for the user, in words (the gates themselves are in
 validation/gates.py): for each way a gate can fail, why it matters and what to do, naming the config key
-of the threshold that failed (``gates.<key>``, components/config.py GatesConfig) or the forced promotion
+of the threshold that failed (``gates.<key>``, components/config/release.py GatesConfig) or the forced promotion
 ``adsrec promote --version V --force --reason "..."``; and a failed ingest expectation in words.
 
 Everything works on a gate as a dict (``GateResult.to_dict()`` or a stored ``gates.json`` entry), so the

@@ -25,7 +25,7 @@ from validation.gate_words import expectation_words, failure_text, finite_or_non
 
 
 class GateThresholds(Protocol):
-    """The gate thresholds, by their config keys ``gates.<name>`` (components/config.py GatesConfig)."""
+    """The gate thresholds, by their config keys ``gates.<name>`` (components/config/release.py GatesConfig)."""
 
     max_quarantine_rate: float
     ia_max_rows: int

@@ -160,7 +160,9 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     assert not second["gates_passed"] and second["promoted"] is None
     versions = {v.version: v for v in list_versions(settings)}
     assert "challenger" not in versions[2].aliases and "champion" in versions[1].aliases
-    assert "collapse failed" in res.output
+    # the failed gate in words: what failed, the config key of its threshold, how to override it
+    assert "collapse gate failed" in res.output and "raise gates.ia_champion_tolerance" in res.output
+    assert 'adsrec promote --version 2 --force --reason "..."' in res.output
 
     # The run also loaded the online store: the champion scores (user, ad) pairs from it by alias.
     import pyarrow as pa
