@@ -3,7 +3,7 @@
 One test per case of the fuzz that found 11 good days replaced by empty ones: a good day lands first,
 then a bad re-delivery of it is ingested. The landed partition must survive byte for byte, the delivery
 must go to quarantine with its reason, the report must fail the day and counts must reconcile. The same
-cases through the ``adsrec`` CLI (tests/code/ingest/test_ingest_cli.py) check the exit code and the one-line
+cases through the ``adsrec`` CLI (tests/e2e/test_ingest_cli.py) check the exit code and the one-line
 message. Plus the day-level policies: quarantine-rate bound, empty days, label-rate bounds, and the
 cross-day checks (referential, created_at, exposure_index) with their index.
 """
