@@ -162,16 +162,25 @@ def load_champion(settings: Settings, alias: str = CHAMPION) -> Any:
     """The ``mlflow.pyfunc.PyFuncModel`` of ``models:/<model_name>@<alias>``: ``.predict(rows)`` gives the
     ``p_<task>`` DataFrame; ``.unwrap_python_model()`` is the :class:`components.registry.packaged.PackagedRanker`
     (``.score_table(pyarrow_table)`` skips the pandas round trip). Raises ``RegistryError`` when no
-    version has the alias."""
+    version has the alias, or when its stored model code imports what this adsrec no longer has (a
+    version registered before the modules moved into stage folders names ``components.packaged``)."""
     import mlflow
 
     name = settings.registry.model_name
     require_store(settings)
     with mlflow_client(settings) as client:
-        if version_by_alias(client, name, alias) is None:
+        version = version_by_alias(client, name, alias)
+        if version is None:
             raise RegistryError(f"no version of {name!r} has the alias {alias!r}"
                                 + (" (promote one: adsrec promote --version V)" if alias == CHAMPION else ""))
-        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        try:
+            return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        except ImportError as exc:
+            raise RegistryError(
+                f"version {version.version} of {name!r} ({alias}) cannot be loaded by this adsrec: its model code "
+                f"imports {getattr(exc, 'name', None) or exc} (registered by an older layout); promote a version "
+                "registered by this one (adsrec promote --version V) or re-run its day to register it again"
+            ) from exc
 
 
 # ----- promote / rollback ------------------------------------------------------------------------------------

@@ -408,6 +408,26 @@ def test_load_champion_in_process_scores_tables_and_frames(fresh_aliases: Any, t
         load_champion(settings, alias="staging")
 
 
+def test_a_champion_whose_code_no_longer_imports_is_a_registry_error(fresh_aliases: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version registered before the stage folders names ``components.packaged`` in its model code: loading
+    it says so (and the daily run's comparison skips it) instead of a bare ModuleNotFoundError."""
+    import mlflow.pyfunc
+
+    from components.registry.aliases import load_champion, promote
+    from components.registry.client import RegistryError
+
+    settings = fresh_aliases
+    promote(settings, 3)
+
+    def old_layout(uri: str, *args: Any, **kwargs: Any) -> Any:
+        raise ModuleNotFoundError("No module named 'components.packaged'", name="components.packaged")
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", old_layout)
+    with pytest.raises(RegistryError, match=r"version 3 .*imports components\.packaged.*adsrec promote"):
+        load_champion(settings)
+
+
 def test_registry_calls_leave_the_process_mlflow_uri_alone(reg: dict[str, Any],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
