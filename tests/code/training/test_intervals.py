@@ -1,0 +1,62 @@
+"""Bootstrap AUC intervals over users (components/training/intervals.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from components.training.intervals import auc_difference_interval, auc_interval, weighted_auc
+
+
+def _data(n: int = 3000, users: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, users, n)
+    taste = rng.normal(0, 1, users)[user]
+    y = rng.random(n) < 1 / (1 + np.exp(-(taste - 2)))
+    s = np.round(taste + rng.normal(0, 1, n), 1)  # rounded: many ties
+    return y, s, user
+
+
+def test_weighted_auc_equals_sklearn_with_sample_weights() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    y, s, _ = _data()
+    w = np.random.default_rng(1).integers(0, 4, (3, y.size)).astype(float)
+    got = weighted_auc(y, s, w)
+    want = [roc_auc_score(y, s, sample_weight=row) for row in w]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert math.isnan(weighted_auc(np.zeros(5), np.arange(5.0), np.ones((1, 5)))[0])
+
+
+def test_interval_contains_the_point_and_narrows_with_more_users() -> None:
+    y, s, user = _data()
+    small = auc_interval(y[:600], s[:600], user[:600], seed=0)
+    large = auc_interval(y, s, user, seed=0)
+    assert small.low < small.point < small.high and large.low < large.point < large.high
+    assert large.half_width < small.half_width
+    assert auc_interval(y, s, user, seed=0) == large  # seeded: the same interval again
+
+
+def test_user_bootstrap_is_wider_than_row_bootstrap_when_users_drive_the_labels() -> None:
+    y, s, user = _data(n=4000, users=80)
+    by_user = auc_interval(y, s, user, seed=0)
+    by_row = auc_interval(y, s, None, seed=0)
+    assert by_user.half_width > by_row.half_width
+
+
+def test_paired_difference_separates_a_better_model_and_not_a_copy() -> None:
+    y, s, user = _data()
+    noisy = s + np.random.default_rng(2).normal(0, 2, s.size)
+    better = auc_difference_interval(y, s, noisy, user)
+    assert better.point > 0 and better.excludes(0.0)
+    same = auc_difference_interval(y, s, s.copy(), user)
+    assert same.point == 0.0 and not same.excludes(0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        auc_difference_interval(y, s, s[:-1], user)
+
+
+def test_one_class_gives_an_undefined_interval() -> None:
+    out = auc_interval(np.zeros(50), np.arange(50.0), np.arange(50) % 5)
+    assert math.isnan(out.point) and math.isnan(out.low) and str(out) == "undefined"
