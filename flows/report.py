@@ -178,7 +178,7 @@ def render_data_docs(st: dict[str, Any]) -> str:
 def render_gates(st: dict[str, Any]) -> str:
     """The newest day's metrics next to the champion's and the oracle's, the gate table, the registered
     version and its aliases, and where to look."""
-    from validation.gate_words import failure_text
+    from validation.gate_words import gate_notice
 
     metrics = st.get("metrics") or {}
     champ = st.get("champion") or {}
@@ -202,8 +202,9 @@ def render_gates(st: dict[str, Any]) -> str:
                   + (st.get("gate_table") or "-"))
     reg = st.get("registered")
     for g in st.get("gates") or []:
-        if not g.get("passed"):
-            blocks.append(failure_text({**g, "reason": _gate_reason(g)}, (reg or {}).get("version")))
+        notice = gate_notice({**g, "reason": _gate_reason(g)}, (reg or {}).get("version"))
+        if notice:  # a failed gate, or the warning of an inconclusive one that passed
+            blocks.append(notice)
     if reg:
         aliases = ", ".join(reg.get("aliases") or []) or "no alias (a gate failed)"
         line = f"registered: {reg.get('name')} version {reg.get('version')} -> {aliases}; run {reg.get('run_id')}"

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from validation.gate_intervals import field_seed, ia_resamples
 from validation.information_abundance import finite_matrix, singular_values, usable_rows
 from validation.model_arrays import unwrap_ranker
 from validation.plots import pyplot, save_figure
@@ -145,7 +146,8 @@ class FieldCollapse:
     """Information abundance of one field of one table.
 
     ``rows``: rows of the field in the table; ``used_rows``: rows the IA was computed on (read rows, sampled);
-    ``dim``: the table's width d; ``ia``: raw IA; ``ia_ratio``: IA / d; ``spectrum``: σ / max σ.
+    ``dim``: the table's width d; ``ia``: raw IA; ``ia_ratio``: IA / d; ``spectrum``: σ / max σ;
+    ``ia_resamples``: raw IA of bootstrap resamples of the used rows (empty when none were drawn).
     """
 
     table: str
@@ -156,6 +158,7 @@ class FieldCollapse:
     ia: float
     spectrum: np.ndarray
     weighted: bool
+    ia_resamples: np.ndarray | None = None
 
     @property
     def ia_ratio(self) -> float:
@@ -174,7 +177,8 @@ class CollapseReport:
     """IA of every field of every embedding table of a ranker (see :func:`collapse_report`).
 
     ``fields``: one :class:`FieldCollapse` per (table, field); ``skipped``: (table, field, reason) of fields
-    with fewer than 2 usable rows; ``weighted``: whether id counts chose the rows.
+    with fewer than 2 usable rows; ``weighted``: whether id counts chose the rows; ``resamples``: bootstrap
+    resamples of every field's used rows (0: no interval).
     """
 
     fields: list[FieldCollapse]
@@ -182,6 +186,7 @@ class CollapseReport:
     weighted: bool = False
     max_rows: int | None = None
     arch: str | None = None
+    resamples: int = 0
 
     @property
     def tables(self) -> list[str]:
@@ -204,6 +209,16 @@ class CollapseReport:
         values = list(self.per_table.values())
         return float(np.mean(values)) if values else math.nan
 
+    @property
+    def mean_ia_ratio_se(self) -> float | None:
+        """The headline's bootstrap standard error: each resample recomputes every field's IA on its rows
+        drawn with replacement and averages as the headline does; None without resamples or fields."""
+        if self.resamples < 2 or not self.fields:
+            return None
+        per_table = [np.mean([f.ia_resamples / f.dim for f in self.fields if f.table == t], axis=0)
+                     for t in self.tables]
+        return float(np.std(np.mean(per_table, axis=0), ddof=1))
+
     def field(self, table: str, name: str) -> FieldCollapse:
         for f in self.fields:
             if f.table == table and f.field == name:
@@ -213,6 +228,8 @@ class CollapseReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "mean_ia_ratio": self.mean_ia_ratio,
+            "mean_ia_ratio_se": self.mean_ia_ratio_se,
+            "resamples": self.resamples,
             "per_table": self.per_table,
             "weighted": self.weighted,
             "max_rows": self.max_rows,
@@ -248,7 +265,9 @@ class CollapseReport:
         per = self.per_table
         lines.append(f"{'mean IA/d':<{width}}  {'':>6}  {'':>6}  " + "  ".join(
             f"{per[t]:>{c}.3f}" for t, c in zip(tables, cols)))
-        lines.append(f"overall mean IA/d (mean of the tables): {self.mean_ia_ratio:.3f}")
+        se = self.mean_ia_ratio_se
+        lines.append(f"overall mean IA/d (mean of the tables): {self.mean_ia_ratio:.3f}"
+                     + (f" (bootstrap s.e. {se:.4f} over {self.resamples} resamples)" if se is not None else ""))
         if self.skipped:
             shown = ", ".join(sorted({f"{n} ({r})" for _, n, r in self.skipped}))
             lines.append(f"skipped: {shown}")
@@ -298,6 +317,7 @@ def collapse_report(
     id_counts: Mapping[str, Any] | None = None,
     max_rows: int | None = 20_000,
     seed: int = 0,
+    resamples: int = 0,
 ) -> CollapseReport:
     """IA raw and IA/d of every field of every embedding table of ``model`` (a Ranker or TrainedModel).
 
@@ -305,7 +325,10 @@ def collapse_report(
     block ``name@base<b>`` (its ``b*K_b`` (position, digit) tokens). With ``id_counts`` (from
     :func:`id_counts_from_batch` on the training rows), a field's rows with count 0 are dropped and up to
     ``max_rows`` rows are drawn ∝ count; fields absent from ``id_counts`` use all their rows (and say
-    so, ``weighted=False``). Fields with fewer than 2 usable rows are skipped and listed.
+    so, ``weighted=False``). Fields with fewer than 2 usable rows are skipped and listed. With
+    ``resamples`` (>= 2), each field's used rows are also resampled with replacement that many times
+    (validation/gate_intervals.py ``ia_resamples``, one seed per field name), giving the headline's
+    standard error :attr:`CollapseReport.mean_ia_ratio_se`.
     """
     ranker = unwrap_ranker(model)
     tables = ranker.embedding_tables()
@@ -330,9 +353,11 @@ def collapse_report(
             fields.append(FieldCollapse(
                 table=table, field=name, rows=stop - start, used_rows=int(rows.shape[0]), dim=int(w.shape[1]),
                 ia=float(sigma.sum() / sigma[0]), spectrum=sigma / sigma[0], weighted=counts is not None,
+                ia_resamples=ia_resamples(rows, resamples, field_seed(seed, name)) if resamples >= 2 else None,
             ))
     return CollapseReport(fields, skipped, weighted=id_counts is not None, max_rows=max_rows,
-                          arch=getattr(getattr(ranker, "config", None), "arch", None))
+                          arch=getattr(getattr(ranker, "config", None), "arch", None),
+                          resamples=resamples if resamples >= 2 else 0)
 
 
 __all__ = ["CollapseReport", "FieldCollapse", "collapse_report", "id_counts_from_batch"]

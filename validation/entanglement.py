@@ -60,6 +60,7 @@ from validation.conflicting_pairs import (
     reference_pairs,
 )
 from validation.expert_correlation import expert_correlation_matrix
+from validation.gate_intervals import clustered_separation_se
 from validation.model_arrays import as_numpy, unwrap_ranker
 from validation.plots import pyplot, save_figure
 
@@ -97,6 +98,7 @@ class PairSeparation:
     separation_task: float | None  # None: the model has no task tables for this pair
     separation_shared: float | None  # None: the model has no shared table
     ambiguous: int = 0
+    separation_se: float | None = None  # of the task-table separation, clustered by user and ad; None: too few
 
     @property
     def separation(self) -> float:
@@ -111,6 +113,7 @@ class PairSeparation:
             "separation": _json_float(self.separation),
             "separation_task": _json_float(self.separation_task),
             "separation_shared": _json_float(self.separation_shared),
+            "separation_se": _json_float(self.separation_se),
             "tables": {name: {"kind": t.kind, "gap": _json_float(t.gap),
                               "mean_a": _json_float(float(t.dist_a.mean()) if len(t.dist_a) else None),
                               "mean_b": _json_float(float(t.dist_b.mean()) if len(t.dist_b) else None)}
@@ -172,7 +175,8 @@ class EntanglementReport:
                 lines.append(f"  {name:<{width}}  {t.kind:<6}  {ma:>16}  {mb:>16}  {t.gap:>8.4f}")
             fmt = (lambda v: "n/a" if v is None else f"{v:.4f}")  # noqa: E731
             lines.append(f"  separation: task tables {fmt(p.separation_task)}, shared {fmt(p.separation_shared)}"
-                         f"  -> {p.separation:.4f}")
+                         f"  -> {p.separation:.4f}" + (f" (s.e. {p.separation_se:.4f}, clustered by user and ad)"
+                                                       if p.separation_se is not None else ""))
         if self.expert_mean_abs_r is not None:
             lines.append(f"\ninter-expert correlation: mean |r| {self.expert_mean_abs_r:.3f} over "
                          f"{len(self.expert_names)} experts ({', '.join(self.expert_names)})")
@@ -236,16 +240,19 @@ def pair_separation(ranker: Any, conflict: ConflictingPairs) -> PairSeparation:
         tables[name] = TableDistances(name, _table_kind(name), da / scale, db / scale)
     a, b = conflict.task_a, conflict.task_b
     ta, tb = f"{TASK_TABLE_PREFIX}{a}", f"{TASK_TABLE_PREFIX}{b}"
-    sep_task = None
+    sep_task = sep_se = None
     if ta in tables and tb in tables:
         sep_task = _separation(tables[ta], tables[tb])
+        # separation = (mean over C_B - mean over C_A) of each pair's distance under T_A minus under T_B, / 2
+        sep_se = clustered_separation_se(tables[ta].dist_a - tables[tb].dist_a, tables[ta].dist_b - tables[tb].dist_b,
+                                         conflict.pairs_a, conflict.pairs_b)
     shared = [t for t in tables.values() if t.kind == "shared"]
     sep_shared = None
     if shared:
         # One table for both tasks: the two terms are exact negatives in floating point, so this is 0.
         sep_shared = float(np.mean([_separation(t, t) for t in shared]))
     return PairSeparation(a, b, conflict.selection, len(conflict.pairs_a), len(conflict.pairs_b), tables,
-                          sep_task, sep_shared, conflict.ambiguous)
+                          sep_task, sep_shared, conflict.ambiguous, sep_se)
 
 
 def entanglement_report(

@@ -4,8 +4,11 @@ of the threshold that failed (``gates.<key>``, components/config/release.py Gate
 ``adsrec promote --version V --force --reason "..."``; and a failed ingest expectation in words.
 
 Everything works on a gate as a dict (``GateResult.to_dict()`` or a stored ``gates.json`` entry), so the
-run summary can word the gates of an older run too. No champion wording appears when there is no
-champion: the champion-relative conditions are only reported when the gate compared with one.
+run summary can word the gates of an older run too (a stored gate without ``status`` is ``pass`` or
+``fail`` by its ``passed``). A gate whose interval contains its threshold is ``inconclusive``; it passes
+or fails by ``gates.inconclusive``, and when it passes :func:`gate_notice` words it as a warning. No
+champion wording appears when there is no champion: the champion-relative conditions are only reported
+when the gate compared with one.
 
 Example::
 
@@ -23,6 +26,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from validation.gate_intervals import FAIL, INCONCLUSIVE, PASS
 
 FORCE_PROMOTE = 'adsrec promote --version {version} --force --reason "..."'
 
@@ -48,6 +53,51 @@ def fixed(x: Any, digits: int = 3) -> str:
 
 def percent(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def gate_status(gate: Mapping[str, Any]) -> str:
+    """``pass``, ``fail`` or ``inconclusive``; a stored gate from before statuses reads as its ``passed``."""
+    status = gate.get("status")
+    return str(status) if status in (PASS, FAIL, INCONCLUSIVE) else PASS if gate.get("passed") else FAIL
+
+
+def verdict_word(gate: Mapping[str, Any]) -> str:
+    """The result column of the gate table: ``pass``, ``FAIL``, ``inconclusive (pass)`` or ``inconclusive (FAIL)``
+    (what ``gates.inconclusive`` made of it)."""
+    word = "pass" if gate.get("passed") else "FAIL"
+    return f"{INCONCLUSIVE} ({word})" if gate_status(gate) == INCONCLUSIVE else word
+
+
+def interval_words(interval: Any, level: float, digits: int) -> str:
+    """``"95% interval -0.0031 to 0.0021"``; empty without an interval."""
+    if interval is None:
+        return ""
+    lo, hi = interval
+    return f"{100 * level:.0f}% interval {lo:.{digits}f} to {hi:.{digits}f}"
+
+
+def separation_words(pairs: list[Mapping[str, Any]], value: float | None, interval: Any, status: str,
+                     min_separation: float, level: float) -> str:
+    """The entanglement gate's separation condition in words: the smallest separation, its interval and
+    how it compares with ``gates.min_separation``; or why it could not be judged."""
+    bound = f"{min_separation:.4f} (gates.min_separation)"
+    if value is None or any(finite_or_none(p.get("separation")) is None for p in pairs):
+        counts = ", ".join(f"{p.get('task_a')}/{p.get('task_b')} {p.get('n_pairs_a', 0)}+{p.get('n_pairs_b', 0)} "
+                           "pairs" for p in pairs) or "no task pair analysed"
+        return (f"separation undefined: too few conflicting (user, ad) pairs with enough impressions ({counts}); "
+                f"cannot tell whether > {bound}")
+    head = f"smallest separation of conflicting pairs {value:.4f}"
+    if interval is None:
+        return f"{head} without an interval (too few pairs, users or ads for its spread); cannot tell whether > {bound}"
+    compare = {PASS: ">", FAIL: "not >", INCONCLUSIVE: "within its noise of"}[status]
+    return f"{head} ({interval_words(interval, level, 4)}) {compare} {bound}"
+
+
+def policy_words(policy: str) -> str:
+    """What ``gates.inconclusive`` (``policy``) makes of an inconclusive condition, for its reason."""
+    if policy == PASS:
+        return "inconclusive, which gates.inconclusive = pass lets pass (a warning, not a verdict)"
+    return "inconclusive, which gates.inconclusive = fail counts as a failure"
 
 
 # ----- data -------------------------------------------------------------------------------------------------
@@ -78,6 +128,12 @@ def _collapse_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     d = gate.get("details") or {}
     value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
     plot = "see the singular spectra in <home>/models/<day>/analysis/collapse_spectra.png"
+    if gate_status(gate) == INCONCLUSIVE:
+        return [Remedy(
+            "the mean IA/d is within its sampling noise of the threshold, or could not be measured, so the gate "
+            "cannot tell collapsed embeddings from healthy ones",
+            f"{plot}; measure more rows (gates.ia_max_rows) or train on more days (pipeline.training_days); "
+            "gates.inconclusive decides whether such a version passes")]
     if value is None:
         return [Remedy("nothing was measured, so collapse cannot be ruled out",
                        "check that the model has embedding fields that training read")]
@@ -101,12 +157,16 @@ def _entanglement_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     corr, max_corr = finite_or_none(d.get("expert_correlation")), finite_or_none(d.get("max_expert_correlation"))
     corr_failed = corr is not None and max_corr is not None and corr > max_corr
     value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
-    separation_failed = bool(d.get("separation_gated")) and (value is None or threshold is None or value <= threshold)
-    if separation_failed and value is None:
+    verdict = d.get("separation_verdict")  # absent in gates stored before statuses: judged by value
+    if verdict is None and d.get("separation_gated"):
+        verdict = INCONCLUSIVE if value is None else FAIL if threshold is None or value <= threshold else PASS
+    if verdict == INCONCLUSIVE:
         out.append(Remedy(
-            "with too few conflicting (user, ad) pairs the separation of the tasks cannot be measured",
-            "train on more days (pipeline.training_days) so more users and ads have enough impressions"))
-    elif separation_failed:
+            "the separation of the conflicting (user, ad) pairs is within its noise of the bound, or too few pairs "
+            "were found to measure it, so the gate cannot tell whether one task's preferences leak into the other's",
+            "train on more days (pipeline.training_days) so more users and ads have enough impressions, or sample "
+            "more pairs (gates.entanglement_max_pairs); gates.inconclusive decides whether such a version passes"))
+    elif verdict == FAIL:
         out.append(Remedy(
             "a task's own table does not keep its pairs apart from the other task's, so one task's preferences "
             "leak into the other's ranking",
@@ -153,8 +213,9 @@ REMEDIES = {"data": _data_remedies, "collapse": _collapse_remedies, "entanglemen
 
 
 def remedies(gate: Mapping[str, Any]) -> list[Remedy]:
-    """Why each failed condition of ``gate`` (a gate dict) matters and what to do; empty when it passed."""
-    if gate.get("passed"):
+    """Why each failed or inconclusive condition of ``gate`` (a gate dict) matters and what to do; empty when
+    it passed outright."""
+    if gate_status(gate) == PASS:
         return []
     words = REMEDIES.get(str(gate.get("name")))
     found = words(gate) if words is not None else []
@@ -175,6 +236,22 @@ def failure_text(gate: Mapping[str, Any], version: int | None = None) -> str:
         "  why it matters: " + "; ".join(r.why for r in found),
         "  what to do: " + "; ".join(r.what_to_do for r in found),
         f"  or, having checked the version, promote it anyway: {force}",
+    ])
+
+
+def gate_notice(gate: Mapping[str, Any], version: int | None = None) -> str:
+    """What the run prints under the gate table for ``gate``: :func:`failure_text` when it failed, a warning
+    when it was inconclusive and passed by ``gates.inconclusive``, nothing when it passed outright."""
+    if not gate.get("passed"):
+        return failure_text(gate, version)
+    if gate_status(gate) != INCONCLUSIVE:
+        return ""
+    found = remedies(gate)
+    return "\n".join([
+        f"warning: {gate.get('name')} gate inconclusive, passed by gates.inconclusive = pass: {gate.get('reason')}",
+        "  why it matters: " + "; ".join(r.why for r in found),
+        "  what to do: " + "; ".join(r.what_to_do for r in found),
+        "  to hold such versions back instead: gates.inconclusive = fail",
     ])
 
 
@@ -211,5 +288,5 @@ def expectation_words(e: Mapping[str, Any], bounds_key: str = "ingest.label_rate
     return f"{name} failed on {where}" + (f" (observed {observed})" if observed is not None else "")
 
 
-__all__ = ["FORCE_PROMOTE", "Remedy", "expectation_words", "failure_text", "finite_or_none", "fixed", "percent",
-           "remedies"]
+__all__ = ["FORCE_PROMOTE", "Remedy", "expectation_words", "failure_text", "finite_or_none", "fixed", "gate_notice",
+           "gate_status", "interval_words", "percent", "policy_words", "remedies", "separation_words", "verdict_word"]

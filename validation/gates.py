@@ -1,9 +1,12 @@
 """Quality gates (DESIGN.md section 8): data, dimensional collapse, interest entanglement, model.
 
 Each gate returns a :class:`GateResult` ``(name, value, threshold, passed, details)``. A trained version is
-aliased ``challenger`` in the registry only when every gate passes. Thresholds are passed in as a
-:class:`GateThresholds` (``settings.gates``, components/config/release.py GatesConfig, is one); docs/gates.md
-explains each one. What a failure means for the user, why it matters and what to do (the config key of
+aliased ``challenger`` in the registry only when every gate passes. The collapse and entanglement gates
+know the noise of their values (validation/gate_intervals.py): they fail only when the whole interval is
+on the wrong side of the threshold, and a gate whose interval contains the threshold (or whose data are
+too few for one) is ``inconclusive``; ``gates.inconclusive`` decides whether it passes. Thresholds are
+passed in as a :class:`GateThresholds` (``settings.gates``, components/config/release.py GatesConfig, is
+one); docs/gates.md explains each one. What a failure means for the user, why it matters and what to do (the config key of
 the threshold that failed, or ``adsrec promote --force --reason``), is worded beside the gates in
 validation/gate_words.py; :meth:`GateResult.explain` gives it.
 
@@ -21,7 +24,26 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from validation.gate_words import expectation_words, failure_text, finite_or_none, fixed, percent
+from validation.gate_intervals import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    STATUSES,
+    interval_verdict,
+    normal_interval,
+    smallest_separation,
+)
+from validation.gate_words import (
+    expectation_words,
+    finite_or_none,
+    fixed,
+    gate_notice,
+    interval_words,
+    percent,
+    policy_words,
+    separation_words,
+    verdict_word,
+)
 
 
 class GateThresholds(Protocol):
@@ -36,12 +58,18 @@ class GateThresholds(Protocol):
     entanglement_max_pairs: int
     auc_tolerance: float
     calibration_band: tuple[float, float]
+    inconclusive: str
+    interval_level: float
+    ia_resamples: int
 
 
 @dataclass
 class GateResult:
     """One gate's verdict. ``value`` and ``threshold`` are the headline numbers (``value`` compared with
-    ``threshold`` decides ``passed`` together with any extra condition in ``details``)."""
+    ``threshold`` decides ``passed`` together with any extra condition in ``details``). ``status`` is
+    ``pass``, ``fail`` or ``inconclusive`` (default: from ``passed``); ``passed`` is the boolean the registry
+    reads, an inconclusive gate's by ``gates.inconclusive``. ``interval``: the value's interval, when the
+    gate has one."""
 
     name: str
     value: float | None
@@ -49,18 +77,32 @@ class GateResult:
     passed: bool
     details: dict[str, Any] = field(default_factory=dict)
     reason: str = ""  # one readable line: what was measured against what, and on failure what failed
+    status: str = ""
+    interval: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = self.status or (PASS if self.passed else FAIL)
+        if self.status not in STATUSES:
+            raise ValueError(f"gate {self.name!r}: status must be one of {STATUSES}, got {self.status!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["interval"] = None if self.interval is None else [float(v) for v in self.interval]
+        return out
 
     def line(self) -> str:
         """``"data: FAIL, quarantine rate 7.1% > 5.0% bound (...)"``: the verdict and its reason."""
-        verdict = "pass" if self.passed else "FAIL"
-        return f"{self.name}: {verdict}" + (f", {self.reason}" if self.reason else "")
+        return f"{self.name}: {verdict_word(self.to_dict())}" + (f", {self.reason}" if self.reason else "")
 
     def explain(self, version: int | None = None) -> str:
-        """A failed gate in words for the user (:func:`failure_text`); empty when it passed."""
-        return "" if self.passed else failure_text(self.to_dict(), version)
+        """A failed gate in words for the user, or the warning of an inconclusive one that passed
+        (:func:`gate_notice`); empty when it passed outright."""
+        return gate_notice(self.to_dict(), version)
+
+
+def settled(status: str, thresholds: GateThresholds) -> bool:
+    """``passed`` for a gate's ``status``: an inconclusive gate passes when ``gates.inconclusive`` is pass."""
+    return status == PASS or (status == INCONCLUSIVE and thresholds.inconclusive == "pass")
 
 
 # ----- data -------------------------------------------------------------------------------------------------
@@ -148,32 +190,47 @@ def data_gate(ingest_records: Mapping[dt.date, Mapping[str, Any] | None], max_qu
 def collapse_gate(thresholds: GateThresholds, model: Any, id_counts: Mapping[str, Any] | None,
                   champion_value: float | None = None, report: Any = None) -> GateResult:
     """Mean IA/d over the model's fields (each field's rows sampled by impressions, validation/collapse.py)
-    must stay at least ``gates.ia_floor`` and at most ``gates.ia_champion_tolerance`` under the champion's."""
+    must stay at least ``gates.ia_floor`` and at most ``gates.ia_champion_tolerance`` under the champion's.
+
+    The value's interval comes from ``gates.ia_resamples`` bootstrap resamples of the sampled rows
+    (``gates.interval_level``): the gate fails when the whole interval is under the threshold, passes when
+    it is all at or above, and is inconclusive otherwise, or when nothing could be measured or the report
+    has no resamples (``gates.inconclusive`` decides)."""
     from validation.collapse import collapse_report
 
     cfg = thresholds
     if report is None:
         report = collapse_report(model, id_counts=dict(id_counts) if id_counts is not None else None,
-                                 max_rows=cfg.ia_max_rows)
+                                 max_rows=cfg.ia_max_rows, resamples=cfg.ia_resamples)
     value = finite_or_none(report.mean_ia_ratio)
+    se = getattr(report, "mean_ia_ratio_se", None)
     threshold = cfg.ia_floor
     if champion_value is not None:
         threshold = max(threshold, champion_value - cfg.ia_champion_tolerance)
-    passed = value is not None and value >= threshold
+    interval = None if value is None or se is None else normal_interval(value, se, cfg.interval_level)
+    status = INCONCLUSIVE if interval is None else interval_verdict(*interval, threshold, strict=False)
+    passed = settled(status, cfg)
     if champion_value is not None and threshold > cfg.ia_floor:
         bound = f"the champion's {champion_value:.3f} - {cfg.ia_champion_tolerance:.3f} tolerance"
     else:
         bound = f"floor {cfg.ia_floor:.3f} (gates.ia_floor)"
     if value is None:
-        reason = "mean IA/d undefined (no embedding field to measure)"
+        reason = "mean IA/d undefined (no embedding field had 2 rows read): too few data to judge"
+    elif interval is None:
+        reason = f"mean IA/d {value:.3f} against {threshold:.3f}, {bound}, without an interval (no resamples)"
     else:
-        reason = f"mean IA/d {value:.3f} {'>=' if passed else '<'} {threshold:.3f}, {bound}"
-        if not passed:
+        compare = {PASS: ">=", FAIL: "<", INCONCLUSIVE: "within its noise of"}[status]
+        reason = (f"mean IA/d {value:.3f} ({interval_words(interval, cfg.interval_level, 3)}) {compare} "
+                  f"{threshold:.3f}, {bound}")
+        if status == FAIL:
             reason += ": embeddings collapsed towards few directions"
+    if status == INCONCLUSIVE:
+        reason += f"; {policy_words(cfg.inconclusive)}"
     return GateResult("collapse", value, threshold, passed, {
         "floor": cfg.ia_floor, "champion": champion_value, "tolerance": cfg.ia_champion_tolerance,
+        "standard_error": se, "interval_level": cfg.interval_level, "inconclusive_policy": cfg.inconclusive,
         "report": report.to_dict(),
-    }, reason)
+    }, reason, status, interval)
 
 
 # ----- interest entanglement ----------------------------------------------------------------------------------
@@ -183,6 +240,12 @@ def entanglement_gate(thresholds: GateThresholds, model: Any, rows: Any, batch: 
     by more than ``gates.min_separation`` (value: the smallest separation), and the mean absolute
     correlation between experts must stay at most ``gates.max_expert_correlation``.
 
+    Each pair's separation has a standard error clustered by user and ad (validation/entanglement.py);
+    the interval of the smallest runs from the smallest lower bound to the smallest upper bound
+    (``gates.interval_level``). The separation fails when that interval is all at or under the bound,
+    passes when it is all above, and is inconclusive otherwise, or when too few pairs were found for a
+    separation or its interval (``gates.inconclusive`` decides; too correlated experts fail regardless).
+
     A model without task-specific tables (MMoE, shared-bottom, DCNv2, AME) cannot separate by
     construction; its separation is reported, the separation condition is skipped and said so in
     ``details``, and only the expert-correlation bound applies.
@@ -191,48 +254,42 @@ def entanglement_gate(thresholds: GateThresholds, model: Any, rows: Any, batch: 
     from validation.expert_correlation import expert_correlation
 
     cfg = thresholds
-    if report is None and len(tuple(getattr(model, "tasks", ()) or ())) == 1:
+    tasks = tuple(getattr(model, "tasks", ()) or ())
+    if report is None and len(tasks) == 1:
         summary: dict[str, Any] = {"pairs": [], "has_task_tables": None}  # one task: no pair to analyse
     else:
         if report is None:
             report = entanglement_report(model, rows, max_pairs=cfg.entanglement_max_pairs)
         summary = report.to_dict()
     pairs = summary.get("pairs", [])
-    seps = [p["separation"] for p in pairs if finite_or_none(p.get("separation")) is not None]
-    value = min(seps) if seps else None
     has_task_tables = bool(summary.get("has_task_tables", False))
-    tasks = tuple(getattr(model, "tasks", ()) or ())
     if expert_corr is None and batch is not None:
         expert_corr, _ = expert_correlation(model, batch)
     corr_ok = expert_corr is None or expert_corr <= cfg.max_expert_correlation
+    value, interval = smallest_separation(pairs, cfg.interval_level)
     if len(tasks) == 1 and not pairs:
         # One task (a log with one label): there is no task pair whose interests could be entangled.
-        sep_ok, note = True, f"one task ({tasks[0]}): no task pair, separation not gated"
+        sep_status, note = "not gated", f"one task ({tasks[0]}): no task pair, separation not gated"
     elif has_task_tables:
-        sep_ok = value is not None and value > cfg.min_separation
         note = None
+        sep_status = INCONCLUSIVE if interval is None else interval_verdict(*interval, cfg.min_separation, strict=True)
     else:
-        sep_ok = True
+        sep_status = "not gated"
         note = f"arch {getattr(model.config, 'arch', '?')} has no task-specific tables: separation not gated"
-    passed = bool(sep_ok and corr_ok)
-    parts = []
-    if note is not None:
-        parts.append(note)
-    elif value is None:
-        counts = ", ".join(f"{p.get('task_a')}/{p.get('task_b')} {p.get('n_pairs_a', 0)}+{p.get('n_pairs_b', 0)} "
-                           "pairs" for p in pairs) or "no task pair analysed"
-        parts.append(f"separation undefined: too few conflicting (user, ad) pairs with enough impressions "
-                     f"({counts}); not > {cfg.min_separation:.3f} (gates.min_separation)")
-    else:
-        parts.append(f"smallest separation of conflicting pairs {value:.3f} "
-                     f"{'>' if sep_ok else 'not >'} {cfg.min_separation:.3f} (gates.min_separation)")
+    status = FAIL if not corr_ok or sep_status == FAIL else INCONCLUSIVE if sep_status == INCONCLUSIVE else PASS
+    passed = settled(status, cfg)
+    parts = [note if note is not None else separation_words(pairs, value, interval, sep_status, cfg.min_separation,
+                                                             cfg.interval_level)]
+    if sep_status == INCONCLUSIVE:
+        parts.append(policy_words(cfg.inconclusive))
     if expert_corr is not None:
         parts.append(f"mean |r| between experts {expert_corr:.3f} {'<=' if corr_ok else '>'} "
                      f"{cfg.max_expert_correlation:.3f} (gates.max_expert_correlation)")
     return GateResult("entanglement", value, cfg.min_separation, passed, {
         "expert_correlation": expert_corr, "max_expert_correlation": cfg.max_expert_correlation,
-        "separation_gated": has_task_tables, "note": note, "report": summary,
-    }, "; ".join(parts))
+        "separation_gated": has_task_tables, "separation_verdict": sep_status, "note": note,
+        "interval_level": cfg.interval_level, "inconclusive_policy": cfg.inconclusive, "report": summary,
+    }, "; ".join(parts), status, interval if has_task_tables else None)
 
 
 # ----- model --------------------------------------------------------------------------------------------------
@@ -292,11 +349,13 @@ def all_passed(gates: Iterable[GateResult]) -> bool:
 
 
 def gate_table(gates: Iterable[GateResult]) -> str:
-    """A fixed-width table: gate, value, threshold, verdict, and the verdict's reason in words."""
-    rows = [("gate", "value", "threshold", "result", "reason")]
+    """A fixed-width table: gate, value, its interval, threshold, verdict (``inconclusive (pass)`` when
+    ``gates.inconclusive`` passed an inconclusive gate), and the verdict's reason in words."""
+    rows = [("gate", "value", "interval", "threshold", "result", "reason")]
     for g in gates:
         v = "-" if g.value is None else f"{g.value:.4f}"
+        i = "-" if g.interval is None else f"[{g.interval[0]:.4f}, {g.interval[1]:.4f}]"
         t = "-" if g.threshold is None else f"{g.threshold:.4f}"
-        rows.append((g.name, v, t, "pass" if g.passed else "FAIL", g.reason or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[4]]).rstrip() for r in rows)
+        rows.append((g.name, v, i, t, verdict_word(g.to_dict()), g.reason or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[5]]).rstrip() for r in rows)

@@ -14,10 +14,19 @@ class GatesConfig(Section):
     """Quality gates (DESIGN.md section 8): a version is aliased ``challenger`` only when every gate passes.
     Each gate returns (name, value, threshold, passed, details); see docs/gates.md."""
 
+    # noise: the collapse and entanglement gates fail only when their interval is on the wrong side
+    inconclusive: Literal["pass", "fail"] = Field(
+        "pass", description="what a gate does when its interval contains the threshold or the data are too few "
+        "for an interval: pass (with a warning in the run summary), so that noise on a small day does not block "
+        "a model, or fail, to hold back every version the gates cannot vouch for")
+    interval_level: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the gates' intervals")
+
     # data
     max_quarantine_rate: float = Field(0.05, ge=0, le=1, description="rejected / delivered rows in the window")
     # dimensional collapse
     ia_max_rows: int = Field(20_000, ge=2, description="rows sampled per field for information abundance")
+    ia_resamples: int = Field(30, ge=2, le=200, description="bootstrap resamples of the sampled rows for the "
+                              "interval of mean IA/d")
     ia_floor: float = Field(0.2, ge=0, le=1, description="impression-weighted mean IA/d must stay above this")
     ia_champion_tolerance: float = Field(0.1, ge=0, le=1, description="allowed drop of mean IA/d vs the champion")
     # interest entanglement

@@ -75,7 +75,7 @@ def analyse_model(settings: Settings, trained: Any, train: Any, valid: Any, task
     cfg = settings.gates
     t0 = time.perf_counter()
     counts = id_counts_from_batch(trained.model, trained.encoders.encode(train, with_labels=False))
-    collapse = collapse_report(trained.model, id_counts=counts, max_rows=cfg.ia_max_rows)
+    collapse = collapse_report(trained.model, id_counts=counts, max_rows=cfg.ia_max_rows, resamples=cfg.ia_resamples)
     t_collapse = time.perf_counter() - t0
     t0 = time.perf_counter()
     sample = valid.slice(0, min(EXPERT_ROWS, valid.num_rows))

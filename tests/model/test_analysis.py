@@ -191,6 +191,12 @@ def test_collapse_report_uses_read_rows_and_skips_tiny_fields(tmp_path: Path, to
     assert set(weighted.per_table) == {"task:click", "task:conversion", "shared"}
     assert 0 < weighted.mean_ia_ratio < 1
     assert weighted.mean_ia_ratio == pytest.approx(np.mean(list(weighted.per_table.values())))
+    # Bootstrap resamples of each field's used rows (the collapse gate's interval): the planted rank-1 rows
+    # stay rank 1 in every resample; the headline gets a standard error.
+    boot = collapse_report(model, id_counts=counts, max_rows=1000, resamples=20)
+    assert boot.field("shared", "user_id").ia_resamples == pytest.approx(np.ones(20), abs=1e-5)
+    assert weighted.mean_ia_ratio_se is None and 0 < boot.mean_ia_ratio_se < 0.1
+    assert boot.mean_ia_ratio == weighted.mean_ia_ratio and "bootstrap s.e." in boot.to_text()
     summary = json.loads(json.dumps(weighted.to_dict()))
     assert summary["weighted"] is True and summary["mean_ia_ratio"] == pytest.approx(weighted.mean_ia_ratio)
     text = weighted.to_text()
@@ -353,10 +359,14 @@ def test_stem_task_tables_separate_and_mmoe_cannot(trained: Trained) -> None:
     assert abs(mmoe.pairs[0].separation) < 1e-6 and not mmoe.has_task_tables
     assert stem.has_task_tables and stem.pairs[0].separation > 0.05
     assert stem.pairs[0].separation_shared == 0.0
+    # The separation's standard error (clustered by user and ad) is small next to STEM's separation.
+    assert 0 < stem.pairs[0].separation_se < stem.pairs[0].separation / 3
+    assert mmoe.pairs[0].separation_se is None  # no task tables: 0 by construction, nothing to estimate
     # The table had every feature column, so the expert correlation was computed on a sample of it.
     assert 0.0 <= stem.expert_mean_abs_r <= 1.0 and len(stem.expert_names) == 3
     summary = json.loads(json.dumps(stem.to_dict()))
     assert summary["has_task_tables"] and summary["pairs"][0]["separation"] == pytest.approx(stem.pairs[0].separation)
+    assert summary["pairs"][0]["separation_se"] == pytest.approx(stem.pairs[0].separation_se)
     assert "separation" in stem.to_text()
     # The gate's path: an encoded batch (ids already rows) selects the same pairs as the raw table.
     batch = trained.encoders.encode(trained.table, with_labels=True)

@@ -70,14 +70,17 @@ def test_collapse_gate_fails_a_collapsed_table_and_passes_a_healthy_one(settings
             w.copy_(rank1.view_as(w))
     collapsed = collapse_gate(settings.gates, model, None)
     assert not collapsed.passed and collapsed.value == pytest.approx(1 / 8, abs=1e-3)
-    assert collapsed.reason == ("mean IA/d 0.125 < 0.200, floor 0.200 (gates.ia_floor): embeddings collapsed "
-                                "towards few directions")
+    # Every resample of rank-1 rows is rank 1: the interval is the point, and it is under the floor.
+    assert collapsed.status == "fail" and collapsed.interval == pytest.approx((0.125, 0.125), abs=1e-6)
+    assert collapsed.reason == ("mean IA/d 0.125 (95% interval 0.125 to 0.125) < 0.200, floor 0.200 (gates.ia_floor): "
+                                "embeddings collapsed towards few directions")
 
 
 def test_gate_table_and_all_passed() -> None:
     gates = [GateResult("data", 0.0, 0.05, True), GateResult("model", None, -0.01, False, {})]
     text = gate_table(gates)
-    assert "FAIL" in text and "pass" in text and text.splitlines()[0].split()[:3] == ["gate", "value", "threshold"]
+    assert "FAIL" in text and "pass" in text
+    assert text.splitlines()[0].split()[:5] == ["gate", "value", "interval", "threshold", "result"]
     assert not all_passed(gates) and all_passed(gates[:1]) and not all_passed([])
     assert np.isclose(gates[0].to_dict()["threshold"], 0.05)
 
@@ -140,15 +143,18 @@ def test_entanglement_gate_reasons_and_a_single_task(settings) -> None:
 
     pair = {"task_a": "click", "task_b": "conversion", "n_pairs_a": 40, "n_pairs_b": 12}
     ok = entanglement_gate(settings.gates, _Model(("click", "conversion")), None,
-                           report=_Report([{**pair, "separation": 0.041}]), expert_corr=0.47)
-    assert ok.passed and ok.reason == ("smallest separation of conflicting pairs 0.041 > 0.000 "
-                                       "(gates.min_separation); mean |r| between experts 0.470 <= 0.900 "
-                                       "(gates.max_expert_correlation)")
+                           report=_Report([{**pair, "separation": 0.041, "separation_se": 0.005}]), expert_corr=0.47)
+    assert ok.passed and ok.status == "pass" and ok.reason == (
+        "smallest separation of conflicting pairs 0.0410 (95% interval 0.0312 to 0.0508) > 0.0000 "
+        "(gates.min_separation); mean |r| between experts 0.470 <= 0.900 (gates.max_expert_correlation)")
     sparse = entanglement_gate(settings.gates, _Model(("click", "conversion")), None,
                                report=_Report([{**pair, "n_pairs_b": 0, "separation": None}]), expert_corr=0.95)
-    assert not sparse.passed and sparse.reason == (
+    # Too few pairs leaves the separation inconclusive; the correlated experts fail the gate regardless.
+    assert not sparse.passed and sparse.status == "fail" and sparse.details["separation_verdict"] == "inconclusive"
+    assert sparse.reason == (
         "separation undefined: too few conflicting (user, ad) pairs with enough impressions (click/conversion "
-        "40+0 pairs); not > 0.000 (gates.min_separation); mean |r| between experts 0.950 > 0.900 "
+        "40+0 pairs); cannot tell whether > 0.0000 (gates.min_separation); inconclusive, which gates.inconclusive "
+        "= pass lets pass (a warning, not a verdict); mean |r| between experts 0.950 > 0.900 "
         "(gates.max_expert_correlation)")
     # A log with one label has no task pair: only the expert bound applies.
     single = entanglement_gate(settings.gates, _Model(("rating_high",)), None, report=None, expert_corr=0.3)
@@ -210,7 +216,8 @@ def test_every_gate_names_the_threshold_key_of_what_failed(settings) -> None:
     assert "gates.max_quarantine_rate" in data.explain() and "adsrec ingest --date" in data.explain()
     tangled = entanglement_gate(settings.gates, SimpleNamespace(tasks=("click", "conversion"),
                                                                 config=SimpleNamespace(arch="stem")), None,
-                                report=_Report([{"task_a": "click", "task_b": "conversion", "separation": -0.01}]),
+                                report=_Report([{"task_a": "click", "task_b": "conversion", "separation": -0.01,
+                                                 "separation_se": 0.002}]),
                                 expert_corr=0.95)
     assert "gates.min_separation" in tangled.explain() and "gates.max_expert_correlation" in tangled.explain()
     # A stored gate of an older run, without a reason, is still worded.
