@@ -395,7 +395,7 @@ def test_partial_oracles_zero_or_average_the_taste_and_leave_the_log_unchanged(r
     # the ceilings rise toward the oracle on the log's labels
     from components.training.metrics import auc
 
-    for task in sim_tasks():
+    for task in sim.SimulatorSource.tasks:
         y = col(out["impressions"], task)
         aucs = [auc(col(truth, f"p_{task}_{c}"), y) for c in CEILINGS] + [auc(col(truth, f"p_{task}"), y)]
         assert aucs == sorted(aucs), (task, aucs)
@@ -408,7 +408,3 @@ def test_partial_oracles_zero_or_average_the_taste_and_leave_the_log_unchanged(r
         if name == "truth_impressions":
             expected = expected.drop_columns([c for c in expected.column_names if c.endswith(tuple(CEILINGS))])
         assert bare[name].equals(expected), name
-
-
-def sim_tasks() -> tuple[str, ...]:
-    return sim.SimulatorSource.tasks
