@@ -198,6 +198,8 @@ def render_gates(st: dict[str, Any]) -> str:
         keep = [i for i, name in enumerate(columns) if name not in ("champion", "delta")]
         columns, rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
     blocks = [head, _table(columns, rows)]
+    if st.get("baselines") or st.get("ceilings"):
+        blocks.append(render_reference_points(st))
     blocks.append("quality gates" + ("  [unchanged, skipped]" if st.get("skipped") else "") + "\n"
                   + (st.get("gate_table") or "-"))
     reg = st.get("registered")
@@ -222,6 +224,38 @@ def render_gates(st: dict[str, Any]) -> str:
                   f"({ui.get('prefect', 'http://127.0.0.1:4200')}) and the Data Docs "
                   f"({ui.get('data_docs', 'http://127.0.0.1:5100/index.html')}) on this machine")
     return "\n".join(blocks)
+
+
+def render_reference_points(st: dict[str, Any]) -> str:
+    """The model's AUC on the newest day next to the trivial baselines' (docs/gates.md) and, on the
+    simulator, the partial oracles' and the oracle's, each with its ratio to the oracle (docs/evaluation.md,
+    "Achievable ceilings"), and the model's lead over the best baseline with its interval."""
+    metrics, baselines = st.get("metrics") or {}, st.get("baselines") or {}
+    oracle, ceilings = st.get("oracle") or {}, st.get("ceilings") or {}
+    tasks = list(metrics or baselines)
+
+    def cell(task: str, x: Any) -> str:
+        o = oracle.get(task)
+        ratio = f" ({x / o:.3f})" if isinstance(x, float) and isinstance(o, float) and o > 0 else ""
+        return _num(x) + ratio
+
+    names = next((list((b.get("baselines") or {})) for b in baselines.values()), [])
+    rows = [["model", *(cell(t, (metrics.get(t) or {}).get("auc")) for t in tasks)]]
+    rows += [[f"baseline {n}", *(cell(t, ((baselines.get(t) or {}).get("baselines") or {}).get(n)) for t in tasks)]
+             for n in names]
+    rows += [[f"ceiling {c}", *(cell(t, per.get(t)) for t in tasks)] for c, per in ceilings.items()]
+    if oracle:
+        rows.append(["oracle", *(cell(t, oracle.get(t)) for t in tasks)])
+    lead = []
+    for t in tasks:
+        d = (baselines.get(t) or {}).get("difference") or {}
+        lo, hi, point = d.get("low"), d.get("high"), d.get("point")
+        lead.append("-" if point is None else f"{point:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None
+                                                               and hi is not None else ""))
+    if baselines:
+        rows.append(["model - best baseline", *lead])
+    head = "the model next to the trivial baselines" + (" and the achievable ceilings" if ceilings or oracle else "")
+    return f"{head} (AUC on the newest day; ratio to the oracle)\n" + _table(["", *tasks], rows)
 
 
 def _gate_reason(g: dict[str, Any]) -> str:

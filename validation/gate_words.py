@@ -208,8 +208,25 @@ def _model_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     return out
 
 
+# ----- baseline ---------------------------------------------------------------------------------------------
+def _baseline_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
+    tasks = (gate.get("details") or {}).get("tasks") or {}
+    failed = [t for t, m in tasks.items() if m.get("verdict") == "FAIL"]
+    if not failed:
+        return [Remedy("nothing was compared with the baselines, so the version cannot be judged",
+                       "check the newest day's rows and the model's scores of them")]
+    named = ", ".join(f"{t} ({tasks[t].get('best')})" for t in failed)
+    return [Remedy(
+        f"a trivial baseline counted on the same training window ranks the newest day's impressions at least "
+        f"as well as this version ({named}): the model has learned nothing that counting past positives does "
+        "not already give",
+        "check the training (epochs, learning rate, width, regularisation: docs/training.md) and the features; "
+        "train on a longer window (pipeline.training_days); to demand a smaller lead, lower "
+        "gates.baseline_margin")]
+
+
 REMEDIES = {"data": _data_remedies, "collapse": _collapse_remedies, "entanglement": _entanglement_remedies,
-            "model": _model_remedies}
+            "model": _model_remedies, "baseline": _baseline_remedies}
 
 
 def remedies(gate: Mapping[str, Any]) -> list[Remedy]:

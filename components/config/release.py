@@ -36,6 +36,10 @@ class GatesConfig(Section):
     # model
     auc_tolerance: float = Field(0.01, ge=0, le=1, description="allowed AUC drop vs the champion, per task")
     calibration_band: tuple[float, float] = Field((0.5, 2.0), description="mean prediction / observed rate")
+    # baseline
+    baseline_margin: float = Field(
+        0.0, ge=-1, le=1, description="AUC lead the model must have over the best trivial baseline (per-ad, "
+        "per-user rate, popularity), per task; fails when the interval's upper bound is below it")
 
 
 class RegistryConfig(Section):

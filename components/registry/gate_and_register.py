@@ -111,6 +111,20 @@ def run_gates(settings: Settings, days: Sequence[dt.date], trained: Any, train: 
     return gates
 
 
+def baselines_and_gate(settings: Settings, trained: Any, train: Any, valid: Any, tasks: Sequence[str],
+                       gates: list[Any]) -> dict[str, dict[str, Any]]:
+    """The trivial baselines of the training window scored on the newest day next to the model
+    (components/training/baselines.py); appends the baseline gate to ``gates``, so a model that learned
+    nothing is never made challenger. Returns the comparison (per task: each baseline's AUC, the best,
+    the model's lead with its interval)."""
+    from components.training.baselines import baseline_comparison
+    from validation.gates import baseline_gate
+
+    comparison = baseline_comparison(trained.score(valid), train, valid, tasks)
+    gates.append(baseline_gate(comparison, settings.gates.baseline_margin))
+    return comparison
+
+
 def analysis_plots(analysis: ModelAnalysis, analysis_dir: Path) -> list[Path]:
     """The collapse spectra and (with two tasks or more) the entanglement distances, as PNGs."""
     plots = [analysis.collapse.plot(analysis_dir / "collapse_spectra.png")]
@@ -144,7 +158,8 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     """Gates and registration for the model the train step saved in ``train_result["model_dir"]``.
 
     Returns a JSON-able summary: ``gates`` (list of gate dicts), ``gates_passed``, ``champion`` (its
-    version and metrics on the newest day, or None), ``metrics`` (the new model's), ``registered``
+    version and metrics on the newest day, or None), ``metrics`` (the new model's), ``baselines``,
+    ``oracle`` and ``ceilings`` (the simulator's oracle and partial oracles' AUCs, or None), ``registered``
     (version, run id, aliases) and ``promoted`` (or None), ``plots``, ``seconds``.
     """
     from components.runs import StageManifest, fingerprint_files
@@ -177,6 +192,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     analysis_dir.mkdir(parents=True, exist_ok=True)
     analysis = analyse_model(settings, trained, train, valid, tasks)
     gates = run_gates(settings, days, trained, train, analysis, metrics, champ)
+    baselines = baselines_and_gate(settings, trained, train, valid, tasks, gates)
     plots = analysis_plots(analysis, analysis_dir)
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
@@ -195,6 +211,8 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
         "gate_table": gate_table(gates),
         "metrics": metrics,
         "oracle": (train_result.get("oracle") or {}).get("oracle"),
+        "ceilings": (train_result.get("oracle") or {}).get("ceilings"),
+        "baselines": baselines,
         "champion": champ,
         "registered": registered,
         "promoted": promoted,

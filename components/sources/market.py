@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.schemas import LABEL_TYPE, TIMESTAMP
+from components.sources.market_ceilings import ceiling_columns, ceiling_probabilities
 from components.sources.market_serving import (
     NO_CLICK,
     US_PER_DAY,
@@ -110,6 +111,7 @@ class Marketplace:
         n_seg = len(GENDERS) * len(AGE_BANDS)
         seg_click = rng.standard_normal((n_seg, self.n_sub))
         self.seg_sub = (seg_click, self._correlated(seg_click, rng.standard_normal((n_seg, self.n_sub))))
+        self.segment_sub_taste = tuple(np.sqrt(SEGMENT_SHARE) * s for s in self.seg_sub)  # per-segment mean
         # Advertisers: each brand (title's first word) belongs to one advertiser; campaigns are an
         # advertiser's product lines (sub-categories), each with its own typical bid.
         self.brand_advertiser = rng.integers(1, cfg.n_advertisers + 1, size=len(catalog.vocab["brand"]))
@@ -126,6 +128,7 @@ class Marketplace:
         self.user_created = np.empty(0, np.int64)
         self.user_activity = np.empty(0)
         self.user_bias = np.empty(0)
+        self.user_segment = np.empty(0, np.int64)  # (gender, age band) code: the partial oracles read it
         # per task (0 click, 1 conversion): sub-category, article-type, colour, usage preferences
         self.pref: list[dict[str, np.ndarray]] = [
             {k: np.empty((0, n)) for k, n in self._pref_dims().items()} for _ in TASKS
@@ -261,6 +264,7 @@ class Marketplace:
         self.user_created = np.concatenate([self.user_created, created])
         self.user_activity = np.concatenate([self.user_activity, activity])
         self.user_bias = np.concatenate([self.user_bias, bias])
+        self.user_segment = np.concatenate([self.user_segment, segment])
         self.last_click = np.vstack([self.last_click, np.full((n, self.n_type), NO_CLICK, np.int64)])
 
         user_id = pa.array(np.arange(first_id, first_id + n, dtype=np.int64))
@@ -327,6 +331,7 @@ class Marketplace:
             out["placement"] = np.repeat(placement[sl], k)[out["valid"]]
             out["request"] = np.repeat(np.arange(bounds[r], bounds[r + 1]), k)[out["valid"]]
             del out["valid"]
+            out.update(ceiling_probabilities(self, out["user"], out["ad"], out["click_logit"] - out["click_affinity"]))
             parts.append(out)
         self.seen_keys, self.seen_counts = merge_counts(self.seen_keys, self.seen_counts, day_keys, day_counts)
 
@@ -375,6 +380,7 @@ class Marketplace:
                 "click_affinity": pa.array(c["click_affinity"]),
                 "conversion_affinity": pa.array(c["conversion_affinity"]),
                 "temporal_boost": pa.array(c["temporal"]),
+                **{name: pa.array(c[name]) for name in ceiling_columns(TASKS)},
                 "hours_since_category_click": pa.array(
                     np.where(np.isfinite(hours), hours, 0.0), mask=~np.isfinite(hours)
                 ),

@@ -21,7 +21,8 @@ TYPE_SHARE = 0.5  # variance share of the taxonomy taste that is article-type sp
 CANDIDATE_CELLS_PER_CHUNK = 1_000_000  # bounds the organic ranker's (requests x candidates) matrices
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, elementwise."""
     return 1.0 / (1.0 + np.exp(-x))
 
 
@@ -171,8 +172,8 @@ def _labels(m: "Marketplace", user: np.ndarray, ad: np.ndarray, time: np.ndarray
         - cfg.position_bias * np.log2(position)
         - cfg.fatigue * (exposure - 1)
     )
-    p_click = _sigmoid(click_logit)
-    p_cvr = _sigmoid(cfg.conversion_base_logit + a[1])
+    p_click = sigmoid(click_logit)
+    p_cvr = sigmoid(cfg.conversion_base_logit + a[1])
     click = u_click < p_click
     conversion = click & (u_conv < p_cvr)
 
@@ -238,20 +239,35 @@ def organic_ranking(
     return ads, pl, ok
 
 
-def affinities(m: "Marketplace", user: np.ndarray, ad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """True click and conversion affinity of each (user, ad) pair (see docs/simulator.md)."""
-    cfg, codes = m.cfg, m.cat.codes
+def affinity_weights(m: "Marketplace") -> tuple[float, float]:
+    """(taxonomy weight, hidden-content weight) of the affinity: ``sqrt(1 - w)`` and ``sqrt(w / 2)``,
+    ``w`` the content weight."""
+    w = m.cfg.content_weight
+    return np.sqrt(1 - w), np.sqrt(w / 2)
+
+
+def affinity_terms(m: "Marketplace", user: np.ndarray, ad: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Per task (click, conversion), the unscaled parts of each (user, ad) pair's taste: ``taxonomy``
+    (sub-category and article type, what the ad's own fields show) and ``hidden`` (colour and usage,
+    which only the title and photo reveal)."""
+    codes = m.cat.codes
     prod = m.ad_prod[ad]
     sub, atype = codes["sub_category"][prod], codes["article_type"][prod]
     colour, usage = codes["colour"][prod], codes["usage"][prod]
-    w = cfg.content_weight
-    tax, content = np.sqrt(1 - w), np.sqrt(w / 2)
     out = []
     for p in m.pref:
         taxonomy = np.sqrt(1 - TYPE_SHARE) * p["sub"][user, sub] + np.sqrt(TYPE_SHARE) * p["type"][user, atype]
         hidden = p["colour"][user, colour] + p["usage"][user, usage]
-        out.append(cfg.preference_scale * (tax * taxonomy + content * hidden))
-    return out[0], out[1]
+        out.append({"taxonomy": taxonomy, "hidden": hidden})
+    return out
+
+
+def affinities(m: "Marketplace", user: np.ndarray, ad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True click and conversion affinity of each (user, ad) pair (see docs/simulator.md)."""
+    tax, content = affinity_weights(m)
+    click, conv = (m.cfg.preference_scale * (tax * t["taxonomy"] + content * t["hidden"])
+                   for t in affinity_terms(m, user, ad))
+    return click, conv
 
 
 def lookup_counts(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -375,3 +375,36 @@ def test_hidden_colour_drives_clicks(run) -> None:
     with_content, without = preferred_colour_lift(run()), preferred_colour_lift(run(content_weight=0.0))
     assert with_content > 1.8
     assert with_content > without + 0.5
+
+
+# --- partial oracles (components/sources/market_ceilings.py) ------------------------------------
+
+
+def test_partial_oracles_zero_or_average_the_taste_and_leave_the_log_unchanged(run, shared_data: Path,
+                                                                               tmp_path: Path, monkeypatch) -> None:
+    from components.sources import market
+    from components.sources.market_ceilings import CEILINGS
+
+    out = run()
+    truth = out["truth_impressions"]
+    logit, affinity = col(truth, "click_logit"), col(truth, "click_affinity")
+    # no taste: the click logit without its affinity term; conversion: click x conversion-given-click
+    assert col(truth, "p_click_no_taste") == pytest.approx(1 / (1 + np.exp(-(logit - affinity))))
+    for c in CEILINGS:
+        assert (col(truth, f"p_conversion_{c}") <= col(truth, f"p_click_{c}")).all()
+    # the ceilings rise toward the oracle on the log's labels
+    from components.training.metrics import auc
+
+    for task in sim.SimulatorSource.tasks:
+        y = col(out["impressions"], task)
+        aucs = [auc(col(truth, f"p_{task}_{c}"), y) for c in CEILINGS] + [auc(col(truth, f"p_{task}"), y)]
+        assert aucs == sorted(aucs), (task, aucs)
+    # computing them draws no random number: without them every logged table is the same
+    monkeypatch.setattr(market, "ceiling_probabilities", lambda *a: {})
+    monkeypatch.setattr(market, "ceiling_columns", lambda tasks: [])
+    bare = sim.simulate(make_settings(shared_data, tmp_path / "bare"), START, DAYS)
+    for name in sim.RAW_TABLES + sim.TRUTH_TABLES:
+        expected = out[name]
+        if name == "truth_impressions":
+            expected = expected.drop_columns([c for c in expected.column_names if c.endswith(tuple(CEILINGS))])
+        assert bare[name].equals(expected), name

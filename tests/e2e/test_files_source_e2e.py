@@ -57,7 +57,7 @@ def test_a_users_own_log_reaches_a_registered_model_from_yaml_alone(tmp_path: Pa
     summary = json.loads(sorted((home / "runs").glob("*-daily.json"))[-1].read_text())
     assert summary["status"] == "completed"
     gates = next(s for s in summary["stages"] if s["stage"] == "gates")
-    assert {g["name"] for g in gates["gates"]} == {"data", "collapse", "entanglement", "model"}
+    assert {g["name"] for g in gates["gates"]} == {"data", "collapse", "entanglement", "model", "baseline"}
     assert all("passed" in g and "threshold" in g for g in gates["gates"])  # each one evaluated
     assert str(gates["registered"]["version"]) == "1"
     assert "gate" in daily.stdout.lower() and "like" in daily.stdout and "share" in daily.stdout

@@ -120,7 +120,7 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     assert "oracle" in res.output and "model: stem" in res.output
 
     first = summary["stages"][-2]
-    assert [g["name"] for g in first["gates"]] == ["data", "collapse", "entanglement", "model"]
+    assert [g["name"] for g in first["gates"]] == ["data", "collapse", "entanglement", "model", "baseline"]
     assert first["registered"]["version"] == 1 and first["champion"] is None
     assert first["gates_passed"] == ("challenger" in first["registered"]["aliases"])
     assert "quality gates" in res.output and "registered: adsrec-ranker version 1" in res.output

@@ -471,7 +471,10 @@ def test_assess_and_register_gates_registers_and_is_idempotent(trained: dict[str
     days = [WINDOW[0] + dt.timedelta(days=i) for i in range(4)]
     out = assess_and_register(settings, WINDOW[1], trained["summary"], path, days)
     assert not out["skipped"] and out["champion"] is None and out["promoted"] is None
-    assert [g["name"] for g in out["gates"]] == ["data", "collapse", "entanglement", "model"]
+    assert [g["name"] for g in out["gates"]] == ["data", "collapse", "entanglement", "model", "baseline"]
+    baseline = out["gates"][-1]  # the trivial baselines of the same window, next to the model's AUC
+    assert set(out["baselines"]) == set(TASKS) and "best baseline" in baseline["reason"]
+    assert all(out["baselines"][t]["best"] in ("per_ad", "per_user", "popularity") for t in TASKS)
     assert not out["gates_passed"] and not out["gates"][0]["passed"]  # no ingest records for the window
     assert out["registered"]["version"] == 1 and out["registered"]["aliases"] == []
     assert [Path(p).name for p in out["plots"]] == ["collapse_spectra.png", "entanglement_distances.png"]
