@@ -343,53 +343,6 @@ def model_gate(metrics: Mapping[str, Mapping[str, Any]], champion: Mapping[str, 
     }, reason)
 
 
-# ----- baseline ---------------------------------------------------------------------------------------------
-def _baseline_verdict(task: str, row: Mapping[str, Any], margin: float) -> tuple[str, str]:
-    """(``pass`` / ``inconclusive`` / ``FAIL``, its words) of one task's model-minus-best-baseline AUC."""
-    diff = row.get("difference") or {}
-    point, low, high = (finite_or_none(diff.get(k)) for k in ("point", "low", "high"))
-    best = row.get("best")
-    if best is None or point is None:
-        return "inconclusive", f"{task} AUC undefined on the newest day (one class only): baseline not compared"
-    head = (f"{task} AUC {fixed(row.get('model_auc'))} vs best baseline {best} {fixed(row.get('best_auc'))}: "
-            f"difference {point:+.3f}")
-    key = f"margin {margin:.3f} (gates.baseline_margin)"
-    if low is None or high is None:
-        return "inconclusive", f"{head}, interval undefined (too few positives to resample); not judged against the {key}"
-    head += f" [{low:+.3f}, {high:+.3f}]"
-    if high < margin:
-        return "FAIL", f"{head}, clearly not above the {key}: the model is no better than the baseline"
-    if low < margin:
-        return "inconclusive", f"{head} straddles the {key}"
-    return "pass", f"{head} above the {key}"
-
-
-def baseline_gate(comparison: Mapping[str, Mapping[str, Any]], margin: float) -> GateResult:
-    """The model must beat the best trivial baseline (per-ad, per-user rate, popularity; fitted on the
-    training window, components/training/baselines.py) on every task by ``margin``
-    (``gates.baseline_margin``), judged with the paired bootstrap interval of AUC(model) - AUC(best
-    baseline) on the newest day: a task fails when the interval's upper bound is below the margin (the
-    model is clearly not better), is inconclusive (reported, passes) when the interval straddles the
-    margin, and passes when it lies above it. ``value``: the smallest difference over the tasks.
-
-    ``comparison``: ``{task: {"model_auc", "best", "best_auc", "baselines": {name: auc}, "difference":
-    {"point", "low", "high", ...}}}`` (``baseline_comparison``'s output).
-    """
-    verdicts = {task: _baseline_verdict(task, row, margin) for task, row in comparison.items()}
-    points = [finite_or_none((row.get("difference") or {}).get("point")) for row in comparison.values()]
-    defined = [p for p in points if p is not None]
-    failed = [t for t, (v, _) in verdicts.items() if v == "FAIL"]
-    inconclusive = [t for t, (v, _) in verdicts.items() if v == "inconclusive"]
-    passed = bool(comparison) and not failed
-    reason = "; ".join(words for _, words in verdicts.values()) or "no task compared with the baselines"
-    if inconclusive and passed:
-        reason += f" (inconclusive on {', '.join(inconclusive)}: passes, the data are too few to tell)"
-    return GateResult("baseline", min(defined) if defined else None, margin, passed, {
-        "tasks": {t: {**dict(comparison[t]), "verdict": v} for t, (v, _) in verdicts.items()},
-        "failed": failed, "inconclusive": inconclusive,
-    }, reason)
-
-
 def all_passed(gates: Iterable[GateResult]) -> bool:
     gates = list(gates)
     return bool(gates) and all(g.passed for g in gates)

@@ -118,10 +118,10 @@ def baselines_and_gate(settings: Settings, trained: Any, train: Any, valid: Any,
     nothing is never made challenger. Returns the comparison (per task: each baseline's AUC, the best,
     the model's lead with its interval)."""
     from components.training.baselines import baseline_comparison
-    from validation.gates import baseline_gate
+    from validation.baseline_gate import baseline_gate
 
     comparison = baseline_comparison(trained.score(valid), train, valid, tasks)
-    gates.append(baseline_gate(comparison, settings.gates.baseline_margin))
+    gates.append(baseline_gate(comparison, settings.gates.baseline_margin, settings.gates.inconclusive))
     return comparison
 
 

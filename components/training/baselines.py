@@ -14,7 +14,7 @@ it is a few ``np.unique`` / ``bincount`` passes, no Python loop over rows or ids
 
 :func:`baseline_comparison` scores every baseline, picks the best per task on the newest day and gives
 the model's AUC minus the best baseline's with a paired bootstrap interval over users
-(components/training/intervals.py); validation/gates.py ``baseline_gate`` judges that.
+(components/training/intervals.py); validation/baseline_gate.py judges that.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The trivial baselines and the model's lead over the best one (components/training/baselines.py), judged
-by the baseline gate (validation/gates.py ``baseline_gate``): a model that learned nothing is refused
+by the baseline gate (validation/baseline_gate.py): a model that learned nothing is refused
 with a clear reason, a model ahead of the best baseline passes."""
 
 from __future__ import annotations
@@ -8,9 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.training.baselines import baseline_comparison, baseline_scores, impression_counts, smoothed_rates
+from components.training.baselines import (
+    baseline_comparison,
+    baseline_scores,
+    impression_counts,
+    smoothed_rates,
+)
+from validation.baseline_gate import baseline_gate
 from validation.gate_words import failure_text
-from validation.gates import baseline_gate
 
 N_ADS, N_USERS = 300, 2000
 _rng = np.random.default_rng(0)

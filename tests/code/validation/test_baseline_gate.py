@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from validation.baseline_gate import baseline_gate
 from validation.gate_words import failure_text
-from validation.gates import baseline_gate, gate_table
+from validation.gates import gate_table
 
 
 def row(point: float | None, low: float | None, high: float | None, best: str | None = "per_ad") -> dict[str, Any]:
@@ -20,7 +21,10 @@ def test_fail_inconclusive_and_pass_by_where_the_interval_lies() -> None:
     assert gate.passed and gate.details["inconclusive"] == ["conversion"] and gate.value == 0.01
     assert "conversion AUC 0.610 vs best baseline per_ad 0.600: difference +0.010 [-0.020, +0.040] straddles" \
         in gate.reason and "inconclusive on conversion: passes" in gate.reason
-    assert gate.details["tasks"]["click"]["verdict"] == "pass"
+    assert gate.details["tasks"]["click"]["verdict"] == "pass" and gate.status == "inconclusive"
+    strict = baseline_gate({"click": row(0.05, 0.03, 0.07), "conversion": row(0.01, -0.02, 0.04)}, 0.0, "fail")
+    assert not strict.passed and strict.status == "inconclusive"  # gates.inconclusive = fail holds it back
+    assert baseline_gate({"click": row(0.05, 0.03, 0.07)}, 0.0).status == "pass"
     refused = baseline_gate({"click": row(0.05, 0.03, 0.07), "conversion": row(-0.03, -0.05, -0.01)}, 0.0)
     assert not refused.passed and refused.details["failed"] == ["conversion"]
     assert "conversion (per_ad)" in failure_text(refused.to_dict())
