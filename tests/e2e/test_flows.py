@@ -236,7 +236,7 @@ def test_feast_cli_works_in_feature_repo_after_the_pipeline(tmp_path: Path, env:
     shutil.copytree(REPO / "feature_repo", project / "feature_repo",
                     ignore=shutil.ignore_patterns("__pycache__", "data"))
     os.environ["ADSREC_HOME"] = str(project / ".adsrec")
-    res = CliRunner().invoke(app, ["daily", "--run-date", "2026-11-02"])
+    res = CliRunner().invoke(app, ["daily", "--run-date", "2026-11-03"])  # 3 days: train, validation, test
     assert res.exit_code == 0, res.output
 
     feast = str(Path(sys.executable).with_name("feast"))
