@@ -27,6 +27,17 @@ def _num(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else _n(x)
 
 
+def with_interval(point: Any, interval: Any, sign: str = "") -> str:
+    """``0.6507 [0.640, 0.662]``: a point with its bootstrap interval (an ``Interval.to_dict()``), or the
+    point alone when there is no interval; ``sign="+"`` signs every number (a difference)."""
+    if not isinstance(point, float):
+        return _n(point)
+    low, high = (interval or {}).get("low"), (interval or {}).get("high")
+    if not (isinstance(low, float) and isinstance(high, float)):
+        return f"{point:{sign}.4f}"
+    return f"{point:{sign}.4f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
 def _num_rate(x: Any) -> str:
     return f"{x:,.0f}" if isinstance(x, (int, float)) else "-"
 
@@ -104,12 +115,14 @@ def render_representations(r: dict[str, Any]) -> list[str]:
 
 
 def render_train(st: dict[str, Any]) -> list[str]:
-    """The trained model: rows, epochs, throughput, the evaluation text and where it was saved."""
+    """The trained model: rows of the train / validation / test days, epochs, throughput, the evaluation
+    text (the test day, AUC intervals over users) and where it was saved."""
     tr = st.get("training") or {}
     rows = st.get("rows") or {}
     lines = [
-        f"model: {st.get('arch')} trained on {_n(rows.get('train'))} rows, evaluated on the newest day "
-        f"({_n(rows.get('valid'))} rows): {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
+        f"model: {st.get('arch')} trained on {_n(rows.get('train'))} rows, early-stopped on the validation day "
+        f"({_n(rows.get('valid'))} rows), evaluated on the untouched newest day ({_n(rows.get('test'))} rows): "
+        f"{tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
         f"{_num_rate(tr.get('samples_per_s'))} samples/s on {tr.get('device')}"
         + ("  [unchanged, skipped]" if st.get("skipped") else "")
     ]
@@ -176,13 +189,15 @@ def render_data_docs(st: dict[str, Any]) -> str:
 
 
 def render_gates(st: dict[str, Any]) -> str:
-    """The newest day's metrics next to the champion's and the oracle's, the gate table, the registered
-    version and its aliases, and where to look."""
+    """The newest (test) day's metrics next to the champion's and the oracle's (AUC with its interval over
+    users, the difference with its paired interval), the gate table, the registered version and its
+    aliases, and where to look."""
     from validation.gate_words import gate_notice
 
     metrics = st.get("metrics") or {}
     champ = st.get("champion") or {}
     champ_m = champ.get("metrics") or {}
+    diffs = champ.get("auc_difference") or {}
     oracle = st.get("oracle") or {}
     head = (f"comparison on the newest day (champion: version {champ.get('version')})" if champ
             else "metrics on the newest day (no earlier version to compare with)")
@@ -190,8 +205,9 @@ def render_gates(st: dict[str, Any]) -> str:
     for task, m in metrics.items():
         c = champ_m.get(task) or {}
         auc, cauc = m.get("auc"), c.get("auc")
-        delta = f"{auc - cauc:+.4f}" if isinstance(auc, float) and isinstance(cauc, float) else "-"
-        rows.append([task, _num(auc), _num(cauc), delta, _num(oracle.get(task)), _num(m.get("gauc")),
+        delta = (with_interval(auc - cauc, diffs.get(task), "+") if isinstance(auc, float)
+                 and isinstance(cauc, float) else "-")
+        rows.append([task, with_interval(auc, m.get("auc_interval")), _num(cauc), delta, _num(oracle.get(task)), _num(m.get("gauc")),
                      _num(c.get("gauc")), _num(m.get("calibration")), _num(c.get("calibration"))])
     columns = ["task", "AUC", "champion", "delta", "oracle", "GAUC", "champion", "calibration", "champion"]
     if not champ:  # no champion: its columns would be empty

@@ -192,8 +192,11 @@ def _model_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
         out.append(Remedy(
             f"this version ranks the newest day's impressions worse than the champion serving now "
             f"({', '.join(below)} AUC)",
-            "compare the two versions' metrics (adsrec models, the MLflow UI); if the drop is the noise of a small "
-            "day, raise gates.auc_tolerance"))
+            "compare the two versions' metrics (adsrec models, the MLflow UI); " + (
+                "the drop is beyond the noise (the whole paired difference interval lies below "
+                "-gates.auc_tolerance); to accept it, raise gates.auc_tolerance"
+                if any(tasks[t].get("delta_interval") for t in below)
+                else "if the drop is the noise of a small day, raise gates.auc_tolerance")))
     if undefined:
         out.append(Remedy(
             f"the newest day has no positive or no negative {', '.join(undefined)} label, so the version cannot "

@@ -293,48 +293,85 @@ def entanglement_gate(thresholds: GateThresholds, model: Any, rows: Any, batch: 
 
 
 # ----- model --------------------------------------------------------------------------------------------------
-def model_gate(metrics: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Mapping[str, Any]] | None,
-               auc_tolerance: float, calibration_band: tuple[float, float]) -> GateResult:
-    """Every task's AUC on the newest day is at most ``auc_tolerance`` under the champion's AUC on the same
-    rows, and every task's calibration (mean prediction / observed rate) is inside ``calibration_band``.
+def _auc_verdict(auc_v: float | None, champ: float | None, diff: Mapping[str, Any] | None,
+                 auc_tolerance: float) -> dict[str, Any]:
+    """One task's AUC against the champion's: the difference, its paired interval (when given) and whether
+    it passes. With an interval the task fails only when the whole interval lies below ``-auc_tolerance``;
+    a point below it whose interval reaches it is ``within_noise``. Without one, the point decides."""
+    delta = None if auc_v is None or champ is None else auc_v - champ
+    low, high = (finite_or_none((diff or {}).get(k)) for k in ("low", "high"))
+    interval = [low, high] if delta is not None and low is not None and high is not None else None
+    if delta is None:
+        ok = auc_v is not None
+    elif interval is not None:
+        ok = interval[1] >= -auc_tolerance
+    else:
+        ok = delta >= -auc_tolerance
+    return {"delta": delta, "delta_interval": interval, "auc_ok": ok,
+            "within_noise": bool(ok and delta is not None and delta < -auc_tolerance)}
 
-    ``metrics`` and ``champion``: ``{task: {"auc": ..., "calibration": ...}}``; without a champion only
-    calibration (and a defined AUC) is checked. ``value``: the smallest AUC difference to the champion
-    (None without a champion).
-    """
+
+def _model_reason(per_task: Mapping[str, Mapping[str, Any]], auc_tolerance: float,
+                  calibration_band: tuple[float, float]) -> list[str]:
+    """The model gate's problems, one phrase each (empty when every task passes)."""
     lo, hi = calibration_band
-    per_task: dict[str, dict[str, Any]] = {}
-    deltas: list[float] = []
-    ok = True
-    for task, m in metrics.items():
-        auc_v, cal = finite_or_none(m.get("auc")), finite_or_none(m.get("calibration"))
-        champ = finite_or_none((champion or {}).get(task, {}).get("auc")) if champion else None
-        delta = None if auc_v is None or champ is None else auc_v - champ
-        cal_ok = cal is not None and lo <= cal <= hi
-        auc_ok = auc_v is not None and (delta is None or delta >= -auc_tolerance)
-        per_task[task] = {"auc": auc_v, "champion_auc": champ, "delta": delta, "calibration": cal,
-                          "calibration_ok": cal_ok, "auc_ok": auc_ok}
-        ok = ok and cal_ok and auc_ok
-        if delta is not None:
-            deltas.append(delta)
-    value = min(deltas) if deltas else None
     problems = []
     for task, t in per_task.items():
         if t["auc"] is None:
             problems.append(f"{task} AUC undefined on the newest day (no positive or no negative there)")
         elif not t["auc_ok"]:
+            beyond = (f", beyond the noise: the whole difference interval [{t['delta_interval'][0]:+.4f}, "
+                      f"{t['delta_interval'][1]:+.4f}] lies below -{auc_tolerance:.3f}"
+                      if t["delta_interval"] else "")
             problems.append(f"{task} AUC {t['auc']:.3f} is {-t['delta']:.3f} below the champion's "
-                            f"{t['champion_auc']:.3f} (tolerance {auc_tolerance:.3f})")
+                            f"{t['champion_auc']:.3f} (tolerance {auc_tolerance:.3f}{beyond})")
         if not t["calibration_ok"]:
             problems.append(f"{task} calibration {fixed(t['calibration'], 2)} outside [{lo:.2f}, {hi:.2f}] "
                             "(mean prediction / observed rate)")
+    return problems
+
+
+def _versus_champion(t: Mapping[str, Any]) -> str:
+    if t["delta"] is None:
+        return ""
+    iv = t["delta_interval"]
+    text = f"{t['delta']:+.3f}" + (f" [{iv[0]:+.4f}, {iv[1]:+.4f}]" if iv else "") + " vs champion"
+    return f" ({text}, within the noise)" if t["within_noise"] else f" ({text})"
+
+
+def model_gate(metrics: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Mapping[str, Any]] | None,
+               auc_tolerance: float, calibration_band: tuple[float, float],
+               differences: Mapping[str, Mapping[str, Any]] | None = None) -> GateResult:
+    """Every task's AUC on the test day is not worse than the champion's on the same rows by more than
+    ``auc_tolerance`` beyond the noise, and every task's calibration (mean prediction / observed rate) is
+    inside ``calibration_band``.
+
+    ``metrics`` and ``champion``: ``{task: {"auc": ..., "calibration": ...}}``; without a champion only
+    calibration (and a defined AUC) is checked. ``differences``: ``{task: {"point", "low", "high"}}``, the
+    paired bootstrap interval of the new model's AUC minus the champion's (components/training/
+    intervals.py ``auc_difference_interval``). With it a task fails only when the whole interval lies below
+    ``-auc_tolerance``; when the interval reaches it the task passes "within the noise", said in the
+    reason. Without it the point difference decides. ``value``: the smallest AUC difference to the
+    champion (None without a champion).
+    """
+    lo, hi = calibration_band
+    per_task: dict[str, dict[str, Any]] = {}
+    for task, m in metrics.items():
+        auc_v, cal = finite_or_none(m.get("auc")), finite_or_none(m.get("calibration"))
+        champ = finite_or_none((champion or {}).get(task, {}).get("auc")) if champion else None
+        verdict = _auc_verdict(auc_v, champ, (differences or {}).get(task), auc_tolerance)
+        per_task[task] = {"auc": auc_v, "champion_auc": champ, **verdict, "calibration": cal,
+                          "calibration_ok": cal is not None and lo <= cal <= hi}
+    ok = all(t["auc_ok"] and t["calibration_ok"] for t in per_task.values())
+    deltas = [t["delta"] for t in per_task.values() if t["delta"] is not None]
+    value = min(deltas) if deltas else None
+    problems = _model_reason(per_task, auc_tolerance, calibration_band)
     if not metrics:
         reason = "no task metrics to judge"
     elif problems:
         reason = "; ".join(problems)
     else:
-        reason = ", ".join(f"{task} AUC {t['auc']:.3f}" + (f" ({t['delta']:+.3f} vs champion)" if t["delta"] is not None
-                                                           else "") + f", calibration {t['calibration']:.2f}"
+        reason = ", ".join(f"{task} AUC {t['auc']:.3f}{_versus_champion(t)}, calibration {t['calibration']:.2f}"
                            for task, t in per_task.items())
         if champion is None:
             reason += " (no earlier version serving to compare AUC with: calibration checked only)"

@@ -141,7 +141,10 @@ class TrainingConfig(Section):
 
     enabled: bool = Field(
         True, description="train, gate and register a model in the daily run (false: skip those steps)")
-    valid_days: int = Field(1, ge=1, description="the newest days of the window, held out for evaluation")
+    valid_days: int = Field(1, ge=1, description="the validation days, just before the test days: early stopping "
+                            "and every model choice")
+    test_days: int = Field(1, ge=1, description="the newest days of the window, held out for the reported "
+                           "evaluation and the champion comparison; never seen by training or early stopping")
     # CPU-friendly defaults for the daily demo: MNSE digits summed over bases (METHODS.md's option; the
     # concat default triples the numeric fields) and two epochs, which the demo's validation AUC
     # stops improving after (docs/training.md). On a GPU, use {"arch": "stem"} and more epochs.

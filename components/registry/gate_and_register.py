@@ -1,5 +1,6 @@
-"""The daily run's last steps: compare with the champion on the newest day, run the quality gates,
-register the version in MLflow and (by config) promote it.
+"""The daily run's last steps: compare with the champion on the test day (the newest, untouched by
+training and early stopping), with the paired bootstrap interval of every task's AUC difference; run the
+quality gates, register the version in MLflow and (by config) promote it.
 
 ``assess_and_register`` is what ``flows/daily.py`` calls after training. It is idempotent like the other
 steps: the same model, gate configuration and champion give the same verdict, so a re-run finds the
@@ -12,7 +13,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,25 @@ def _task_metrics(evaluation: dict[str, Any], tasks: Sequence[str]) -> dict[str,
     return {t: dict(overall.get(t, {})) for t in tasks}
 
 
-def champion_on(settings: Settings, valid: Any, tasks: Sequence[str]) -> dict[str, Any] | None:
-    """Score the newest day's rows with the registry's champion and evaluate it there: the champion's
-    metrics on exactly the rows the new model is judged on. None when there is no champion."""
+def new_model_metrics(evaluation: dict[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The new model's metrics per task on the test day, each with ``auc_interval`` (its bootstrap
+    interval over users) when the evaluation has one."""
+    intervals = evaluation.get("auc_interval") or {}
+    return {t: {**m, **({"auc_interval": intervals[t]} if t in intervals else {})}
+            for t, m in _task_metrics(evaluation, tasks).items()}
+
+
+def champion_on(settings: Settings, test: Any, tasks: Sequence[str],
+                new_scores: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Score the test day's rows with the registry's champion and evaluate it there: the champion's
+    metrics on exactly the rows the new model is judged on. With ``new_scores`` (the new model's
+    probabilities on the same rows), ``auc_difference`` holds per task the new model's AUC minus the
+    champion's with its paired bootstrap interval over users (the same resamples score both). None when
+    there is no champion."""
     from components.registry.aliases import champion, load_champion
     from components.registry.client import RegistryError
     from components.training.evaluation import evaluate
+    from components.training.intervals import auc_difference_interval
 
     info = champion(settings)
     if info is None:
@@ -45,12 +59,18 @@ def champion_on(settings: Settings, valid: Any, tasks: Sequence[str]) -> dict[st
     except RegistryError as exc:
         log.warning("champion v%s cannot be loaded: %s", info.version, exc)
         return None
-    scores = packaged.score_table(valid)
+    scores = packaged.score_table(test)
     common = [t for t in tasks if f"p_{t}" in scores.columns]
-    report = evaluate({t: scores[f"p_{t}"].to_numpy() for t in common}, valid, tuple(common))
+    champ_scores = {t: scores[f"p_{t}"].to_numpy() for t in common}
+    report = evaluate(champ_scores, test, tuple(common))
+    users = test.column("user_id").to_numpy(zero_copy_only=False) if "user_id" in test.column_names else None
+    differences = {t: auc_difference_interval(test.column(t).to_numpy(zero_copy_only=False), new_scores[t],
+                                              champ_scores[t], groups=users).to_dict()
+                   for t in common if new_scores is not None and t in new_scores}
     ia = info.metrics.get("gate/collapse")
     return {"version": info.version, "metrics": _task_metrics(report.to_dict(), common),
-            "collapse_ia_ratio": ia, "data_window": [str(d) for d in info.data_window or ()]}
+            "auc_difference": differences, "collapse_ia_ratio": ia,
+            "data_window": [str(d) for d in info.data_window or ()]}
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,7 @@ def analyse_model(settings: Settings, trained: Any, train: Any, valid: Any, task
 def run_gates(settings: Settings, days: Sequence[dt.date], trained: Any, train: Any, analysis: ModelAnalysis,
               metrics: dict[str, dict[str, Any]], champ: dict[str, Any] | None) -> list[Any]:
     """The four gates in order: data (the window's ingestion), collapse, entanglement, model (against the
-    champion's metrics on the same rows when there is one)."""
+    champion's metrics on the same rows, and the paired AUC difference intervals, when there is one)."""
     from components.runs import StageManifest
     from validation.gates import collapse_gate, data_gate, entanglement_gate, model_gate
 
@@ -106,21 +126,22 @@ def run_gates(settings: Settings, days: Sequence[dt.date], trained: Any, train: 
         collapse_gate(cfg, trained.model, None, champion_value=(champ or {}).get("collapse_ia_ratio"),
                       report=collapse),
         entanglement_gate(cfg, trained.model, train, report=entangled, expert_corr=expert_corr),
-        model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band)),
+        model_gate(metrics, (champ or {}).get("metrics"), cfg.auc_tolerance, tuple(cfg.calibration_band),
+                   differences=(champ or {}).get("auc_difference")),
     ]
     return gates
 
 
-def baselines_and_gate(settings: Settings, trained: Any, train: Any, valid: Any, tasks: Sequence[str],
+def baselines_and_gate(settings: Settings, trained: Any, train: Any, test: Any, tasks: Sequence[str],
                        gates: list[Any]) -> dict[str, dict[str, Any]]:
-    """The trivial baselines of the training window scored on the newest day next to the model
+    """The trivial baselines of the training days scored on the test day (the newest) next to the model
     (components/training/baselines.py); appends the baseline gate to ``gates``, so a model that learned
     nothing is never made challenger. Returns the comparison (per task: each baseline's AUC, the best,
     the model's lead with its interval)."""
     from components.training.baselines import baseline_comparison
     from validation.baseline_gate import baseline_gate
 
-    comparison = baseline_comparison(trained.score(valid), train, valid, tasks)
+    comparison = baseline_comparison(trained.score(test), train, test, tasks)
     gates.append(baseline_gate(comparison, settings.gates.baseline_margin, settings.gates.inconclusive))
     return comparison
 
@@ -158,13 +179,14 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     """Gates and registration for the model the train step saved in ``train_result["model_dir"]``.
 
     Returns a JSON-able summary: ``gates`` (list of gate dicts), ``gates_passed``, ``champion`` (its
-    version and metrics on the newest day, or None), ``metrics`` (the new model's), ``baselines``,
-    ``oracle`` and ``ceilings`` (the simulator's oracle and partial oracles' AUCs, or None), ``registered``
+    version and metrics on the test day, the paired AUC difference intervals, or None), ``metrics`` (the
+    new model's on the test day, each task's AUC with its interval), ``baselines``, ``oracle`` and
+    ``ceilings`` (the simulator's oracle and partial oracles' AUCs, or None), ``registered``
     (version, run id, aliases) and ``promoted`` (or None), ``plots``, ``seconds``.
     """
     from components.runs import StageManifest, fingerprint_files
     from components.storage import write_json_atomic
-    from components.training.encoders import read_training_set, time_split
+    from components.training.encoders import read_training_set, window_split
     from components.training.artefact import load_trained
     from validation.gates import all_passed, gate_table
 
@@ -183,16 +205,17 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     trained = load_trained(model_dir)
     tasks = trained.tasks
     table = read_training_set(training_set_path)
-    train, valid = time_split(table, settings.training.valid_days)
+    train, valid, test = window_split(table, settings.training.valid_days, settings.training.test_days)
 
-    champ = champion_on(settings, valid, tasks) if registry_on else None
-    metrics = _task_metrics(train_result.get("evaluation", {}), tasks)
+    champ = champion_on(settings, test, tasks, trained.score(test)) if registry_on else None
+    metrics = new_model_metrics(train_result.get("evaluation", {}), tasks)
 
     analysis_dir = model_dir / "analysis"
     analysis_dir.mkdir(parents=True, exist_ok=True)
-    analysis = analyse_model(settings, trained, train, valid, tasks)
+    held_out = valid if valid.num_rows else test  # the gates' analyses judge validation rows when there are any
+    analysis = analyse_model(settings, trained, train, held_out, tasks)
     gates = run_gates(settings, days, trained, train, analysis, metrics, champ)
-    baselines = baselines_and_gate(settings, trained, train, valid, tasks, gates)
+    baselines = baselines_and_gate(settings, trained, train, test, tasks, gates)  # on the reported day
     plots = analysis_plots(analysis, analysis_dir)
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
@@ -202,7 +225,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     registered = promoted = None
     if registry_on:
         registered, promoted = register_and_promote(settings, model_dir, train_result, gates, plots,
-                                                    training_set_path, days, valid)
+                                                    training_set_path, days, held_out)
 
     result = {
         "end_day": end_day,

@@ -23,8 +23,9 @@ that shortcut, inverse propensity weights correct the bias instead).
 dict of the ranker (int64 ``cat`` / ``num`` / ``seq_*``, float32 ``labels`` / ``weights``), fully
 vectorised with Arrow ``index_in`` and numpy ``searchsorted``. Encoders round-trip through JSON so they
 can be logged with the model. The single fields' encoders, their fitting and the column rules are
-components/training/field_encoders.py; :func:`time_split` and :func:`read_training_set` read a training set
-for them.
+components/training/field_encoders.py; :func:`read_training_set` reads a training set for them,
+:func:`window_split` splits it by day into train, validation and test (the daily run), :func:`time_split`
+into train and held-out days (the experiments).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -56,6 +57,8 @@ from components.training.field_encoders import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     import pyarrow as pa
     import torch
 
@@ -307,9 +310,16 @@ class FeatureEncoders:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def _day_start(value: "dt.datetime") -> "dt.datetime":
+    """Midnight UTC of ``value``'s day."""
+    import datetime as dt
+
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+
+
 def time_split(table: "pa.Table", valid_days: int = 1) -> tuple["pa.Table", "pa.Table"]:
-    """Train on all but the last ``valid_days`` UTC days of ``table``, validate on those (the daily
-    retrain's evaluation is the newest day, which the model has not seen)."""
+    """Train on all but the last ``valid_days`` UTC days of ``table``, hold those out (a two-way split:
+    the experiments' protocol; the daily run splits three ways with :func:`window_split`)."""
     import datetime as dt
 
     import pyarrow as pa
@@ -321,12 +331,51 @@ def time_split(table: "pa.Table", valid_days: int = 1) -> tuple["pa.Table", "pa.
     last = pc.max(times).as_py()
     if last is None:
         raise ValueError("cannot split an empty table by time")
-    cut = dt.datetime(last.year, last.month, last.day, tzinfo=dt.timezone.utc) - dt.timedelta(days=valid_days - 1)
+    cut = _day_start(last) - dt.timedelta(days=valid_days - 1)
     is_valid = pc.greater_equal(times, pa.scalar(cut, type=times.type))
     train, valid = table.filter(pc.invert(is_valid)), table.filter(is_valid)
     if train.num_rows == 0:
         raise ValueError(f"time split at {cut.isoformat()} leaves no training rows")
     return train, valid
+
+
+class WindowSplit(NamedTuple):
+    """A training window split by UTC day: ``train`` (the oldest days), ``valid`` (the validation days:
+    early stopping and every model choice) and ``test`` (the newest days: the reported evaluation, never
+    seen by training or early stopping)."""
+
+    train: "pa.Table"
+    valid: "pa.Table"
+    test: "pa.Table"
+
+
+def window_split(table: "pa.Table", valid_days: int = 1, test_days: int = 1) -> WindowSplit:
+    """The daily run's clean split: the newest ``test_days`` UTC days test, the ``valid_days`` days before
+    them validate, every earlier day trains. A window too short to leave a training day is a ValueError
+    naming ``pipeline.training_days``, ``training.valid_days`` and ``training.test_days``."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if valid_days < 1 or test_days < 1:
+        raise ValueError(f"training.valid_days ({valid_days}) and training.test_days ({test_days}) must be >= 1")
+    times = table.column("event_time")
+    first, last = pc.min(times).as_py(), pc.max(times).as_py()
+    if last is None:
+        raise ValueError("cannot split an empty table by time")
+    test_cut = _day_start(last) - dt.timedelta(days=test_days - 1)
+    valid_cut = test_cut - dt.timedelta(days=valid_days)
+    span = (last.date() - first.date()).days + 1
+    if first >= valid_cut:
+        raise ValueError(
+            f"the training window spans {span} day(s) ({first.date()}..{last.date()}; pipeline.training_days) "
+            f"and training.valid_days={valid_days} + training.test_days={test_days} leave no training day: "
+            f"make pipeline.training_days at least {valid_days + test_days + 1} or hold out fewer days")
+    is_test = pc.greater_equal(times, pa.scalar(test_cut, type=times.type))
+    is_valid = pc.and_(pc.greater_equal(times, pa.scalar(valid_cut, type=times.type)), pc.invert(is_test))
+    is_train = pc.invert(pc.or_(is_test, is_valid))
+    return WindowSplit(table.filter(is_train), table.filter(is_valid), table.filter(is_test))
 
 
 def read_training_set(path: str | Path) -> "pa.Table":
@@ -339,4 +388,4 @@ def read_training_set(path: str | Path) -> "pa.Table":
     return pq.read_table(path)
 
 
-__all__ = ["FORMAT_VERSION", "FeatureEncoders", "read_training_set", "time_split"]
+__all__ = ["FORMAT_VERSION", "FeatureEncoders", "WindowSplit", "read_training_set", "time_split", "window_split"]

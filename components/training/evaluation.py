@@ -6,7 +6,8 @@ in components/training/metrics.py (AUC, GAUC, logloss, calibration), the slices 
 components/training/slices.py, the simulator's oracle AUC in components/training/oracle.py.
 
 - :func:`evaluate`: every metric for each task on the whole table and on slices (first vs repeated
-  exposure, new vs established ads, the top categories) -> :class:`EvalReport`.
+  exposure, new vs established ads, the top categories) -> :class:`EvalReport`; with ``n_boot`` > 0,
+  each task's AUC also gets its bootstrap interval over users (components/training/intervals.py).
 
 Scores passed to :func:`evaluate` are predicted probabilities in [0, 1] (``sigmoid`` of the ranker's
 logits), aligned with the table's rows.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from components.training.intervals import Interval, auc_interval
 from components.training.metrics import as_labels, as_probabilities, auc, calibration, gauc_codes, logloss
 from components.training.slices import EvalSlices, slice_masks
 
@@ -81,7 +83,9 @@ class EvalReport:
     """Per-task metrics on the whole table (``overall``) and on each slice (``slices[name][task]``).
 
     ``oracle`` (task -> oracle AUC), when attached with :meth:`with_oracle`, adds the oracle AUC and the
-    model's ratio to it to the text table."""
+    model's ratio to it to the text table. ``auc_intervals`` (task -> :class:`Interval`, when
+    :func:`evaluate` was given ``n_boot``) is each task's whole-table AUC with its bootstrap interval over
+    users."""
 
     tasks: tuple[str, ...]
     rows: int
@@ -89,6 +93,7 @@ class EvalReport:
     slices: dict[str, dict[str, TaskMetrics]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     oracle: dict[str, float] = field(default_factory=dict)
+    auc_intervals: dict[str, Interval] = field(default_factory=dict)
 
     def with_oracle(self, oracle: "OracleReport") -> "EvalReport":
         self.oracle = dict(oracle.oracle)
@@ -108,6 +113,8 @@ class EvalReport:
             "slices": {s: {t: asdict(m) for t, m in per.items()} for s, per in self.slices.items()},
             "notes": list(self.notes),
         }
+        if self.auc_intervals:
+            out["auc_interval"] = {t: i.to_dict() for t, i in self.auc_intervals.items()}
         if self.oracle:
             out["oracle_auc"] = dict(self.oracle)
             out["auc_ratio_to_oracle"] = {
@@ -135,6 +142,10 @@ class EvalReport:
                     ratio = m.auc / o if math.isfinite(o) and o > 0 else float("nan")
                     line += f" {format_number(o, '.4f'):>7} {format_number(ratio, '.3f'):>6}"
                 lines.append(line)
+        if self.auc_intervals:
+            first = next(iter(self.auc_intervals.values()))
+            lines.append(f"AUC with its {first.level:.0%} interval over users ({first.n_boot} resamples): "
+                         + ", ".join(f"{t} {i}" for t, i in self.auc_intervals.items()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -148,6 +159,7 @@ def evaluate(
     tasks: Sequence[str],
     slices: EvalSlices = EvalSlices(),
     ads: pa.Table | None = None,
+    n_boot: int = 0,
 ) -> EvalReport:
     """Every metric for each task, on the whole ``table`` and on each slice.
 
@@ -158,6 +170,7 @@ def evaluate(
         tasks: the tasks to report.
         slices: which slices (see :class:`EvalSlices`).
         ads: ``ad_id`` and ``created_at`` of the ads, for the new-ad slice.
+        n_boot: resamples of the AUC's bootstrap interval over users (0: no interval; needs ``user_id``).
 
     Example::
 
@@ -192,7 +205,10 @@ def evaluate(
         }
         for name, m in masks.items()
     }
-    return EvalReport(tasks=tasks, rows=n, overall=overall, slices=per_slice, notes=notes + slice_notes)
+    intervals = {t: auc_interval(labels[t], probs[t], users, n_boot=n_boot) for t in tasks} \
+        if n_boot > 0 and users is not None else {}
+    return EvalReport(tasks=tasks, rows=n, overall=overall, slices=per_slice, notes=notes + slice_notes,
+                      auc_intervals=intervals)
 
 
 __all__ = ["EvalReport", "TaskMetrics", "evaluate", "format_number", "json_safe"]

@@ -246,6 +246,7 @@ def _end_epoch(run: _Run, state: LoopState) -> None:
         "train_loss": float(totals[0]),
         "train_loss_per_task": {t: float(totals[j + 1]) for j, t in enumerate(run.tasks)},
         "valid_auc": valid_auc,
+        "valid_rows": run.valid_data.rows if run.valid_data is not None else 0,
         "metric": metric,
         "train_seconds": state.epoch_train_s,
         "valid_seconds": time.perf_counter() - t_valid,

@@ -1,13 +1,15 @@
-"""Train the configured ranker on a point-in-time training set and evaluate it on the newest day.
+"""Train the configured ranker on a point-in-time training set and evaluate it on an untouched newest day.
 
-The daily run's model step: hold out the window's newest ``training.valid_days`` days, fit the
-repeated-exposure propensity on the window's impressions (IPW weights for positives on repeated
-exposures; the propensity's history label is ``training.ipw_task``, default the first task; skipped with
-a message when the window has no repeated exposure or the task no positive), train with early stopping
-on the held-out day, evaluate per task overall and on slices, and, on the simulator, next to the oracle
-AUC. A task without a positive among the training rows fails the step with a message naming it. The
-model and its evaluation are saved under ``<home>/models/<end day>/``; components/registry/gate_and_register.py then gates
-and registers it (docs/gates.md).
+The daily run's model step. The window splits three ways by UTC day (components/training/encoders.py
+``window_split``): the newest ``training.test_days`` days test, the ``training.valid_days`` days before
+them validate, the rest train. Fit the repeated-exposure propensity on the window's impressions (IPW
+weights for positives on repeated exposures; the propensity's history label is ``training.ipw_task``,
+default the first task; skipped with a message when the window has no repeated exposure or the task no
+positive), train with early stopping on the validation days, then score the test days, which neither
+training nor early stopping saw: every task's AUC with its bootstrap interval over users, the slices and,
+on the simulator, the oracle AUC. A task without a positive among the training rows fails the step with a
+message naming it. The model and its evaluation are saved under ``<home>/models/<end day>/``;
+components/registry/gate_and_register.py then gates and registers it (docs/gates.md).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ def ipw_skip_reason(impressions: Any, task: str) -> str | None:
     return None
 
 
-def _check_positives(train: Any, valid: Any, tasks: tuple[str, ...], path: Path) -> None:
-    """A task without a positive in the training rows cannot be learned: fail naming it and the counts."""
+def _check_positives(train: Any, held_out: Any, tasks: tuple[str, ...], path: Path) -> None:
+    """A task without a positive in the training rows cannot be learned: fail naming it and the counts.
+    A task without a positive in ``held_out`` (the test rows) is a warning: its AUC is undefined there."""
     import pyarrow.compute as pc
 
     counts = {t: int(pc.sum(train.column(t)).as_py() or 0) for t in tasks}
@@ -52,13 +55,13 @@ def _check_positives(train: Any, valid: Any, tasks: tuple[str, ...], path: Path)
     if empty:
         raise ValueError(
             f"task(s) {empty} have no positive in the {train.num_rows:,} training rows of {path} (positives per "
-            f"task: {counts}; {valid.num_rows:,} rows held out for validation): use a longer window "
+            f"task: {counts}; {held_out.num_rows:,} rows held out for the test): use a longer window "
             "(pipeline.training_days) or leave the task out (Settings.tasks / files.tasks)"
         )
     for t in tasks:
-        if int(pc.sum(valid.column(t)).as_py() or 0) == 0:
-            log.warning("task %s has no positive in the %d validation rows of %s: its AUC is undefined", t,
-                        valid.num_rows, path)
+        if int(pc.sum(held_out.column(t)).as_py() or 0) == 0:
+            log.warning("task %s has no positive in the %d test rows of %s: its AUC is undefined", t,
+                        held_out.num_rows, path)
 
 
 def _ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: dt.date,
@@ -92,57 +95,82 @@ def _ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: 
     return {t: propensity.weights(train, t, cfg.ipw_w_min) for t in tasks}, ipw
 
 
+def split_days(table: Any) -> list[str]:
+    """The UTC days (ISO strings) the rows of ``table`` fall on, oldest first."""
+    import pyarrow.compute as pc
+
+    return sorted({d.isoformat() for d in pc.unique(pc.cast(table.column("event_time"), "date32")).to_pylist()})
+
+
+def evaluate_on_test(settings: Settings, result: Any, test: Any, tasks: tuple[str, ...], arch: str,
+                     end_day: dt.date) -> tuple[Any, Any]:
+    """Score the test rows with the trained model and evaluate them: per task metrics, slices, the AUC's
+    bootstrap interval over users and, on the simulator, the oracle. Returns (EvalReport, OracleReport or None)."""
+    from components.store.offline import read_offline
+    from components.training.device import predict
+    from components.training.evaluation import evaluate
+    from components.training.intervals import DEFAULT_BOOTSTRAP
+    from components.training.oracle import oracle_auc
+
+    scores = predict(result.model, result.encoders.encode(test, with_labels=False), tasks,
+                     batch_size=result.train_config.eval_batch_size)
+    ads = read_offline(settings, "ads", None, end_day, columns=["ad_id", "created_at"], latest=True)
+    report = evaluate(scores, test, tasks, ads=ads, n_boot=DEFAULT_BOOTSTRAP)
+    oracle = None
+    if settings.pipeline.source == "simulator":
+        try:
+            oracle = oracle_auc(settings, test, tasks, models={arch: scores})
+            report = report.with_oracle(oracle)
+        except (FileNotFoundError, ValueError) as exc:  # ground truth missing: report without it
+            log.warning("no oracle AUC: %s", exc)
+    return report, oracle
+
+
 def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path, tasks: tuple[str, ...],
                        progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train on ``training_set`` (all but the newest days), evaluate on the newest days, save the model.
+    """Train on ``training_set``'s train days, early-stop on its validation days, evaluate on its test
+    days (the newest), save the model.
 
-    Returns a JSON-able summary: training (epochs, samples/s, seconds), per-task metrics overall and
-    per slice, the oracle comparison on the simulator, the IPW weight distribution, the model folder.
-    ``progress`` receives the trainer's step and epoch events.
+    Returns a JSON-able summary: rows and days of the split (``rows``/``days``: train, valid, test),
+    training (epochs, samples/s, seconds), per-task metrics on the test days overall and per slice with
+    the AUC's interval, the oracle comparison on the simulator, the IPW weight distribution, the model
+    folder. ``progress`` receives the trainer's step and epoch events.
     """
     import pyarrow.compute as pc
 
-    from components.training.encoders import read_training_set, time_split
-    from components.training.evaluation import evaluate
-    from components.training.oracle import oracle_auc
-    from components.store.offline import read_offline
     from components.storage import write_json_atomic
+    from components.training.encoders import read_training_set, window_split
     from components.training.loop import train_ranker
     from components.training.train_config import TrainConfig
 
     cfg = settings.training
     started = time.perf_counter()
     table = read_training_set(training_set)
-    train, valid = time_split(table, cfg.valid_days)
+    train, valid, test = window_split(table, cfg.valid_days, cfg.test_days)
     first = pc.min(table.column("event_time")).as_py().date()
 
-    _check_positives(train, valid, tasks, training_set)
+    _check_positives(train, test, tasks, training_set)
     weights, ipw = _ipw_weights(settings, train, tasks, first, end_day)
+    if valid.num_rows == 0:
+        log.warning("the %d validation day(s) before the test day(s) of %s have no rows: no early stopping, the "
+                    "last epoch is kept", cfg.valid_days, training_set)
 
     out_dir = settings.models_dir / end_day.isoformat()
     train_cfg = TrainConfig.from_dict({**cfg.train.to_dict(),
                                        "checkpoint_dir": cfg.train.checkpoint_dir or str(out_dir / "checkpoints"),
                                        "ipw": weights is not None})
     ranker_cfg = cfg.ranker.to_ranker_config()
-    result = train_ranker(settings, train, valid, ranker_cfg, train_cfg, train_weights=weights,
-                          callback=progress)
-
-    ads = read_offline(settings, "ads", None, end_day, columns=["ad_id", "created_at"], latest=True)
-    report = evaluate(result.valid_scores, valid, tasks, ads=ads)
-    oracle = None
-    if settings.pipeline.source == "simulator":
-        try:
-            oracle = oracle_auc(settings, valid, tasks, models={ranker_cfg.arch: result.valid_scores})
-            report = report.with_oracle(oracle)
-        except (FileNotFoundError, ValueError) as exc:  # ground truth missing: report without it
-            log.warning("no oracle AUC: %s", exc)
+    result = train_ranker(settings, train, valid if valid.num_rows else None, ranker_cfg, train_cfg,
+                          train_weights=weights, callback=progress)
+    report, oracle = evaluate_on_test(settings, result, test, tasks, ranker_cfg.arch, end_day)
 
     result.save(out_dir)
     summary = {
         "end_day": end_day,
         "model_dir": str(out_dir),
         "arch": ranker_cfg.arch,
-        "rows": {"train": train.num_rows, "valid": valid.num_rows},
+        "rows": {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows},
+        "days": {"train": split_days(train), "valid": split_days(valid), "test": split_days(test)},
         "training": result.summary(),
         "evaluation": report.to_dict(),
         "evaluation_text": report.to_text(),

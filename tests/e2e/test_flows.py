@@ -114,7 +114,9 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     assert "training set" in res.output
     trained = summary["stages"][-3]
     assert Path(trained["model_dir"], "model.pt").is_file()
-    assert trained["rows"]["valid"] == ingest[-1]["tables"]["impressions"]["rows_landed"]  # the newest day
+    assert trained["rows"]["test"] == ingest[-1]["tables"]["impressions"]["rows_landed"]  # the newest day reports
+    assert trained["rows"]["valid"] == ingest[-2]["tables"]["impressions"]["rows_landed"]  # the day before stops
+    assert set(trained["evaluation"]["auc_interval"]) == {"click", "conversion"}
     assert set(trained["evaluation"]["overall"]) == {"click", "conversion"}
     assert 0.0 < trained["oracle"]["oracle"]["click"] <= 1.0  # next to the simulator's oracle AUC
     assert "oracle" in res.output and "model: stem" in res.output
@@ -155,6 +157,7 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
     assert not gates["collapse"]["passed"] and gates["collapse"]["value"] < settings.gates.ia_floor
     assert second["champion"]["version"] == 1  # compared with the champion on the newest day ...
     assert set(second["champion"]["metrics"]) == {"click", "conversion"}
+    assert set(second["champion"]["auc_difference"]) == {"click", "conversion"}  # the paired interval, per task
     assert gates["model"]["details"]["champion"] is True
     assert second["registered"]["version"] == 2 and second["registered"]["aliases"] == []  # ... no challenger
     assert not second["gates_passed"] and second["promoted"] is None
@@ -233,7 +236,7 @@ def test_feast_cli_works_in_feature_repo_after_the_pipeline(tmp_path: Path, env:
     shutil.copytree(REPO / "feature_repo", project / "feature_repo",
                     ignore=shutil.ignore_patterns("__pycache__", "data"))
     os.environ["ADSREC_HOME"] = str(project / ".adsrec")
-    res = CliRunner().invoke(app, ["daily", "--run-date", "2026-11-02"])
+    res = CliRunner().invoke(app, ["daily", "--run-date", "2026-11-03"])  # 3 days: train, validation, test
     assert res.exit_code == 0, res.output
 
     feast = str(Path(sys.executable).with_name("feast"))

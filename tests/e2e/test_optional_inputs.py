@@ -118,6 +118,9 @@ def test_a_bare_log_with_an_empty_day_trains_materializes_and_serves(bare: dict[
     read = trained.encoders.feature_columns  # the model's feature spec follows the training set's columns
     assert "see_graph" in read and not [c for c in read if c.startswith("user_profile__") or c == "see_text"]
     assert result["ipw"]["task"] == settings.tasks[0] and "summary" in result["ipw"]
+    # the empty day 3 is the validation day: no early stopping, the untouched day 4 still reports
+    assert result["rows"]["valid"] == 0 and result["days"]["test"] == [days[3].isoformat()]
+    assert "have no rows: no early stopping, the last epoch is kept" in caplog.text
 
     online = materialize_online(settings, days[-1])
     assert "user_profile" not in online["views"] and online["views"]["user_stats"]["entities_written"] > 0

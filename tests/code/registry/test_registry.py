@@ -65,13 +65,15 @@ def _with_sequences(table: Any, seed: int = 0) -> Any:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) -> dict[str, Any]:
-    """A saved small ranker, its train-step summary and the validation day."""
+    """A saved small ranker (day 1 trains, day 2 early-stops), its train-step summary (the test day 3) and
+    the validation day."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     from components.config import load_settings
-    from components.training.encoders import time_split
+    from components.training.encoders import window_split
     from components.training.evaluation import evaluate
     from components.sources.simulator import simulate
+    from components.training.artefact import load_trained
     from components.training.loop import train_ranker
     from components.training.train_config import TrainConfig
     from models.config import RankerConfig
@@ -81,20 +83,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) ->
         "home": str(tmp_path_factory.mktemp("registry-sim")), "pipeline": {"shared_data": str(SHARED_DATA)},
         "simulator": SIMULATOR}).resolved()
     table = _with_sequences(simulator_feature_table(simulate(settings, days=3)))
-    train, valid = time_split(table)
+    train, valid, test = window_split(table)
     result = train_ranker(None, train, valid, RankerConfig(**RANKER),
                           TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=0, log_every=0, device="cpu"))
     assert result.model.spec.sequence is not None  # the sequence columns are features
     model_dir = result.save(tmp_path_factory.mktemp("model") / "2026-01-04")
-    report = evaluate(result.valid_scores, valid, TASKS)
+    report = evaluate(load_trained(model_dir).score(test), test, TASKS, n_boot=50)
     summary = {"end_day": WINDOW[1], "model_dir": str(model_dir), "arch": "stem",
-               "rows": {"train": train.num_rows, "valid": valid.num_rows}, "training": result.summary(),
+               "rows": {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows},
+               "training": result.summary(),
                "evaluation": report.to_dict(), "evaluation_text": report.to_text(), "oracle": None,
                "ipw": {"enabled": False}}
     (model_dir / "evaluation.json").write_text(json.dumps(summary, default=str))
     (model_dir / "checkpoints").mkdir()
     (model_dir / "checkpoints" / "checkpoint.pt").write_bytes(b"not part of the logged model")
-    return {"model_dir": model_dir, "summary": summary, "valid": valid, "result": result, "table": table}
+    return {"model_dir": model_dir, "summary": summary, "valid": valid, "test": test, "result": result,
+            "table": table}
 
 
 @pytest.fixture(scope="module")
@@ -406,6 +410,35 @@ def test_load_champion_in_process_scores_tables_and_frames(fresh_aliases: Any, t
         model.predict(rows.drop_columns(["user_id"]).to_pandas())
     with pytest.raises(RegistryError, match="alias 'staging'"):
         load_champion(settings, alias="staging")
+
+
+def test_champion_on_the_test_day_with_the_paired_difference_interval(fresh_aliases: Any,
+                                                                      trained: dict[str, Any]) -> None:
+    """The champion scores the test day; the new model's AUC minus the champion's gets a paired interval
+    over users (the same resamples score both), which the model gate reads."""
+    from components.registry.aliases import promote
+    from components.registry.gate_and_register import champion_on
+    from components.training.artefact import load_trained
+    from components.training.metrics import auc
+
+    settings = fresh_aliases
+    assert champion_on(settings, trained["test"], TASKS) is None  # no champion yet
+    promote(settings, 1)
+    test = trained["test"]
+    same = load_trained(trained["model_dir"]).score(test)  # the very model the champion is
+    wrong = {t: 1.0 - test.column(t).to_numpy().astype(float) for t in TASKS}  # every pair the wrong way round
+    assert set(champion_on(settings, test, TASKS)["auc_difference"]) == set()  # no new scores: no difference
+    tie = champion_on(settings, test, TASKS, same)
+    worse = champion_on(settings, test, TASKS, wrong)
+    for task in TASKS:
+        labels = test.column(task).to_numpy()
+        champ_auc = tie["metrics"][task]["auc"]
+        assert champ_auc == pytest.approx(auc(same[task], labels), abs=1e-6)
+        assert tie["auc_difference"][task]["point"] == pytest.approx(0.0, abs=1e-6)
+        assert tie["auc_difference"][task]["low"] == pytest.approx(0.0, abs=1e-6)
+        assert tie["auc_difference"][task]["high"] == pytest.approx(0.0, abs=1e-6)
+        d = worse["auc_difference"][task]
+        assert d["point"] == pytest.approx(-champ_auc, abs=1e-6) and d["low"] <= d["point"] <= d["high"] < 0
 
 
 def test_a_champion_whose_code_no_longer_imports_is_a_registry_error(fresh_aliases: Any,

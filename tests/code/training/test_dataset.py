@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.training.encoders import FeatureEncoders, time_split
+from components.training.encoders import FeatureEncoders, time_split, window_split
 from components.training.field_encoders import SequenceEncoder, fit_buckets
 
 UTC = dt.timezone.utc
@@ -228,22 +229,50 @@ def test_time_split_holds_out_the_last_day(table: pa.Table) -> None:
     assert max(train.column("event_time").to_pylist()).date() < last_day
 
 
-def small_training_set(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    """A real point-in-time training set (simulator -> ingest -> features -> DuckDB join), 4 small days,
-    built once per session (tests/code/training/test_train.py reuses it)."""
-    from components import steps
+def test_window_split_tests_the_newest_day_and_validates_the_days_before() -> None:
+    midnight = dt.datetime(2026, 11, 3, tzinfo=UTC)
+    days = [midnight + dt.timedelta(days=d, hours=h) for d in range(5) for h in (0, 23.9)]
+    table = pa.table({"event_time": pa.array(days, pa.timestamp("us", tz="UTC")), "row": list(range(len(days)))})
+
+    def dates(t: pa.Table) -> list[dt.date]:
+        return sorted({x.date() for x in t.column("event_time").to_pylist()})
+
+    first = midnight.date()
+    train, valid, test = window_split(table)  # defaults: 1 validation day, 1 test day
+    assert dates(test) == [first + dt.timedelta(days=4)] and dates(valid) == [first + dt.timedelta(days=3)]
+    assert dates(train) == [first + dt.timedelta(days=d) for d in range(3)]
+    assert train.num_rows + valid.num_rows + test.num_rows == table.num_rows
+    train, valid, test = window_split(table, valid_days=2, test_days=2)
+    assert [len(dates(t)) for t in (train, valid, test)] == [1, 2, 2]
+    with pytest.raises(ValueError, match=r"spans 5 day.*pipeline\.training_days.*training\.valid_days=2 \+ "
+                                         r"training\.test_days=3 leave no training day.*at least 6"):
+        window_split(table, valid_days=2, test_days=3)
+    with pytest.raises(ValueError, match="training.test_days"):
+        window_split(table, test_days=0)
+
+
+def small_training_settings(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, **sections: Any) -> Any:
+    """The settings of :func:`small_training_set`'s home, with ``sections`` overriding (e.g. ``training``)."""
     from components.config import load_settings
-    from components.training.training_set import build_training_set
 
     home = tmp_path_factory.getbasetemp() / "small-training-home"
-    path = home / "training"
-    done = list(path.glob("*/train.parquet"))
-    if done:
-        return done[0]
-    settings = load_settings(environ={}, overrides={
+    return load_settings(environ={}, overrides={
         "home": str(home), "pipeline": {"shared_data": str(shared_data)},
         "simulator": {"n_users": 400, "n_initial_ads": 400, "new_ads_per_day": 30, "new_users_per_day": 10},
+        **sections,
     }).resolved()
+
+
+def small_training_set(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A real point-in-time training set (simulator -> ingest -> features -> DuckDB join), 4 small days,
+    built once per session (tests/code/training/test_train.py and test_train_day.py reuse it)."""
+    from components import steps
+    from components.training.training_set import build_training_set
+
+    settings = small_training_settings(tmp_path_factory, shared_data)
+    done = list((settings.home / "training").glob("*/train.parquet"))
+    if done:
+        return done[0]
     days = steps.demo_window(settings, 4)
     for day in days:
         steps.deliver_day(settings, day)

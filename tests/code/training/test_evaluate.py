@@ -141,3 +141,22 @@ def test_oracle_auc_from_the_simulators_ground_truth(shared_data, settings) -> N
     ev = ev.with_oracle(report)
     assert ev.to_dict()["auc_ratio_to_oracle"]["click"] == pytest.approx(report.ratio["noisy"]["click"])
     assert "oracle" in ev.to_text().splitlines()[0]
+
+
+def test_evaluate_with_n_boot_gives_each_task_an_auc_interval_over_users() -> None:
+    from components.training.intervals import auc_interval
+
+    table, ads, scores = eval_table()
+    plain = evaluate(scores, table, ["click", "conversion"], ads=ads)
+    assert plain.auc_intervals == {} and "auc_interval" not in plain.to_dict()
+    report = evaluate(scores, table, ["click", "conversion"], ads=ads, n_boot=200)
+    users = table.column("user_id").to_numpy()
+    for task in ("click", "conversion"):
+        iv = report.auc_intervals[task]
+        assert iv.point == pytest.approx(report.metric(task, "auc"))
+        assert iv.low < iv.point < iv.high
+        # the resamples are over the 20 users, not the 400 rows: the same interval as auc_interval's
+        assert iv == auc_interval(table.column(task).to_numpy(), scores[task], users)
+        assert report.to_dict()["auc_interval"][task]["low"] == pytest.approx(iv.low)
+    assert f"click {report.auc_intervals['click']}" in report.to_text()
+    assert "interval over users (200 resamples)" in report.to_text()

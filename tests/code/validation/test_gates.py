@@ -253,3 +253,47 @@ def test_validation_imports_nothing_from_components_or_flows() -> None:
             + "print(sorted({n.split('.')[0] for n in sys.modules} & {'components', 'flows'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_model_gate_fails_only_beyond_the_noise_of_the_paired_difference_interval() -> None:
+    """With the paired bootstrap interval of AUC(new) - AUC(champion): a point below -auc_tolerance whose
+    interval reaches it passes "within the noise"; an interval wholly below it fails, and says so."""
+    metrics = {"click": {"auc": 0.680, "calibration": 1.0}, "conversion": {"auc": 0.650, "calibration": 1.0}}
+    champion = {"click": {"auc": 0.700}, "conversion": {"auc": 0.640}}
+    noisy = {"click": {"point": -0.02, "low": -0.045, "high": 0.004}, "conversion": {"point": 0.01, "low": -0.02,
+                                                                                     "high": 0.04}}
+    g = model_gate(metrics, champion, 0.01, (0.5, 2.0), differences=noisy)
+    assert g.passed and g.value == pytest.approx(-0.02)
+    assert g.details["tasks"]["click"]["within_noise"] and not g.details["tasks"]["conversion"]["within_noise"]
+    assert g.details["tasks"]["click"]["delta_interval"] == [-0.045, 0.004]
+    assert g.reason == ("click AUC 0.680 (-0.020 [-0.0450, +0.0040] vs champion, within the noise), calibration 1.00, "
+                        "conversion AUC 0.650 (+0.010 [-0.0200, +0.0400] vs champion), calibration 1.00")
+    # the same point difference without an interval fails, as before
+    assert not model_gate(metrics, champion, 0.01, (0.5, 2.0)).passed
+    clear = {**noisy, "click": {"point": -0.02, "low": -0.031, "high": -0.0105}}
+    worse = model_gate(metrics, champion, 0.01, (0.5, 2.0), differences=clear)
+    assert not worse.passed and worse.details["tasks"]["click"]["auc_ok"] is False
+    assert worse.reason == ("click AUC 0.680 is 0.020 below the champion's 0.700 (tolerance 0.010, beyond the noise: "
+                            "the whole difference interval [-0.0310, -0.0105] lies below -0.010)")
+    assert "the drop is beyond the noise" in worse.explain()
+    # an interval that reaches -auc_tolerance exactly is still within the noise
+    edge = {**noisy, "click": {"point": -0.02, "low": -0.03, "high": -0.01}}
+    assert model_gate(metrics, champion, 0.01, (0.5, 2.0), differences=edge).passed
+    # an undefined interval (too few resamples with both labels) leaves the point to decide
+    undefined = {**noisy, "click": {"point": -0.02, "low": None, "high": None}}
+    assert not model_gate(metrics, champion, 0.01, (0.5, 2.0), differences=undefined).passed
+
+
+def test_the_run_summary_prints_the_auc_interval_and_the_paired_difference_interval() -> None:
+    from flows.report import render_gates
+
+    st = {"metrics": {"click": {"auc": 0.6507, "calibration": 1.0,
+                                "auc_interval": {"point": 0.6507, "low": 0.6401, "high": 0.6623}}},
+          "champion": {"version": 1, "metrics": {"click": {"auc": 0.6537}},
+                       "auc_difference": {"click": {"point": -0.003, "low": -0.0121, "high": 0.0062}}},
+          "gates": [], "gate_table": "-", "registered": None}
+    row = render_gates(st).splitlines()[3].split("  ")
+    assert [c.strip() for c in row if c.strip()][:4] == ["click", "0.6507 [0.640, 0.662]", "0.6537",
+                                                         "-0.0030 [-0.012, +0.006]"]
+    without = render_gates({**st, "metrics": {"click": {"auc": 0.6507, "calibration": 1.0}}, "champion": None})
+    assert without.splitlines()[3].split()[:2] == ["click", "0.6507"]  # an older summary: the point alone

@@ -1,0 +1,62 @@
+"""components/training/train_day.py: the daily model step splits the window three ways, early-stops on the
+validation day and reports the untouched newest day, with each task's AUC interval over users."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY = {"arch": "stem", "mnse_combine": "sum", "embedding_dim": 8, "expert_hidden": [32], "gate_hidden": [16],
+        "tower_hidden": [16]}
+
+
+@pytest.fixture(scope="module")
+def trained_day(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, torch_one_thread: None) -> dict[str, Any]:
+    """train_and_evaluate on the 4-day small training set: days 1-2 train, day 3 validates, day 4 tests."""
+    from components.training.encoders import read_training_set
+    from components.training.train_day import train_and_evaluate
+    from tests.code.training.test_dataset import small_training_set, small_training_settings
+
+    path = small_training_set(tmp_path_factory, shared_data)
+    settings = small_training_settings(tmp_path_factory, shared_data, training={
+        "ranker": TINY, "train": {"epochs": 2, "batch_size": 1024, "patience": 0, "device": "cpu"}})
+
+    table = read_training_set(path)
+    end_day = max(table.column("event_time").to_pylist()).date()
+    return {"result": train_and_evaluate(settings, end_day, path, settings.tasks), "table": table,
+            "settings": settings}
+
+
+def test_the_early_stopping_day_is_not_the_reported_day(trained_day: dict[str, Any]) -> None:
+    result, table = trained_day["result"], trained_day["table"]
+    days = sorted({t.date().isoformat() for t in table.column("event_time").to_pylist()})
+    assert result["days"] == {"train": days[:2], "valid": [days[2]], "test": [days[3]]}
+    rows = result["rows"]
+    assert rows["train"] + rows["valid"] + rows["test"] == table.num_rows
+    # early stopping saw the validation day's rows, every epoch; the evaluation is the test day's rows
+    history = json.loads((Path(result["model_dir"]) / "history.json").read_text())["history"]
+    assert [h["valid_rows"] for h in history] == [rows["valid"]] * 2
+    assert result["evaluation"]["rows"] == rows["test"] != rows["valid"]
+    for task in trained_day["settings"].tasks:
+        assert result["evaluation"]["overall"][task]["rows"] == rows["test"]
+        chosen_on = result["training"]["valid_auc"][task]  # the best epoch's AUC on the validation day
+        assert not math.isclose(chosen_on, result["evaluation"]["overall"][task]["auc"], rel_tol=1e-9)
+
+
+def test_the_reported_auc_has_an_interval_over_users_and_the_summary_prints_it(trained_day: dict[str, Any]) -> None:
+    from flows.report import render_train
+
+    result = trained_day["result"]
+    for task in trained_day["settings"].tasks:
+        iv = result["evaluation"]["auc_interval"][task]
+        point = result["evaluation"]["overall"][task]["auc"]
+        assert iv["point"] == pytest.approx(point) and iv["low"] < point < iv["high"] and iv["n_boot"] == 200
+    text = "\n".join(render_train({"stage": "train", **result}))
+    assert "early-stopped on the validation day" in text and f"({result['rows']['test']:,} rows)" in text
+    click = result["evaluation"]["auc_interval"]["click"]
+    assert f"click {click['point']:.4f} [{click['low']:.4f}, {click['high']:.4f}]" in text
+    assert result["oracle"] is not None  # the simulator's ground truth scores the same test rows
