@@ -76,8 +76,10 @@ def ipw_weights(settings: Any, train: Any, tasks: list[str]) -> dict[str, Any] |
     return {t: propensity.weights(train, t, settings.training.ipw_w_min) for t in tasks}
 
 
-def train_and_score(settings: Any, split: tuple[Any, Any, Any], tasks: list[str], seed: int) -> dict[str, Any]:
-    """Train the default ranker on the split's train rows (early stopping on valid), score the test day."""
+def train_and_score(settings: Any, split: tuple[Any, Any, Any], tasks: list[str], seed: int
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the default ranker on the split's train rows (early stopping on valid), score the test day:
+    (the run's figures, the test scores per task)."""
     from sklearn.metrics import roc_auc_score
 
     from components.training.device import predict
@@ -97,8 +99,20 @@ def train_and_score(settings: Any, split: tuple[Any, Any, Any], tasks: list[str]
            "features": len(result.encoders.categorical) + len(result.encoders.numeric)}
     for t in tasks:
         out[f"{t}_auc"] = float(roc_auc_score(test.column(t).to_numpy(), scores[t]))
-    oracle = oracle_auc(settings, test, tasks, models={"model": scores}).to_dict()
-    out["oracle"] = oracle
+    out["oracle"] = oracle_auc(settings, test, tasks, models={"model": scores}).to_dict()
+    return out, scores
+
+
+def paired_differences(test: Any, tasks: list[str], scores: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Per seed and task: AUC(with) - AUC(without) on the test day, with a paired bootstrap interval over
+    users (components/training/intervals.py)."""
+    from components.training.intervals import auc_difference_interval
+
+    users = test.column("user_id").to_numpy()
+    out = []
+    for with_scores, without_scores in zip(scores["with"], scores["without"]):
+        out.append({t: auc_difference_interval(test.column(t).to_numpy(), with_scores[t], without_scores[t],
+                                               groups=users).to_dict() for t in tasks})
     return out
 
 
@@ -136,14 +150,20 @@ def main() -> None:
     report: dict[str, Any] = {"training_set": str(path), "rows": table.num_rows, "build_seconds": round(built, 1),
                               "interest_columns": [c for c in table.column_names if c not in
                                                    without_interest(table).column_names]}
-    for arm, data in (("with", table), ("without", without_interest(table))):
-        split = split_by_day(data)
-        report["split_rows"] = [s.num_rows for s in split]
-        runs = []
-        for seed in args.seeds:
-            runs.append(train_and_score(settings, split, tasks, seed))
-            print(arm, json.dumps({k: v for k, v in runs[-1].items() if k != "oracle"}), flush=True)
-        report[arm] = {"runs": runs, "summary": summarise(runs, tasks)}
+    splits = {"with": split_by_day(table), "without": split_by_day(without_interest(table))}
+    report["split_rows"] = [s.num_rows for s in splits["with"]]
+    runs: dict[str, list[Any]] = {"with": [], "without": []}
+    scores: dict[str, list[Any]] = {"with": [], "without": []}
+    for seed in args.seeds:  # one seed at a time, both arms: pairs are complete as they come
+        for arm in ("with", "without"):
+            run, test_scores = train_and_score(settings, splits[arm], tasks, seed)
+            runs[arm].append(run)
+            scores[arm].append(test_scores)
+            print(arm, json.dumps({k: v for k, v in run.items() if k != "oracle"}), flush=True)
+        print("difference", json.dumps(paired_differences(splits["with"][2], tasks, scores)[-1]), flush=True)
+    for arm in ("with", "without"):
+        report[arm] = {"runs": runs[arm], "summary": summarise(runs[arm], tasks)}
+    report["paired_differences"] = paired_differences(splits["with"][2], tasks, scores)
     report["gain"] = {t: report["with"]["summary"][t]["mean"] - report["without"]["summary"][t]["mean"]
                       for t in tasks}
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -9,7 +9,9 @@ not apply view TTLs, so the point-in-time rule is applied here against each requ
 view's value is served only if its event timestamp is ``<= event_time`` and, for views with a TTL,
 ``>= event_time - ttl`` (the same rule as components/training/training_set.py). Two flags,
 ``user_known`` / ``ad_known``, say whether the online store served any row for the entity; unknown
-entities still score (the encoders map them to the unknown id).
+entities still score (the encoders map them to the unknown id). The user x attribute interest views are
+read by their composite key, built from the request's user and the ``ad_profile__<attribute>`` served
+for it (components/store/interest.py), the training set's rule.
 
 Heavy libraries (Feast, pandas) are imported inside the functions.
 """

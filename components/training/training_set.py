@@ -12,7 +12,9 @@ Semantics (Feast's, kept by both): for each impression and view, the row of the 
 largest ``event_timestamp <= event_time`` is used; among rows with that same event timestamp, the one
 with the largest ``created_timestamp`` wins; for views with a TTL the value is used only if
 ``event_timestamp >= event_time - ttl`` (inclusive), otherwise, or without any row, the features are null.
-Feature columns are named ``<view>__<feature>``.
+Feature columns are named ``<view>__<feature>``. The user x attribute interest views are keyed on
+``'<user_id>|<value>'`` of the impression's ad as of its time (:func:`add_interest_keys`, a first join of
+``ad_profile``); the key columns are join inputs, not columns of the output.
 
 Output: ``<training_dir>/<end_day>/train.parquet`` sorted by (event_time, request_id), and
 ``meta.json`` beside it (window, rows, label rates, features, view versions, join path).
