@@ -13,6 +13,10 @@ A view whose newest partition has no feature column (``user_profile`` of a log w
 only ``user_id`` and the timestamps) is left out: Feast cannot join, materialise or serve a view with an
 empty schema, and it would add nothing to a row. It comes back as soon as a partition has columns.
 
+The user x ad-attribute interest views (``user_<attribute>_interest``, components/store/interest.py) are
+listed in ``features/_views.json`` by the build; each is keyed on one composite string column
+``user_<attribute>_key`` (``'<user_id>|<value>'``), its own entity, and joins the ``training`` service.
+
 The pre-trained representation views (``REPRESENTATION_VIEWS``: text / visual / graph vectors, user
 interest vectors, visual semantic IDs; written by components/representations/refresh.py) are added by
 ``view_specs(..., representations=True)``. They are registered like the others but never join the
@@ -77,6 +81,7 @@ class ViewSpec:
     ttl: dt.timedelta | None  # None: never expires
     fields: tuple[tuple[str, pa.DataType], ...]
     latest_partition: str  # date=YYYY-MM-DD the schema was read from
+    attribute: str | None = None  # interest views: the ad attribute of the (user, attribute) key
 
     @property
     def feature_names(self) -> list[str]:
@@ -91,9 +96,17 @@ def manifest_ttl_days(home: Path) -> int:
     return DEFAULT_TTL_DAYS
 
 
-def _spec(features: Path, name: str, entity: str, ttl: dt.timedelta | None, partitions: list[Path]) -> ViewSpec:
+def manifest_interest_views(home: Path) -> dict[str, dict[str, str]]:
+    """The user x attribute interest views of the last feature build (``features/_views.json``): view ->
+    ``attribute`` and ``key`` (the composite key column, also the view's entity); empty before any build."""
+    path = Path(home) / "features" / "_views.json"
+    return dict(json.loads(path.read_text()).get("interest_views", {})) if path.is_file() else {}
+
+
+def _spec(features: Path, name: str, entity: str, ttl: dt.timedelta | None, partitions: list[Path],
+          attribute: str | None = None) -> ViewSpec:
     schema = pq.read_schema(sorted(partitions[-1].glob("*.parquet"))[0])
-    key = ENTITY_KEYS[entity]
+    key = ENTITY_KEYS.get(entity, entity)  # an interest view's entity is its key column
     fields = tuple((f.name, f.type) for f in schema if f.name not in (key, EVENT_TS, CREATED_TS))
     return ViewSpec(
         name=name,
@@ -103,6 +116,7 @@ def _spec(features: Path, name: str, entity: str, ttl: dt.timedelta | None, part
         ttl=ttl,
         fields=fields,
         latest_partition=partitions[-1].name,
+        attribute=attribute,
     )
 
 
@@ -129,6 +143,12 @@ def view_specs(home: Path, ttl_days: int, representations: bool = False) -> list
         spec = _spec(features, name, entity, dt.timedelta(days=ttl_days) if expires else None, partitions)
         if spec.fields:  # a view with no feature column (a log without user profiles) has nothing to serve
             specs.append(spec)
+    # User x attribute interest views: one composite-key entity each, TTL like the stats.
+    for name, interest in manifest_interest_views(home).items():
+        partitions = _partitions(features, name)
+        if partitions:
+            specs.append(_spec(features, name, interest["key"], dt.timedelta(days=ttl_days), partitions,
+                               interest["attribute"]))
     if representations:
         ttls = {"creative": None, "daily": dt.timedelta(days=ttl_days), "graph": GRAPH_TTL}
         for name, (entity, stamping) in REPRESENTATION_VIEWS.items():
@@ -163,7 +183,7 @@ def _feast_type(arrow_type: pa.DataType) -> Any:
 
 def feast_objects(specs: list[ViewSpec]) -> dict[str, Any]:
     """Entities, file sources, feature views and the ``training`` feature service (the core views of
-    ``VIEW_ENTITIES``, never the representation views), by name."""
+    ``VIEW_ENTITIES`` and the interest views, never the representation views), by name."""
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.data_format import ParquetFormat
 
@@ -171,6 +191,10 @@ def feast_objects(specs: list[ViewSpec]) -> dict[str, Any]:
         name: Entity(name=name, join_keys=[key], value_type=ValueType.INT64, description=f"{name} id")
         for name, key in ENTITY_KEYS.items()
     }
+    for spec in specs:  # interest views: a composite string key '<user_id>|<attribute value>'
+        if spec.attribute:
+            entities[spec.entity] = Entity(name=spec.entity, join_keys=[spec.join_key], value_type=ValueType.STRING,
+                                           description=f"user id and ad {spec.attribute}, '<user_id>|<value>'")
     objects: dict[str, Any] = dict(entities)
     views = []
     for spec in specs:
@@ -193,7 +217,8 @@ def feast_objects(specs: list[ViewSpec]) -> dict[str, Any]:
         objects[f"{spec.name}_source"] = source
         objects[spec.name] = view
         views.append(view)
-    # The training service holds the core views only; representation views are served by name.
-    training = [v for v in views if v.name in VIEW_ENTITIES]
+    # The training service holds the core and interest views; representation views are served by name.
+    interest = {s.name for s in specs if s.attribute}
+    training = [v for v in views if v.name in VIEW_ENTITIES or v.name in interest]
     objects[FEATURE_SERVICE] = FeatureService(name=FEATURE_SERVICE, features=training)
     return objects

@@ -79,6 +79,9 @@ class FeatureConfig(Section):
     sequence_category_column: str | None = Field(
         None, description="ads column for the sequence categories; None = first categorical taxonomy column"
     )
+    interest_attributes: list[str] | None = Field(
+        None, description="ads columns with a user x attribute interest view (user_<attr>_interest); None = every "
+                          "taxonomy column of the ads, [] = none")
     direct_join_min_rows: int = Field(
         200_000, ge=0, description="training sets at least this big use the DuckDB ASOF join, smaller ones Feast"
     )

@@ -9,7 +9,9 @@ not apply view TTLs, so the point-in-time rule is applied here against each requ
 view's value is served only if its event timestamp is ``<= event_time`` and, for views with a TTL,
 ``>= event_time - ttl`` (the same rule as components/training/training_set.py). Two flags,
 ``user_known`` / ``ad_known``, say whether the online store served any row for the entity; unknown
-entities still score (the encoders map them to the unknown id).
+entities still score (the encoders map them to the unknown id). The user x attribute interest views are
+read by their composite key, built from the request's user and the ``ad_profile__<attribute>`` served
+for it (components/store/interest.py), the training set's rule.
 
 Heavy libraries (Feast, pandas) are imported inside the functions.
 """
@@ -129,6 +131,24 @@ def entity_columns(store: Any, entity_specs: list[Any], key: str, ids: np.ndarra
     return EntityColumns(columns=columns, known=known, withheld=withheld, seconds=seconds)
 
 
+def _interest_columns(store: Any, specs: list[Any], columns: dict[str, Any], event_us: np.ndarray,
+                      withheld: dict[str, dict[str, int]]) -> float:
+    """Add the user x attribute interest views' columns to ``columns``: each view is read by its composite
+    key from the request's user and the ``ad_profile__<attribute>`` just served (the training set's rule,
+    components/store/interest.py); a null attribute reads no row. Returns the seconds spent in Feast."""
+    from components.store.interest import interest_keys
+
+    seconds = 0.0
+    for spec in (s for s in specs if s.attribute):
+        keys = interest_keys(as_chunked(columns["user_id"]), as_chunked(columns[f"ad_profile__{spec.attribute}"]))
+        ids = np.asarray(keys.fill_null("").to_pylist() if len(keys) else [], dtype=object)
+        got = entity_columns(store, [spec], spec.join_key, ids, event_us)
+        columns.update(got.columns)
+        withheld.update(got.withheld)
+        seconds += got.seconds
+    return seconds
+
+
 def with_serving_summary(table: "pa.Table", summary: dict[str, Any]) -> "pa.Table":
     """``table`` with ``summary`` as JSON in its schema metadata (what :func:`serving_summary` reads)."""
     metadata = dict(table.schema.metadata or {})
@@ -180,6 +200,7 @@ def online_feature_rows(
         known[entity] = got.known
         withheld.update(got.withheld)
         fetch_seconds += got.seconds
+    fetch_seconds += _interest_columns(store, specs, columns, event_us, withheld)
     table = pa.Table.from_arrays([as_chunked(columns[f.name]).cast(f.type) for f in schema], schema=schema)
 
     similarity_seconds = 0.0

@@ -1,6 +1,6 @@
 """Daily feature views computed with DuckDB SQL over the offline store (DESIGN.md section 6).
 
-``build_features(settings, day, tasks)`` computes, as of the END of ``day``, five feature views and
+``build_features(settings, day, tasks)`` computes, as of the END of ``day``, the feature views and
 writes each as one parquet partition ``<features_dir>/<view>/date=YYYY-MM-DD/part-0.parquet``:
 
 - ``user_stats`` / ``ad_stats``: per window ``w`` in ``features.rolling_windows_days``: impressions,
@@ -10,6 +10,8 @@ writes each as one parquet partition ``<features_dir>/<view>/date=YYYY-MM-DD/par
   (``representations.behaviour_task``, default the first task); without a taxonomy column the
   categories are all the padding value ``''``.
 - ``user_profile`` / ``ad_profile``: the latest row per id of the users / ads tables.
+- ``user_<attribute>_interest``: per (user, ad attribute value), for each of
+  ``features.interest_attributes`` (default every taxonomy column): components/store/interest.py.
 
 Timestamps (every view has ``event_timestamp`` and ``created_timestamp``, Arrow timestamp[us, UTC]):
 stats and sequence rows are stamped ``day_end`` (the next day's 00:00 UTC) because their values are only
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from components.schemas import ADS, USERS, day_dir, day_window
 from components.storage import replace_partition, write_json_atomic
+from components.store.interest import interest_attributes, interest_key, interest_query, interest_view
 from components.store.sql import connect, day_partitions, partition_globs, sql_ident, sql_list, sql_ts
 
 if TYPE_CHECKING:
@@ -200,12 +203,17 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
         rows[view] = _write_partition(con, query, day_dir(features, view, day))
     # --- profiles and behaviour sequence --------------------------------------------------------------
     category_col = _write_profiles(con, settings, day, built_at, rows)
+    # --- user x ad-attribute interest (components/store/interest.py) ----------------------------------
+    interest = interest_attributes(cfg.interest_attributes, taxonomy_columns(con, "latest_ads"))
+    for attribute in interest:
+        query = interest_query(attribute, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
+        rows[interest_view(attribute)] = _write_partition(con, query, day_dir(features, interest_view(attribute), day))
     seq_query = _sequence_query(settings, day, click_task, category_col, built_at)
     rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
     con.close()
 
-    _write_manifest(settings, tasks, windows, category_col, click_task)
-    return {v: rows[v] for v in VIEWS}
+    _write_manifest(settings, tasks, windows, category_col, click_task, interest)
+    return {v: rows[v] for v in (*VIEWS, *map(interest_view, interest))}
 
 
 def _tasks_and_windows(settings: "Settings", tasks: Sequence[str] | None) -> tuple[list[str], list[int]]:
@@ -336,8 +344,9 @@ def _sequence_query(settings: "Settings", day: dt.date, click_task: str, categor
 
 
 def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], category: str | None,
-                    sequence_task: str) -> None:
-    """``<features_dir>/_views.json``: how the views were built (the Feast repo reads the TTL from it)."""
+                    sequence_task: str, interest: list[str]) -> None:
+    """``<features_dir>/_views.json``: how the views were built (the Feast repo reads the TTL and the
+    interest views from it)."""
     cfg = settings.features
     manifest = {
         "views": list(VIEWS),
@@ -348,6 +357,7 @@ def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], 
         "sequence_category_column": category,
         "rate_prior_strength": cfg.rate_prior_strength,
         "ttl_days": cfg.ttl_days,
+        "interest_views": {interest_view(a): {"attribute": a, "key": interest_key(a)} for a in interest},
     }
     write_json_atomic(settings.features_dir / MANIFEST, manifest, sort_keys=False)
 
@@ -356,8 +366,8 @@ def read_view(settings: "Settings", view: str, days: Sequence[dt.date] | None = 
     """A feature view's partitions (all, or the given days) as one Arrow table (for tests and inspection)."""
     import pyarrow.parquet as pq
 
-    if view not in VIEWS:
-        raise ValueError(f"unknown feature view {view!r}; expected one of {VIEWS}")
+    if view not in VIEWS and not (settings.features_dir / view).is_dir():
+        raise ValueError(f"unknown feature view {view!r}; expected one of {VIEWS} or a built interest view")
     base = settings.features_dir / view
     dirs = [day_dir(settings.features_dir, view, d) for d in days] if days else [p for _, p in day_partitions(base)]
     files = [f for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
@@ -376,6 +386,6 @@ def build_features_range(
     day = first
     while day <= last:
         for view, n in build_features(settings, day, tasks).items():
-            total[view] += n
+            total[view] = total.get(view, 0) + n
         day += dt.timedelta(days=1)
     return total

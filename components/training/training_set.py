@@ -12,7 +12,9 @@ Semantics (Feast's, kept by both): for each impression and view, the row of the 
 largest ``event_timestamp <= event_time`` is used; among rows with that same event timestamp, the one
 with the largest ``created_timestamp`` wins; for views with a TTL the value is used only if
 ``event_timestamp >= event_time - ttl`` (inclusive), otherwise, or without any row, the features are null.
-Feature columns are named ``<view>__<feature>``.
+Feature columns are named ``<view>__<feature>``. The user x attribute interest views are keyed on
+``'<user_id>|<value>'`` of the impression's ad as of its time (:func:`add_interest_keys`, a first join of
+``ad_profile``); the key columns are join inputs, not columns of the output.
 
 Output: ``<training_dir>/<end_day>/train.parquet`` sorted by (event_time, request_id), and
 ``meta.json`` beside it (window, rows, label rates, features, view versions, join path).
@@ -77,7 +79,8 @@ def read_impressions(settings: "Settings", first: dt.date, last: dt.date, tasks:
 def _output_schema(entities: "pa.Schema", specs: list[Any]) -> "pa.Schema":
     import pyarrow as pa
 
-    fields = [pa.field(f.name, TIMESTAMP if f.name == "event_time" else f.type) for f in entities]
+    keys = {s.join_key for s in specs if s.attribute}  # interest views' composite keys: join inputs only
+    fields = [pa.field(f.name, TIMESTAMP if f.name == "event_time" else f.type) for f in entities if f.name not in keys]
     for spec in specs:
         fields.extend(pa.field(f"{spec.name}__{name}", typ) for name, typ in spec.fields)
     return pa.schema(fields)
@@ -204,6 +207,18 @@ def join_duckdb(settings: "Settings", entities: "pa.Table", specs: list[Any] | N
     return _canonical(pa.table(columns), _output_schema(entities.schema, specs), sort=False)
 
 
+def add_interest_keys(settings: "Settings", entities: "pa.Table", specs: list[Any]) -> "pa.Table":
+    """``entities`` (sorted by event_time, request_id) plus the composite key of every interest view of
+    ``specs``: the impression's user and its ad's attribute as of ``event_time``, i.e. the
+    ``ad_profile__<attribute>`` the point-in-time join gives the row (components/store/interest.py)."""
+    from components.store.interest import with_interest_keys
+
+    if not any(s.attribute for s in specs):
+        return entities
+    profile = join_duckdb(settings, entities, [s for s in specs if s.name == "ad_profile"])
+    return with_interest_keys(entities, profile, specs)
+
+
 def _view_versions(specs: list[Any]) -> dict[str, dict[str, Any]]:
     """A view's version: the newest partition it was read with and a hash of its fields and TTL."""
     out = {}
@@ -247,6 +262,7 @@ def build_training_set(
     if entities.num_rows == 0:
         raise ValueError(f"no impressions between {first} and {end_day}: nothing to train on")
     specs = views_module().view_specs(settings.home, settings.features.ttl_days)
+    entities = add_interest_keys(settings, entities, specs)
     if join_path == "auto":
         join_path = "duckdb" if entities.num_rows >= settings.features.direct_join_min_rows else "feast"
     if join_path == "feast":
@@ -277,7 +293,7 @@ def build_training_set(
         "rows": table.num_rows,
         "label_rates": {t: float(pc.mean(table.column(t).cast("float64")).as_py()) for t in tasks},
         "tasks": tasks,
-        "entity_columns": [c for c in entities.column_names if c not in tasks],
+        "entity_columns": [c for c in table.column_names if c in entities.column_names and c not in tasks],
         "features": [c for c in table.column_names if "__" in c or c.startswith("see_")],
         "feature_views": _view_versions(specs),
         "feature_service": views_module().FEATURE_SERVICE,

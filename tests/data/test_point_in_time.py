@@ -164,6 +164,30 @@ def test_golden_point_in_time_values(both_sets, join_path: str) -> None:
     assert "user_stats__click_rate_7d" in meta["features"]
 
 
+@pytest.mark.parametrize("join_path", ["feast", "duckdb"])
+def test_golden_user_attribute_interest_values(both_sets, join_path: str) -> None:
+    """The (user, ad's master_category) view, keyed on '<user_id>|<category>' of the impression's ad as of its
+    time: only earlier days count (r02 does not see r01 or r03 of the same day), a new ad has no key yet."""
+    table, meta = both_sets[join_path]
+    rows = {r["request_id"]: r for r in table.to_pylist()}
+    col = "user_master_category_interest__{}".format
+    assert "user_master_category_key" not in table.column_names  # a join input, not a feature
+    # User 1 saw Apparel (ad 100) once, on 11-01, and clicked: 7-day window only.
+    for r in ("r01", "r02", "r03"):
+        assert (rows[r][col("impressions_7d")], rows[r][col("click_7d")], rows[r][col("impressions_1d")]) == (1, 1, 0)
+    # Rates: the prior is the user's own rate of the window, smoothed toward the global one (m = 20).
+    user_rate = (1 + 20 * 0.5) / 21  # 7 days: user 1 has 1 click in 1; global 2 clicks in 4
+    assert rows["r01"][col("click_rate_7d")] == pytest.approx((1 + 20 * user_rate) / 21, rel=1e-12)
+    assert rows["r01"][col("click_rate_1d")] == pytest.approx(1 / 3, rel=1e-12)  # idle user: the global rate
+    assert (rows["r04"][col("impressions_1d")], rows["r04"][col("click_1d")]) == (1, 1)  # user 2, Footwear
+    assert (rows["r06"][col("impressions_1d")], rows["r06"][col("click_1d")]) == (1, 0)  # user 4, Apparel
+    assert rows["r07"][col("impressions_7d")] is None  # user 5 never saw Apparel before
+    assert rows["r09"][col("impressions_7d")] is None  # ad 103 not created yet: no category, no key
+    assert rows["r11"][col("impressions_7d")] is None  # ad 103 known, but user 7 never saw Home
+    assert meta["feature_views"]["user_master_category_interest"]["entity"] == "user_master_category_key"
+    assert meta["feature_views"]["user_master_category_interest"]["ttl_days"] == 2
+
+
 def test_direct_join_equals_feast_join(both_sets) -> None:
     feast_table, _ = both_sets["feast"]
     duck_table, _ = both_sets["duckdb"]

@@ -102,7 +102,10 @@ def test_materialize_writes_every_view_as_of_the_day_end(world: dict[str, Any], 
 
     day = world["days"][-2]
     assert materialized["as_of"] == day_window(day)[1].isoformat()
-    assert set(materialized["views"]) == {"user_profile", "user_stats", "user_sequence", "ad_profile", "ad_stats"}
+    interest = {f"user_{a}_interest" for a in ("master_category", "sub_category", "article_type")}
+    assert set(materialized["views"]) == {"user_profile", "user_stats", "user_sequence", "ad_profile", "ad_stats",
+                                          *interest}
+    assert all(materialized["views"][v]["entities_written"] > 0 for v in interest)
     # Every entity created up to the end of day 2 is in its profile view, and nobody created later.
     users = pq.read_table(world["settings"].offline_dir / "users")
     created = pc.less_equal(users["created_at"], pa.scalar(day_window(day)[1], TIMESTAMP))
@@ -146,9 +149,13 @@ def test_online_rows_match_the_point_in_time_join(world: dict[str, Any], materia
     mask = pa.array(known)
     for c in columns:
         assert online[c].filter(mask).to_pylist() == truncated[c].filter(mask).to_pylist(), c
-    # On new entities only their profile columns differ (offline saw the profile from created_at on).
+    # The interest columns (keyed on the ad's taxonomy) are served, and equal, on most rows.
+    interest = [c for c in columns if c.startswith("user_sub_category_interest__")]
+    assert interest and pc.sum(pc.is_valid(online[interest[0]]).cast(pa.int64())).as_py() > 0.5 * len(known)
+    # On new entities only their profile columns differ (offline saw the profile from created_at on), and
+    # the interest columns keyed on a new ad's profile (docs/features.md, "Interest views").
     for c in columns:
-        if not c.startswith(("user_profile__", "ad_profile__")):
+        if not c.startswith(("user_profile__", "ad_profile__")) and "_interest__" not in c:
             assert online[c].filter(pc.invert(mask)).to_pylist() == truncated[c].filter(pc.invert(mask)).to_pylist(), c
     moved = [r for r in offline["user_sequence__click_times"].to_pylist() if r and any(t.microsecond for t in r)]
     assert moved, "the simulator's click times have sub-second parts: the truncation above is exercised"
