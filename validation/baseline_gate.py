@@ -57,7 +57,11 @@ def baseline_gate(comparison: Mapping[str, Mapping[str, Any]], margin: float,
     reason = "; ".join(words for _, words in verdicts.values()) or "no task compared with the baselines"
     if inconclusive_tasks and passed:
         reason += f" (inconclusive on {', '.join(inconclusive_tasks)}: passes, the data are too few to tell)"
+    closest = min((t for t, pt in zip(comparison, points) if pt is not None), default=None,
+                  key=lambda t: finite_or_none((comparison[t].get("difference") or {}).get("point")))
+    diff = (comparison[closest].get("difference") or {}) if closest is not None else {}
+    low, high = finite_or_none(diff.get("low")), finite_or_none(diff.get("high"))
     return GateResult("baseline", min(defined) if defined else None, margin, passed, {
         "tasks": {t: {**dict(comparison[t]), "verdict": v} for t, (v, _) in verdicts.items()},
         "failed": failed, "inconclusive": inconclusive_tasks,
-    }, reason, status=status)
+    }, reason, status=status, interval=None if low is None or high is None else (low, high))

@@ -112,7 +112,8 @@ def run_params(settings: Settings, ranker_config: Mapping[str, Any], train_confi
 def run_metrics(summary: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Flat metrics of one trained model from the train step's summary (components/training/train_day.py) and the gates:
     ``<task>/<auc|gauc|logloss|calibration|positive_rate|mean_prediction>``, ``<task>/oracle_auc``,
-    ``<task>/auc_ratio_to_oracle``, ``slice/<slice>/<task>/<metric>``, ``training/<...>``, ``rows/<...>``,
+    ``<task>/auc_ratio_to_oracle``, ``<task>/auc_low`` and ``<task>/auc_high`` (the AUC's bootstrap
+    interval over users, when the evaluation has one), ``slice/<slice>/<task>/<metric>``, ``training/<...>``, ``rows/<...>``,
     ``gate/<name>`` (its value) and ``gate/<name>/passed`` (1 or 0). Non-finite values are left out."""
     out: dict[str, float] = {}
 
@@ -130,6 +131,9 @@ def run_metrics(summary: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) 
         for task, m in per.items():
             for name in ("auc", "gauc", "calibration", "rows"):
                 put(f"slice/{slice_name}/{task}/{name}", m.get(name))
+    for task, interval in (evaluation.get("auc_interval") or {}).items():  # the AUC's bootstrap interval
+        put(f"{task}/auc_low", (interval or {}).get("low"))
+        put(f"{task}/auc_high", (interval or {}).get("high"))
     oracle = evaluation.get("oracle_auc") or ((summary.get("oracle") or {}).get("oracle") or {})
     for task, v in oracle.items():
         put(f"{task}/oracle_auc", v)

@@ -82,6 +82,12 @@ def test_run_metrics_are_flat_finite_and_named_for_mlflow() -> None:
     assert metrics["gate/data"] == 0.2 and metrics["gate/data/passed"] == 0.0
     assert metrics["gate/col lapse/passed"] == 0.0
     assert metric_key("gate/a*b/") == "gate/a_b" and metric_key("") == "_"
+    with_interval = {**SUMMARY, "evaluation": {**SUMMARY["evaluation"],
+                                               "auc_interval": {"click": {"point": 0.71, "low": 0.69, "high": 0.73},
+                                                                "conversion": {"point": None, "low": None}}}}
+    logged = run_metrics(with_interval, [])
+    assert logged["click/auc_low"] == 0.69 and logged["click/auc_high"] == 0.73
+    assert "conversion/auc_low" not in logged  # an undefined interval is not logged
     assert finite_or_none(True) is None and finite_or_none(float("inf")) is None and finite_or_none(3) == 3.0
 
 

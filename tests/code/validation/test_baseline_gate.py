@@ -19,6 +19,7 @@ def row(point: float | None, low: float | None, high: float | None, best: str | 
 def test_fail_inconclusive_and_pass_by_where_the_interval_lies() -> None:
     gate = baseline_gate({"click": row(0.05, 0.03, 0.07), "conversion": row(0.01, -0.02, 0.04)}, 0.0)
     assert gate.passed and gate.details["inconclusive"] == ["conversion"] and gate.value == 0.01
+    assert gate.interval == (-0.02, 0.04)  # the interval of the task closest to failing, shown in the table
     assert "conversion AUC 0.610 vs best baseline per_ad 0.600: difference +0.010 [-0.020, +0.040] straddles" \
         in gate.reason and "inconclusive on conversion: passes" in gate.reason
     assert gate.details["tasks"]["click"]["verdict"] == "pass" and gate.status == "inconclusive"
