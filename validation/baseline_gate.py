@@ -48,8 +48,8 @@ def baseline_gate(comparison: Mapping[str, Mapping[str, Any]], margin: float,
     (``gates.inconclusive``) decides whether an inconclusive gate passes, as for the other gates.
     """
     verdicts = {task: _baseline_verdict(task, row, margin) for task, row in comparison.items()}
-    points = [finite_or_none((row.get("difference") or {}).get("point")) for row in comparison.values()]
-    defined = [p for p in points if p is not None]
+    points = {t: finite_or_none((row.get("difference") or {}).get("point")) for t, row in comparison.items()}
+    defined = {t: p for t, p in points.items() if p is not None}
     failed = [t for t, (v, _) in verdicts.items() if v == "FAIL"]
     inconclusive_tasks = [t for t, (v, _) in verdicts.items() if v == "inconclusive"]
     status = FAIL if failed or not comparison else INCONCLUSIVE if inconclusive_tasks else PASS
@@ -57,11 +57,10 @@ def baseline_gate(comparison: Mapping[str, Mapping[str, Any]], margin: float,
     reason = "; ".join(words for _, words in verdicts.values()) or "no task compared with the baselines"
     if inconclusive_tasks and passed:
         reason += f" (inconclusive on {', '.join(inconclusive_tasks)}: passes, the data are too few to tell)"
-    closest = min((t for t, pt in zip(comparison, points) if pt is not None), default=None,
-                  key=lambda t: finite_or_none((comparison[t].get("difference") or {}).get("point")))
+    closest = min(defined, key=defined.get, default=None)  # the task nearest to failing: its interval is shown
     diff = (comparison[closest].get("difference") or {}) if closest is not None else {}
     low, high = finite_or_none(diff.get("low")), finite_or_none(diff.get("high"))
-    return GateResult("baseline", min(defined) if defined else None, margin, passed, {
+    return GateResult("baseline", defined[closest] if closest is not None else None, margin, passed, {
         "tasks": {t: {**dict(comparison[t]), "verdict": v} for t, (v, _) in verdicts.items()},
         "failed": failed, "inconclusive": inconclusive_tasks,
     }, reason, status=status, interval=None if low is None or high is None else (low, high))
