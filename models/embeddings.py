@@ -94,6 +94,22 @@ class MNSECodec(nn.Module):
         self.register_buffer("modulus", torch.tensor(modulus, dtype=torch.long), persistent=False)
         self.register_buffer("row_offset", row_offset, persistent=False)
         self.register_buffer("pool_matrix", pool, persistent=False)
+        # The same pooling as an EmbeddingBag: one bag per (field, output) over that base's contiguous run of
+        # positions (all P positions for "sum"), masked positions weighted 0.
+        run_starts = [sum(k_max[:i]) for i in range(len(self.bases))] if combine == "concat" else [0]
+        self.register_buffer("bag_starts", torch.tensor(run_starts, dtype=torch.long), persistent=False)
+        self.register_buffer("position_weight", pool.sum(-1), persistent=False)  # [n_fields, P], 1 or 0
+        # Every (field, bucket) pair's token rows: the pooled value table of ``embed`` (V = sum n_buckets rows).
+        counts = torch.tensor(list(n_buckets), dtype=torch.long)
+        self.register_buffer("value_start", torch.cumsum(counts, 0) - counts, persistent=False)
+        field_of = torch.repeat_interleave(torch.arange(n_fields), counts)
+        local = torch.arange(int(counts.sum())) - self.value_start[field_of]
+        self.register_buffer("value_field", field_of, persistent=False)
+        self.register_buffer("value_rows", row_offset[field_of] + self._digits_of(local, field_of), persistent=False)
+
+    def _digits_of(self, local: torch.Tensor, field_of: torch.Tensor) -> torch.Tensor:
+        """Digits [V, P] of bucket ids ``local`` [V] (of fields ``field_of``), the masked positions zeroed."""
+        return self.digits(local.unsqueeze(-1)).squeeze(-2) * (self.pool_matrix[field_of].sum(-1) > 0)
 
     def digits(self, values: torch.Tensor) -> torch.Tensor:
         """Digits of ``values`` [B, n_fields] in every (base, position) -> [B, n_fields, P], least significant first."""
@@ -102,6 +118,34 @@ class MNSECodec(nn.Module):
     def token_rows(self, values: torch.Tensor) -> torch.Tensor:
         """Rows (relative to the MNSE block) of every token: [B, n_fields] -> [B, n_fields, P]."""
         return self.row_offset + self.digits(values)
+
+    def embed(self, weight: torch.Tensor, values: torch.Tensor, block_starts: torch.Tensor,
+              sparse: bool = False) -> torch.Tensor:
+        """Pooled MNSE embeddings read straight from ``weight``, for every table whose MNSE block starts at
+        a row of ``block_starts`` [G]: ``values`` [B, n_fields] -> [G, B, n_fields * C, d].
+
+        Equal to ``pool(weight[token_rows(values) + start])`` (tests/code/models/test_models_embeddings.py),
+        without building the [G, B, n_fields, P, d] token tensor, whose gather, pool and backward cost
+        several times the rest of a training step on CPU. When the fields have fewer buckets in all
+        (V = sum n_buckets) than the batch has (sample, field) pairs, every bucket of every field is pooled
+        once and the samples gather the pooled rows (V x P reads instead of B x n_fields x P); otherwise one
+        ``F.embedding_bag`` pools the tokens as it reads them."""
+        n_groups, n_fields, width = block_starts.numel(), values.shape[-1], weight.shape[-1]
+        starts = block_starts.view(-1, 1, 1)
+        if self.value_rows.shape[0] <= values.numel():
+            tokens = F.embedding(starts + self.value_rows, weight, sparse=sparse)  # [G, V, P, d]
+            pooled = torch.einsum("gvpd,vpc->gvcd", tokens, self.pool_matrix[self.value_field].to(tokens.dtype))
+            n_values = self.value_rows.shape[0]
+            idx = (values + self.value_start) + torch.arange(n_groups, device=values.device).view(-1, 1, 1) * n_values
+            out = F.embedding(idx, pooled.reshape(n_groups * n_values, -1))  # [G, B, n_fields, C * d]
+            return out.view(n_groups, values.shape[0], n_fields * self.out_per_field, width)
+        rows = starts.unsqueeze(-1) + self.token_rows(values).unsqueeze(0)  # [G, B, n_fields, P]
+        n_pairs = rows.numel() // self.positions
+        offsets = (torch.arange(n_pairs, device=rows.device) * self.positions).unsqueeze(1) + self.bag_starts
+        weights = self.position_weight.to(weight.dtype).expand(rows.shape).reshape(-1)
+        pooled = F.embedding_bag(rows.reshape(-1), weight, offsets.reshape(-1), mode="sum", sparse=sparse,
+                                 per_sample_weights=weights)
+        return pooled.view(n_groups, values.shape[0], n_fields * self.out_per_field, width)
 
     def pool(self, token_embeddings: torch.Tensor) -> torch.Tensor:
         """Sum tokens within a base, concat (or sum) bases: [..., n_fields, P, d] -> [..., n_fields * C, d]."""
@@ -133,7 +177,8 @@ class MNSEEmbedding(nn.Module):
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """``values``: [B, n_fields] bucket ids. Returns [B, n_fields * C, d]."""
-        return self.codec.pool(self.table(self.codec.token_rows(values)))
+        zero = torch.zeros(1, dtype=torch.long, device=values.device)
+        return self.codec.embed(self.table.weight, values, zero)[0]
 
 
 def output_field_groups(
@@ -259,6 +304,19 @@ class MultiEmbedding(nn.Module):
         # table index -> (group, position inside the group)
         self.locate = {t: (gi, j) for gi, g in enumerate(self.groups) for j, t in enumerate(g.tables)}
 
+    def _direct_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Rows of one table read one per id: [B, N] (categorical fields, then sequence items / categories)."""
+        parts = []
+        if self.spec.categorical:
+            parts.append(batch["cat"] + self.cat_offsets)
+        if self.seq is not None:
+            parts.append(batch["seq_items"] + self.cat_slices[self.seq.item_field][0])
+            if self.seq.category_field is not None:
+                parts.append(batch["seq_cats"] + self.cat_slices[self.seq.category_field][0])
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def _row_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows of one table read by every sample: [B, N] (categorical, MNSE tokens, sequence items/cats)."""
         parts = []
@@ -273,27 +331,25 @@ class MultiEmbedding(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Returns one tensor per width group (``self.groups`` order): [n_tables_in_group, B, F, w]."""
-        ids = self._row_ids(batch)
+        """Returns one tensor per width group (``self.groups`` order): [n_tables_in_group, B, F, w].
+
+        Per width: one ``F.embedding`` for the ids read one row each (categorical fields, the sequence)
+        and the pooled MNSE embeddings of the numeric fields (``MNSECodec.embed``)."""
+        ids = self._direct_ids(batch)
         n_cat = len(self.spec.categorical)
         out = []
-        for gi, group in enumerate(self.groups):
+        for gi in range(len(self.groups)):
             offsets = getattr(self, f"table_offsets_{gi}")
-            idx = offsets.view(-1, 1, 1) + ids.unsqueeze(0)  # [G, B, N]
-            emb = F.embedding(idx, self.weights[gi], sparse=self.sparse)  # [G, B, N, w]: the one lookup
-            if self.mnse is None and self.seq is None:
-                out.append(emb)
-                continue
-            fields = [emb[:, :, :n_cat]]
-            pos = n_cat
-            if self.mnse is not None:
-                n_tok = len(self.spec.numeric) * self.mnse.positions
-                tokens = emb[:, :, pos : pos + n_tok].unflatten(2, (len(self.spec.numeric), self.mnse.positions))
-                fields.append(self.mnse.pool(tokens))  # [G, B, n_num * C, w]
-                pos += n_tok
+            fields, emb = [], None
+            if ids is not None:
+                idx = offsets.view(-1, 1, 1) + ids.unsqueeze(0)  # [G, B, N]
+                emb = F.embedding(idx, self.weights[gi], sparse=self.sparse)  # [G, B, N, w]
+                fields.append(emb if self.seq is None else emb[:, :, :n_cat])
+            if self.mnse is not None:  # [G, B, n_num * C, w]
+                fields.append(self.mnse.embed(self.weights[gi], batch["num"], offsets + self.mnse_start, self.sparse))
             if self.seq is not None:
-                fields.append(self._encode_sequence(gi, emb, pos, batch).unsqueeze(2))
-            out.append(torch.cat(fields, dim=2))
+                fields.append(self._encode_sequence(gi, emb, n_cat, batch).unsqueeze(2))
+            out.append(fields[0] if len(fields) == 1 else torch.cat(fields, dim=2))
         return out
 
     def _encode_sequence(self, gi: int, emb: torch.Tensor, pos: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:

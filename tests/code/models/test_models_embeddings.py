@@ -138,3 +138,44 @@ def test_multi_embedding_shapes(widths: list[int], n_cat: int, n_num: int, combi
     slices = sorted(emb.field_slices().values())
     assert slices[0][0] == 0 and slices[-1][1] == emb.rows
     assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))  # contiguous, no overlap
+
+
+@pytest.mark.parametrize("combine", ["concat", "sum"])
+@pytest.mark.parametrize("n", [6, 128])  # 6 x 3 (sample, field) pairs < 312 buckets: the bag; 128 x 3: the value table
+def test_pooled_lookup_equals_gathering_tokens_then_pooling(combine: str, n: int) -> None:
+    """The forward pools the MNSE tokens as it reads them (``MNSECodec.embed``: an ``F.embedding_bag``, or
+    a pooled table of every bucket when that is smaller); it must give the outputs and the gradients of the
+    plain form (gather every token row of ``_row_ids``, then ``MNSECodec.pool``)."""
+    from models.spec import SequenceField
+
+    torch.manual_seed(0)
+    spec = FeatureSpec(
+        categorical=(CategoricalField("user_id", 30, "user"), CategoricalField("ad_id", 20, "ad"),
+                     CategoricalField("category", 5, "ad")),
+        numeric=(NumericField("ctr", 10, "ad"), NumericField("views", 300, "user"), NumericField("tiny", 2, "user")),
+        sequence=SequenceField("ad_id", "category", length=3, n_gap_buckets=4),
+    )
+    emb = MultiEmbedding(spec, [("a", 4), ("b", 4), ("c", 8)], mnse_bases=(2, 3, 10), mnse_combine=combine,
+                         sequence_encoder="mean")
+    batch = {"cat": torch.stack([torch.randint(0, v, (n,)) for v in (30, 20, 5)], 1),
+             "num": torch.stack([torch.randint(0, v, (n,)) for v in (10, 300, 2)], 1),
+             "seq_items": torch.randint(0, 20, (n, 3)), "seq_cats": torch.randint(0, 5, (n, 3)),
+             "seq_gaps": torch.tensor([[1, 2, 0]] * n)}
+    got = emb(batch)
+    ids = emb._row_ids(batch)
+    n_cat, n_tok = 3, 3 * emb.mnse.positions
+    for gi, group in enumerate(emb.groups):
+        w = emb.weights[gi]
+        rows = getattr(emb, f"table_offsets_{gi}").view(-1, 1, 1) + ids.unsqueeze(0)
+        tokens = w[rows]  # [G, B, N, w]
+        mnse = emb.mnse.pool(tokens[:, :, n_cat:n_cat + n_tok].unflatten(2, (3, emb.mnse.positions)))
+        n_out = 3 * (3 if combine == "concat" else 1)
+        assert got[gi].shape == (len(group.tables), n, n_cat + n_out + 1, group.width)
+        assert torch.allclose(got[gi][:, :, :n_cat], tokens[:, :, :n_cat])
+        assert torch.allclose(got[gi][:, :, n_cat:n_cat + n_out], mnse, atol=1e-6)
+        # gradients: the bag's backward scatters into the same rows with the same weights as the pool's
+        upstream = torch.randn_like(mnse)
+        (grad_bag,) = torch.autograd.grad((got[gi][:, :, n_cat:n_cat + n_out] * upstream).sum(), w,
+                                          retain_graph=True)
+        (grad_ref,) = torch.autograd.grad((mnse * upstream).sum(), w)
+        assert torch.allclose(grad_bag, grad_ref, rtol=1e-5, atol=1e-5), float((grad_bag - grad_ref).abs().max())
