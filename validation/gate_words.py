@@ -68,6 +68,23 @@ def verdict_word(gate: Mapping[str, Any]) -> str:
     return f"{INCONCLUSIVE} ({word})" if gate_status(gate) == INCONCLUSIVE else word
 
 
+GATE_COLUMNS = ("gate", "value", "interval", "threshold", "result", "reason")
+
+
+def gate_cells(gate: Mapping[str, Any]) -> tuple[str, ...]:
+    """One gate's row of the gate table (:data:`GATE_COLUMNS`), as text: value, interval and threshold to 4
+    decimals (``-`` when undefined), the :func:`verdict_word` and the reason. The terminal's table
+    (validation/gates.py ``gate_table``) and the Prefect artifacts (flows/artifacts.py) print these cells."""
+    def num(x: Any) -> str:
+        v = finite_or_none(x)
+        return "-" if v is None else f"{v:.4f}"
+
+    iv = gate.get("interval")
+    interval = f"[{num(iv[0])}, {num(iv[1])}]" if iv else "-"
+    return (str(gate.get("name")), num(gate.get("value")), interval, num(gate.get("threshold")),
+            verdict_word(gate), str(gate.get("reason") or "-"))
+
+
 def interval_words(interval: Any, level: float, digits: int) -> str:
     """``"95% interval -0.0031 to 0.0021"``; empty without an interval."""
     if interval is None:
@@ -124,16 +141,39 @@ def _data_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
 
 
 # ----- dimensional collapse -----------------------------------------------------------------------------------
+UNDECIDED = "gates.inconclusive decides whether such a version passes"
+
+
+def _collapse_unsure(gate: Mapping[str, Any], plot: str) -> Remedy:
+    """Why the collapse gate could not tell, from what it had: nothing measured, no interval, or an interval
+    around the threshold (naming the rows the fields had)."""
+    value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
+    report = (gate.get("details") or {}).get("report") or {}
+    fields = report.get("fields") or []
+    if value is None:
+        return Remedy("no embedding field had 2 rows that training read, so collapse could not be measured at all",
+                      f"check that the model has embedding fields training read; train on more days "
+                      f"(pipeline.training_days); {UNDECIDED}")
+    interval = gate.get("interval")
+    if not interval:
+        return Remedy(f"mean IA/d {value:.3f} has no interval (no bootstrap resamples), so it cannot be told from "
+                      f"the threshold {fixed(threshold)}",
+                      f"measure with resamples (gates.ia_resamples, at least 2); {UNDECIDED}")
+    used = sum(int(f.get("used_rows") or 0) for f in fields)
+    rows = f" ({used:,} rows over {len(fields)} fields)" if fields else ""
+    return Remedy(
+        f"the interval of mean IA/d, {interval[0]:.3f} to {interval[1]:.3f}, contains the threshold "
+        f"{fixed(threshold)}: the rows measured{rows} are too few to tell collapsed embeddings from healthy ones",
+        f"{plot}; measure more rows per field (gates.ia_max_rows) or train on more days (pipeline.training_days) "
+        f"so more ids have trained rows; {UNDECIDED}")
+
+
 def _collapse_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     d = gate.get("details") or {}
     value, threshold = finite_or_none(gate.get("value")), finite_or_none(gate.get("threshold"))
     plot = "see the singular spectra in <home>/models/<day>/analysis/collapse_spectra.png"
     if gate_status(gate) == INCONCLUSIVE:
-        return [Remedy(
-            "the mean IA/d is within its sampling noise of the threshold, or could not be measured, so the gate "
-            "cannot tell collapsed embeddings from healthy ones",
-            f"{plot}; measure more rows (gates.ia_max_rows) or train on more days (pipeline.training_days); "
-            "gates.inconclusive decides whether such a version passes")]
+        return [_collapse_unsure(gate, plot)]
     if value is None:
         return [Remedy("nothing was measured, so collapse cannot be ruled out",
                        "check that the model has embedding fields that training read")]
@@ -151,6 +191,27 @@ def _collapse_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
 
 
 # ----- interest entanglement ----------------------------------------------------------------------------------
+def _entanglement_unsure(gate: Mapping[str, Any]) -> Remedy:
+    """Why the separation could not be judged, from what the gate had: the pairs found per task pair, and
+    whether the separation, its interval, or neither was defined."""
+    pairs = ((gate.get("details") or {}).get("report") or {}).get("pairs") or []
+    counts = ", ".join(f"{p.get('task_a')}/{p.get('task_b')} {p.get('n_pairs_a', 0)}+{p.get('n_pairs_b', 0)} pairs"
+                       for p in pairs) or "no task pair analysed"
+    value, interval = finite_or_none(gate.get("value")), gate.get("interval")
+    bound = f"the bound {fixed(gate.get('threshold'), 4)} (gates.min_separation)"
+    if value is None:
+        why = f"too few conflicting (user, ad) pairs with enough impressions were found to measure a separation ({counts})"
+    elif not interval:
+        why = (f"the smallest separation {value:.4f} has no interval: its pairs ({counts}) have too few users or ads "
+               "to estimate a spread")
+    else:
+        why = (f"the interval of the smallest separation, {interval[0]:.4f} to {interval[1]:.4f}, contains {bound}: "
+               f"its pairs ({counts}) are too few to decide")
+    return Remedy(f"{why}, so the gate cannot tell whether one task's preferences leak into the other's",
+                  "train on more days (pipeline.training_days) so more users and ads have enough impressions, or "
+                  f"sample more pairs (gates.entanglement_max_pairs); {UNDECIDED}")
+
+
 def _entanglement_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     d = gate.get("details") or {}
     out = []
@@ -161,11 +222,7 @@ def _entanglement_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     if verdict is None and d.get("separation_gated"):
         verdict = INCONCLUSIVE if value is None else FAIL if threshold is None or value <= threshold else PASS
     if verdict == INCONCLUSIVE:
-        out.append(Remedy(
-            "the separation of the conflicting (user, ad) pairs is within its noise of the bound, or too few pairs "
-            "were found to measure it, so the gate cannot tell whether one task's preferences leak into the other's",
-            "train on more days (pipeline.training_days) so more users and ads have enough impressions, or sample "
-            "more pairs (gates.entanglement_max_pairs); gates.inconclusive decides whether such a version passes"))
+        out.append(_entanglement_unsure(gate))
     elif verdict == FAIL:
         out.append(Remedy(
             "a task's own table does not keep its pairs apart from the other task's, so one task's preferences "
@@ -212,20 +269,49 @@ def _model_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
 
 
 # ----- baseline ---------------------------------------------------------------------------------------------
+def _baseline_unsure(tasks: Mapping[str, Mapping[str, Any]], unsure: list[str]) -> Remedy:
+    """The baseline comparison was made, but the newest day could not tell it for ``unsure``: per task, which
+    interval straddles the margin (or why there is none) and how many positives the day had."""
+    parts = []
+    for t in unsure:
+        m, diff = tasks[t], tasks[t].get("difference") or {}
+        point, low, high = (finite_or_none(diff.get(k)) for k in ("point", "low", "high"))
+        pos, rows = m.get("positives"), m.get("rows")  # absent in gates stored before the counts
+        count = f"{pos:,} {t} positives in {rows:,} rows" if isinstance(pos, int) and isinstance(rows, int) else ""
+        if m.get("best") is None or point is None:
+            parts.append(f"{t}: the newest day has no positive or no negative {t} label" + (f" ({count})" if count
+                                                                                             else ""))
+        elif low is None or high is None:
+            parts.append(f"{t}: the lead {point:+.3f} over {m.get('best')} has no interval, "
+                         + (f"{count} are too few to resample" if count else "too few positives to resample"))
+        else:
+            parts.append(f"{t}: the lead over {m.get('best')}, {point:+.3f} [{low:+.3f}, {high:+.3f}], straddles "
+                         "the margin" + (f" with {count}" if count else ""))
+    return Remedy(
+        "the model was compared with the baselines, but the newest day has too few positives to tell whether it "
+        "beats them by gates.baseline_margin (" + "; ".join(parts) + ")",
+        "judge on more days: raise training.test_days (every test day adds its positives and narrows the "
+        f"interval), or train on a longer window (pipeline.training_days); {UNDECIDED}")
+
+
 def _baseline_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     tasks = (gate.get("details") or {}).get("tasks") or {}
     failed = [t for t, m in tasks.items() if m.get("verdict") == "FAIL"]
-    if not failed:
-        return [Remedy("nothing was compared with the baselines, so the version cannot be judged",
-                       "check the newest day's rows and the model's scores of them")]
-    named = ", ".join(f"{t} ({tasks[t].get('best')})" for t in failed)
-    return [Remedy(
-        f"a trivial baseline counted on the same training window ranks the newest day's impressions at least "
-        f"as well as this version ({named}): the model has learned nothing that counting past positives does "
-        "not already give",
-        "check the training (epochs, learning rate, width, regularisation: docs/training.md) and the features; "
-        "train on a longer window (pipeline.training_days); to demand a smaller lead, lower "
-        "gates.baseline_margin")]
+    unsure = [t for t, m in tasks.items() if m.get("verdict") == INCONCLUSIVE]
+    out = []
+    if failed:
+        named = ", ".join(f"{t} ({tasks[t].get('best')})" for t in failed)
+        out.append(Remedy(
+            f"a trivial baseline counted on the same training window ranks the newest day's impressions at least "
+            f"as well as this version ({named}): the model has learned nothing that counting past positives does "
+            "not already give",
+            "check the training (epochs, learning rate, width, regularisation: docs/training.md) and the features; "
+            "train on a longer window (pipeline.training_days); to demand a smaller lead, lower "
+            "gates.baseline_margin"))
+    if unsure:
+        out.append(_baseline_unsure(tasks, unsure))
+    return out or [Remedy("nothing was compared with the baselines, so the version cannot be judged",
+                          "check the newest day's rows and the model's scores of them")]
 
 
 REMEDIES = {"data": _data_remedies, "collapse": _collapse_remedies, "entanglement": _entanglement_remedies,
@@ -308,5 +394,6 @@ def expectation_words(e: Mapping[str, Any], bounds_key: str = "ingest.label_rate
     return f"{name} failed on {where}" + (f" (observed {observed})" if observed is not None else "")
 
 
-__all__ = ["FORCE_PROMOTE", "Remedy", "expectation_words", "failure_text", "finite_or_none", "fixed", "gate_notice",
-           "gate_status", "interval_words", "percent", "policy_words", "remedies", "separation_words", "verdict_word"]
+__all__ = ["FORCE_PROMOTE", "GATE_COLUMNS", "UNDECIDED", "Remedy", "expectation_words", "failure_text",
+           "finite_or_none", "fixed", "gate_cells", "gate_notice", "gate_status", "interval_words", "percent",
+           "policy_words", "remedies", "separation_words", "verdict_word"]

@@ -34,9 +34,11 @@ from validation.gate_intervals import (
     smallest_separation,
 )
 from validation.gate_words import (
+    GATE_COLUMNS,
     expectation_words,
     finite_or_none,
     fixed,
+    gate_cells,
     gate_notice,
     interval_words,
     percent,
@@ -387,12 +389,8 @@ def all_passed(gates: Iterable[GateResult]) -> bool:
 
 def gate_table(gates: Iterable[GateResult]) -> str:
     """A fixed-width table: gate, value, its interval, threshold, verdict (``inconclusive (pass)`` when
-    ``gates.inconclusive`` passed an inconclusive gate), and the verdict's reason in words."""
-    rows = [("gate", "value", "interval", "threshold", "result", "reason")]
-    for g in gates:
-        v = "-" if g.value is None else f"{g.value:.4f}"
-        i = "-" if g.interval is None else f"[{g.interval[0]:.4f}, {g.interval[1]:.4f}]"
-        t = "-" if g.threshold is None else f"{g.threshold:.4f}"
-        rows.append((g.name, v, i, t, verdict_word(g.to_dict()), g.reason or "-"))
+    ``gates.inconclusive`` passed an inconclusive gate), and the verdict's reason in words (the cells of
+    :func:`gate_cells`)."""
+    rows = [GATE_COLUMNS, *(gate_cells(g.to_dict()) for g in gates)]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[5]]).rstrip() for r in rows)

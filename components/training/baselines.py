@@ -85,10 +85,11 @@ def baseline_scores(train: Any, valid: Any, tasks: Sequence[str]) -> dict[str, d
 
 def baseline_comparison(model_scores: Mapping[str, Any], train: Any, valid: Any, tasks: Sequence[str],
                         n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Per task: every baseline's AUC on the newest day (``valid``), the best one, the model's AUC and
+    """Per task: every baseline's AUC on the newest day (``valid``), the best one, the model's AUC,
     ``difference``: AUC(model) - AUC(best baseline) with its paired bootstrap interval over users (a dict
-    of ``Interval.to_dict()``; None values where undefined). ``model_scores``: task -> the model's
-    probabilities of ``valid``'s rows."""
+    of ``Interval.to_dict()``; None values where undefined), and the day's ``rows`` and ``positives`` (how
+    much the interval has to go on). ``model_scores``: task -> the model's probabilities of ``valid``'s
+    rows."""
     scores = baseline_scores(train, valid, tasks)
     users = _column(valid, "user_id")
     out: dict[str, dict[str, Any]] = {}
@@ -99,7 +100,8 @@ def baseline_comparison(model_scores: Mapping[str, Any], train: Any, valid: Any,
         defined = {name: a for name, a in aucs.items() if np.isfinite(a)}
         best = max(defined, key=defined.__getitem__) if defined else None
         row: dict[str, Any] = {"baselines": {k: (v if np.isfinite(v) else None) for k, v in aucs.items()},
-                               "best": best, "best_auc": defined.get(best) if best else None}
+                               "best": best, "best_auc": defined.get(best) if best else None,
+                               "rows": int(y.size), "positives": int(np.count_nonzero(y))}
         model_auc = auc(model, y)
         row["model_auc"] = model_auc if np.isfinite(model_auc) else None
         row["difference"] = (auc_difference_interval(y, model, scores[best][task], users, n_boot=n_boot,

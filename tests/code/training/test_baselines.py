@@ -62,8 +62,10 @@ def test_the_best_baseline_is_chosen_per_task(window) -> None:
                                ["click", "conversion"])
     assert comp["conversion"]["best"] == "per_user"  # conversion depends on the user only
     assert comp["click"]["baselines"]["per_ad"] > 0.6 and comp["conversion"]["baselines"]["per_user"] > 0.6
-    for row in comp.values():
+    for task, row in comp.items():
         assert row["best_auc"] == max(row["baselines"].values())
+        labels = valid.column(task).to_numpy()  # what the interval has to go on, for the gate's words
+        assert row["rows"] == valid.num_rows and row["positives"] == int(labels.sum())
 
 
 @pytest.mark.parametrize("kind", ["random", "constant"])

@@ -297,3 +297,59 @@ def test_the_run_summary_prints_the_auc_interval_and_the_paired_difference_inter
                                                          "-0.0030 [-0.012, +0.006]"]
     without = render_gates({**st, "metrics": {"click": {"auc": 0.6507, "calibration": 1.0}}, "champion": None})
     assert without.splitlines()[3].split()[:2] == ["click", "0.6507"]  # an older summary: the point alone
+
+
+def test_an_inconclusive_gate_says_what_it_could_not_tell_and_what_to_do(settings) -> None:
+    """An inconclusive gate's words name what was compared and why it could not be told (the task whose
+    interval straddles, the positives of the test day, the pairs or rows measured), and what to do: more
+    test days (training.test_days), more data, or the policy gates.inconclusive. "Nothing was compared" is
+    kept for a baseline gate that really compared nothing."""
+    from validation.baseline_gate import baseline_gate
+    from validation.gate_words import failure_text, gate_notice
+    from validation.gates import entanglement_gate
+
+    def row(point, low, high, positives=None):
+        counts = {} if positives is None else {"positives": positives, "rows": 4120}
+        return {"model_auc": 0.6 + point, "best": "per_ad", "best_auc": 0.6, **counts,
+                "baselines": {"per_ad": 0.6}, "difference": {"point": point, "low": low, "high": high}}
+
+    straddles = baseline_gate({"click": row(0.05, 0.03, 0.07, 210), "conversion": row(0.01, -0.02, 0.04, 37)}, 0.0)
+    warning = gate_notice(straddles.to_dict())
+    assert warning.startswith("warning: baseline gate inconclusive, passed by gates.inconclusive = pass: ")
+    assert ("why it matters: the model was compared with the baselines, but the newest day has too few positives "
+            "to tell whether it beats them by gates.baseline_margin (conversion: the lead over per_ad, +0.010 "
+            "[-0.020, +0.040], straddles the margin with 37 conversion positives in 4,120 rows)") in warning
+    assert "click:" not in warning.split("why it matters")[1]  # only the task that straddles
+    assert "raise training.test_days" in warning and "gates.inconclusive decides" in warning
+    assert "nothing was compared" not in warning
+    held = baseline_gate({"conversion": row(0.01, -0.02, 0.04, 37)}, 0.0, "fail")  # gates.inconclusive = fail
+    assert "37 conversion positives" in failure_text(held.to_dict()) and "training.test_days" in failure_text(
+        held.to_dict())
+    no_interval = baseline_gate({"conversion": row(-0.02, None, None, 3)}, 0.0)
+    assert ("conversion: the lead -0.020 over per_ad has no interval, 3 conversion positives in 4,120 rows are too "
+            "few to resample") in gate_notice(no_interval.to_dict())
+    stored = baseline_gate({"conversion": row(0.01, -0.02, 0.04)}, 0.0)  # a gate stored before the counts
+    assert "(conversion: the lead over per_ad, +0.010 [-0.020, +0.040], straddles the margin)" in gate_notice(
+        stored.to_dict())
+    assert "nothing was compared with the baselines" in failure_text(baseline_gate({}, 0.0).to_dict())
+
+    report = {"fields": [{"used_rows": 12_000}, {"used_rows": 8_000}]}
+    near = GateResult("collapse", 0.198, 0.2, True, {"floor": 0.2, "report": report}, "r", "inconclusive",
+                      (0.193, 0.203))
+    assert ("the interval of mean IA/d, 0.193 to 0.203, contains the threshold 0.200: the rows measured (20,000 rows "
+            "over 2 fields) are too few to tell collapsed embeddings from healthy ones") in near.explain()
+    assert "gates.ia_max_rows" in near.explain() and "gates.inconclusive decides" in near.explain()
+    unmeasured = GateResult("collapse", None, 0.2, True, {"floor": 0.2, "report": {"fields": []}}, "r", "inconclusive")
+    assert "collapse could not be measured at all" in unmeasured.explain()
+
+    pair = {"task_a": "click", "task_b": "conversion", "n_pairs_a": 40, "n_pairs_b": 12}
+    noisy = entanglement_gate(settings.gates, _Model(("click", "conversion")), None,
+                              report=_Report([{**pair, "separation": -0.0005, "separation_se": 0.006}]), expert_corr=0.2)
+    assert noisy.status == "inconclusive" and (
+        "the interval of the smallest separation, -0.0123 to 0.0113, contains the bound 0.0000 (gates.min_separation): "
+        "its pairs (click/conversion 40+12 pairs) are too few to decide") in noisy.explain()
+    sparse = entanglement_gate(settings.gates, _Model(("click", "conversion")), None,
+                               report=_Report([{**pair, "n_pairs_b": 0, "separation": None}]), expert_corr=0.2)
+    assert ("too few conflicting (user, ad) pairs with enough impressions were found to measure a separation "
+            "(click/conversion 40+0 pairs)") in sparse.explain()
+    assert "gates.entanglement_max_pairs" in sparse.explain() and "gates.inconclusive decides" in sparse.explain()
