@@ -41,6 +41,10 @@ def gates_task(settings: Settings, end_day: dt.date, train_result: dict[str, Any
         aliases = ", ".join(reg.get("aliases") or []) or "no alias"
         logger.info(f"registered {reg['name']} version {reg['version']} ({aliases})"
                     + (", promoted to champion" if result.get("promoted") else ""))
+    from flows.artifacts import publish_gate_artifacts, publish_quietly
+
+    # In the Prefect UI now, even if a later step fails: the summary markdown, the metrics and gate tables.
+    publish_quietly(publish_gate_artifacts, result, settings, "daily")
     return result
 
 

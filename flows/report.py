@@ -188,12 +188,14 @@ def render_data_docs(st: dict[str, Any]) -> str:
             f"  `adsrec up` serves them at {st.get('url')}")
 
 
-def render_gates(st: dict[str, Any]) -> str:
-    """The newest (test) day's metrics next to the champion's and the oracle's (AUC with its interval over
-    users, the difference with its paired interval), the gate table, the registered version and its
-    aliases, and where to look."""
-    from validation.gate_words import gate_notice
+Table = tuple[list[str], list[list[str]]]  # (column names, rows of cells) of a summary table
 
+
+def metrics_table(st: dict[str, Any]) -> tuple[str, Table]:
+    """The heading and the table of the newest (test) day's metrics: per task the AUC with its interval
+    over users, the champion's AUC and the difference with its paired interval, the oracle's AUC, GAUC and
+    calibration (the champion's columns only with one; the ratios to the oracle are in
+    :func:`reference_table`)."""
     metrics = st.get("metrics") or {}
     champ = st.get("champion") or {}
     champ_m = champ.get("metrics") or {}
@@ -207,31 +209,48 @@ def render_gates(st: dict[str, Any]) -> str:
         auc, cauc = m.get("auc"), c.get("auc")
         delta = (with_interval(auc - cauc, diffs.get(task), "+") if isinstance(auc, float)
                  and isinstance(cauc, float) else "-")
-        rows.append([task, with_interval(auc, m.get("auc_interval")), _num(cauc), delta, _num(oracle.get(task)), _num(m.get("gauc")),
-                     _num(c.get("gauc")), _num(m.get("calibration")), _num(c.get("calibration"))])
+        rows.append([task, with_interval(auc, m.get("auc_interval")), _num(cauc), delta, _num(oracle.get(task)),
+                     _num(m.get("gauc")), _num(c.get("gauc")), _num(m.get("calibration")), _num(c.get("calibration"))])
     columns = ["task", "AUC", "champion", "delta", "oracle", "GAUC", "champion", "calibration", "champion"]
-    if not champ:  # no champion: its columns would be empty
-        keep = [i for i, name in enumerate(columns) if name not in ("champion", "delta")]
-        columns, rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    keep = [i for i, name in enumerate(columns) if champ or name not in ("champion", "delta")]  # else empty
+    return head, ([columns[i] for i in keep], [[r[i] for i in keep] for r in rows])
+
+
+def gate_notices(st: dict[str, Any]) -> list[str]:
+    """What the run prints under the gate table: each failed gate in words, and the warning of each
+    inconclusive gate that passed (validation/gate_words.py)."""
+    from validation.gate_words import gate_notice
+
+    version = (st.get("registered") or {}).get("version")
+    return [n for g in st.get("gates") or [] if (n := gate_notice({**g, "reason": gate_reason(g)}, version))]
+
+
+def registered_line(st: dict[str, Any]) -> str:
+    """The registered version and its aliases (and the promotion), or that the registry is off."""
+    reg = st.get("registered")
+    if not reg:
+        return "registry disabled (registry.enabled = false): nothing registered"
+    aliases = ", ".join(reg.get("aliases") or []) or "no alias (a gate failed)"
+    line = f"registered: {reg.get('name')} version {reg.get('version')} -> {aliases}; run {reg.get('run_id')}"
+    promoted = st.get("promoted")
+    if promoted:
+        line += f"; promoted to champion (previous: {promoted.get('previous') or 'none'})"
+    return line
+
+
+def render_gates(st: dict[str, Any]) -> str:
+    """The newest (test) day's metrics next to the champion's and the oracle's (AUC with its interval over
+    users, the difference with its paired interval), the gate table, the registered version and its
+    aliases, and where to look."""
+    head, (columns, rows) = metrics_table(st)
     blocks = [head, _table(columns, rows)]
     if st.get("baselines") or st.get("ceilings"):
-        blocks.append(render_reference_points(st))
+        ref_head, (ref_columns, ref_rows) = reference_table(st)
+        blocks.append(f"{ref_head}\n" + _table(ref_columns, ref_rows))
     blocks.append("quality gates" + ("  [unchanged, skipped]" if st.get("skipped") else "") + "\n"
                   + (st.get("gate_table") or "-"))
-    reg = st.get("registered")
-    for g in st.get("gates") or []:
-        notice = gate_notice({**g, "reason": _gate_reason(g)}, (reg or {}).get("version"))
-        if notice:  # a failed gate, or the warning of an inconclusive one that passed
-            blocks.append(notice)
-    if reg:
-        aliases = ", ".join(reg.get("aliases") or []) or "no alias (a gate failed)"
-        line = f"registered: {reg.get('name')} version {reg.get('version')} -> {aliases}; run {reg.get('run_id')}"
-        promoted = st.get("promoted")
-        if promoted:
-            line += f"; promoted to champion (previous: {promoted.get('previous') or 'none'})"
-        blocks.append(line)
-    else:
-        blocks.append("registry disabled (registry.enabled = false): nothing registered")
+    blocks += gate_notices(st)  # a failed gate, or the warning of an inconclusive one that passed
+    blocks.append(registered_line(st))
     if st.get("plots"):
         blocks.append("plots: " + ", ".join(st["plots"]))
     ui = st.get("ui") or {}
@@ -242,10 +261,11 @@ def render_gates(st: dict[str, Any]) -> str:
     return "\n".join(blocks)
 
 
-def render_reference_points(st: dict[str, Any]) -> str:
+def reference_table(st: dict[str, Any]) -> tuple[str, Table]:
     """The model's AUC on the newest day next to the trivial baselines' (docs/gates.md) and, on the
     simulator, the partial oracles' and the oracle's, each with its ratio to the oracle (docs/evaluation.md,
-    "Achievable ceilings"), and the model's lead over the best baseline with its interval."""
+    "Achievable ceilings"), and the model's lead over the best baseline with its interval: the heading and
+    the table."""
     metrics, baselines = st.get("metrics") or {}, st.get("baselines") or {}
     oracle, ceilings = st.get("oracle") or {}, st.get("ceilings") or {}
     tasks = list(metrics or baselines)
@@ -271,10 +291,11 @@ def render_reference_points(st: dict[str, Any]) -> str:
     if baselines:
         rows.append(["model - best baseline", *lead])
     head = "the model next to the trivial baselines" + (" and the achievable ceilings" if ceilings or oracle else "")
-    return f"{head} (AUC on the newest day; ratio to the oracle)\n" + _table(["", *tasks], rows)
+    return f"{head} (AUC on the newest day; ratio to the oracle)", (["", *tasks], rows)
 
 
-def _gate_reason(g: dict[str, Any]) -> str:
+def gate_reason(g: dict[str, Any]) -> str:
+    """A gate's reason in words; for a gate stored before reasons, one made from its details."""
     if g.get("reason"):  # validation/gates.py words every verdict; older manifests lack it
         return str(g["reason"])
     d = g.get("details") or {}

@@ -50,15 +50,12 @@ def link_data_docs(summary: RunSummary, settings: Settings) -> dict[str, Any] | 
 
 def finish_run(summary: RunSummary, settings: Settings) -> str:
     """Mark the run completed, link the Data Docs, write the summary JSON and publish its Prefect
-    artifacts; returns the summary's path."""
-    from flows.artifacts import publish_run_artifacts
+    artifacts (the run and its days; the daily gates task publishes its own); returns the summary's path."""
+    from flows.artifacts import publish_quietly, publish_run_artifacts
 
     summary.status = "completed"
     link_data_docs(summary, settings)
     path = summary.write(settings)
-    try:
-        publish_run_artifacts(summary.to_dict(), settings)
-    except Exception:  # artifacts need an API; a summary must never fail a finished run
-        pass
+    publish_quietly(publish_run_artifacts, summary.to_dict(), settings)  # a warning, never a failed run
     get_run_logger().info(f"run summary written to {path}")
     return str(path)

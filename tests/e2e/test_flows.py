@@ -182,11 +182,13 @@ def test_daily_builds_training_set_and_summary(env: Path, monkeypatch: pytest.Mo
 
 
 def _assert_daily_artifacts(registered: dict) -> None:
-    """The run's summary is in Prefect as tables and links (flows/artifacts.py), not a text dump."""
+    """The run's summary is in Prefect (flows/artifacts.py): tables, links, and the gates' markdown summary
+    (metrics, baselines and ceilings, the gate table with statuses and reasons), read back by key."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    keys = ["daily-run", "daily-days", "daily-metrics", "daily-gates", "daily-mlflow-run", "daily-model-version"]
+    keys = ["daily-run", "daily-days", "daily-metrics", "daily-gates", "daily-mlflow-run", "daily-model-version",
+            "daily-summary"]
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     by_key = {a.key: a for a in found}
@@ -194,6 +196,10 @@ def _assert_daily_artifacts(registered: dict) -> None:
     assert {by_key[k].type for k in keys[:4]} == {"table"} and {by_key[k].type for k in keys[4:]} == {"markdown"}
     assert f"/runs/{registered['run_id']}" in str(by_key["daily-mlflow-run"].data)
     assert f"/versions/{registered['version']}" in str(by_key["daily-model-version"].data)
+    summary = str(by_key["daily-summary"].data)
+    assert summary.startswith("# adsrec daily: the model for 2026-11-03") and "| gate | value | interval |" in summary
+    assert "| baseline | " in summary and "| oracle | " in summary and "ratio to the oracle" in summary
+    assert '"status"' in str(by_key["daily-gates"].data) and '"auc_low"' in str(by_key["daily-metrics"].data)
 
 
 def test_source_outside_its_days_is_a_clear_error(env: Path) -> None:
