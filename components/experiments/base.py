@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from components.config import PROJECT_ROOT, Settings
+from components.training.intervals import DEFAULT_BOOTSTRAP, Interval, mean_auc_difference_interval, weighted_auc
 
 Verdict = Literal["reproduced", "partly", "not reproduced", "not run"]
 RESULTS_MD = PROJECT_ROOT / "docs" / "results.md"
@@ -113,6 +114,76 @@ def fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A headline difference between two variants on the test day: the seed mean and spread (sample std)
+    of the paired per-seed differences, and the paired bootstrap interval over users of that seed mean
+    (:func:`components.training.intervals.mean_auc_difference_interval`).
+
+    It is beyond the noise when the wider of the two bands - the interval, or the mean ± the seeds' std
+    - lies on one side of 0: :meth:`above` / :meth:`below`. An undefined interval (one class) is never
+    beyond the noise.
+    """
+
+    mean: float
+    std: float
+    interval: Interval
+
+    @property
+    def low(self) -> float:
+        return math.nan if math.isnan(self.interval.low) else min(self.interval.low, self.mean - self.std)
+
+    @property
+    def high(self) -> float:
+        return math.nan if math.isnan(self.interval.high) else max(self.interval.high, self.mean + self.std)
+
+    def above(self, value: float = 0.0) -> bool:
+        """The difference is larger than ``value`` beyond the noise."""
+        return _finite(self.low) and self.low > value
+
+    def below(self, value: float = 0.0) -> bool:
+        """The difference is smaller than ``value`` beyond the noise."""
+        return _finite(self.high) and self.high < value
+
+    def word(self) -> str:
+        """``"above 0"``, ``"below 0"`` or ``"within the noise"``."""
+        return "above 0" if self.above() else ("below 0" if self.below() else "within the noise")
+
+    def interval_text(self) -> str:
+        """``[-0.0010, +0.0060]`` (the bootstrap interval) or ``[undefined]``."""
+        iv = self.interval
+        return "[undefined]" if not _finite(iv.low) else f"[{iv.low:+.4f}, {iv.high:+.4f}]"
+
+    def __str__(self) -> str:
+        """``+0.0025 ± 0.0042 [-0.0010, +0.0060]``: seed mean ± std, then the 95% interval over users."""
+        if not _finite(self.mean):
+            return "-"
+        return f"{self.mean:+.4f} ± {self.std:.4f} {self.interval_text()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "interval": self.interval.to_dict(), "verdict": self.word()}
+
+
+def auc_gain(labels: np.ndarray, runs: Sequence[np.ndarray], baseline: Sequence[np.ndarray], users: np.ndarray,
+             rows: np.ndarray | None = None, n_boot: int = DEFAULT_BOOTSTRAP) -> Difference:
+    """The test-day AUC gain of ``runs`` over ``baseline`` (one score array per seed, paired by seed): per
+    seed AUC(run) - AUC(baseline), their mean and std over seeds, and the paired bootstrap interval over
+    ``users`` of the mean (per seed, then averaged over the seeds on the same resamples). ``rows``: a
+    boolean mask of the slice to score (e.g. first exposures, new ads); None: every row.
+
+    Example::
+
+        auc_gain(market.labels["click"], stem_scores, single_scores, market.test_users)  # +0.0031 ± ...
+    """
+    keep = np.ones(len(labels), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    y, groups = np.asarray(labels)[keep], np.asarray(users)[keep]
+    a, b = [np.asarray(r)[keep] for r in runs], [np.asarray(r)[keep] for r in baseline]
+    ones = np.ones((1, y.size))
+    per_seed = [float(weighted_auc(y, ra, ones)[0] - weighted_auc(y, rb, ones)[0]) for ra, rb in zip(a, b)]
+    mean, std = mean_std(per_seed)
+    return Difference(mean, std, mean_auc_difference_interval(y, a, b, groups, n_boot=n_boot))
+
+
 @dataclass
 class ExperimentResult:
     """What an experiment found.
@@ -187,6 +258,18 @@ the committed code at the size and seeds stated next to it, and every run is log
 experiment `adsrec-exp-<name>` (`adsrec up`, then the MLflow UI). Data: the demo marketplace (known
 ground truth), the Taobao slice and MovieLens-100k from `../shared/data`.
 
+**Protocol (issue 12).** Every dataset is split three ways by time: train (every day but the last two),
+validation (the day before the newest) and test (the newest day, untouched; MovieLens: the last 10% of
+the log in time tests and the 10% before it validates). Everything chosen - the α of the ranking loss,
+the shared-embedding model tested for negative transfer, which real dataset is informative - is chosen
+on the validation day; every reported number is on the test day. Models train a fixed number of epochs
+and keep the last (no early stopping). Tables show mean ± std over seeds; every comparison a verdict
+rests on is a paired test-day difference with a 95% bootstrap interval over the test day's users
+(`components.training.intervals`, 200 resamples; per seed, then averaged over the seeds on the same
+resamples), shown as `mean ± std [low, high]`. A difference counts only when the interval or the seeds'
+spread, whichever is wider, excludes 0; "matches" means "not below beyond that noise". A section whose
+"Data:" line names no validation day was run before this protocol (two-way split) and awaits its re-run.
+
 """
 
 
@@ -199,14 +282,17 @@ def _section(name: str, body: str) -> str:
     return f"<!-- experiment:{name} -->\n{body.rstrip()}\n<!-- /experiment:{name} -->\n"
 
 
-def _read_results(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+def _read_results(path: Path) -> tuple[dict[str, str], dict[str, str], str]:
+    """The experiments' sections, their verdict lines, and the text after the last section (hand-written
+    sections such as the interest-feature gain, kept as they are)."""
     text = path.read_text() if path.is_file() else ""
-    sections = {m.group(1): m.group(2) for m in re.finditer(
-        r"<!-- experiment:(\w+) -->\n(.*?)<!-- /experiment:\1 -->\n", text, flags=re.S)}
-    return sections, dict(re.findall(r"<!-- verdict:(\w+) (.*?) -->", text))
+    found = list(re.finditer(r"<!-- experiment:(\w+) -->\n(.*?)<!-- /experiment:\1 -->\n", text, flags=re.S))
+    sections = {m.group(1): m.group(2) for m in found}
+    tail = text[found[-1].end():].strip() if found else ""
+    return sections, dict(re.findall(r"<!-- verdict:(\w+) (.*?) -->", text)), tail
 
 
-def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[str, str]) -> Path:
+def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[str, str], tail: str = "") -> Path:
     from components.experiments import NAMES
     from components.storage import write_file_atomic
 
@@ -218,6 +304,9 @@ def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[s
     for name in NAMES:
         if name in sections:
             out += f'<a id="{name}"></a>\n\n' + _section(name, sections[name]) + "\n"
+    if tail:
+        out += "\n" + tail + "\n"
+
     def write(tmp: Path) -> None:
         tmp.write_text(out)
 
@@ -227,13 +316,12 @@ def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[s
 
 def write_results(result: ExperimentResult, path: Path = RESULTS_MD) -> Path:
     """Replace (or add) ``result``'s section of ``path`` and refresh the summary table at its top."""
-    sections, summaries = _read_results(path)
+    sections, summaries, tail = _read_results(path)
     sections[result.name] = result.to_markdown(path.parent) + f"<!-- verdict:{result.name} {result.verdict}|{result.finding} -->\n"
     summaries[result.name] = f"{result.verdict}|{result.finding}"
-    return _write_results(path, sections, summaries)
+    return _write_results(path, sections, summaries, tail)
 
 
 def refresh_results(path: Path = RESULTS_MD) -> Path:
     """Rewrite ``path``'s header and summary table from its sections (after a format change)."""
-    sections, summaries = _read_results(path)
-    return _write_results(path, sections, summaries)
+    return _write_results(path, *_read_results(path))

@@ -5,8 +5,9 @@ embedding table gives flat or worse AUC (the extra dimensions collapse), while t
 parameters spent on M independent tables of width d (multi-embedding, one expert per table, a
 non-linearity after each interaction) give steadily better AUC and a higher information abundance.
 
-Design, on the demo marketplace of tests/model/test_model_behaviour.py (days 1-5 train, day 6 tests; no
-model sees the test day while training, the last epoch is kept):
+Design, on the demo marketplace of tests/model/test_model_behaviour.py under the clean protocol (days 1-5
+train, day 6 validates, day 7 tests untouched; a fixed number of epochs, the last kept, so nothing is
+chosen and the validation day is only held out):
 
 - **single embedding**: ``arch="shared_bottom"`` (a DNN: one MLP expert on one table) and
   ``arch="dcnv2"`` (cross layers + MLP on one table) with ``embedding_dim = d * k`` for ``k`` in
@@ -18,7 +19,11 @@ model sees the test day while training, the last epoch is kept):
   one wide table grows with the square of its width, on M narrow tables linearly in M).
 
 Measured per (variant, seed): test AUC per task, embedding and total parameters, and two collapse
-numbers from :mod:`validation.collapse` on the rows the training set reads:
+numbers from :mod:`validation.collapse` on the rows the training set reads. Every AUC comparison of the
+verdict (the widest against the narrowest of a family, the most tables against the widest single table)
+is a paired difference with a bootstrap interval over the test day's users (:func:`~components.
+experiments.base.auc_gain`); it counts only beyond the noise (the interval or the seeds' spread,
+whichever is wider, excludes 0).
 
 - ``IA/d``: :func:`validation.collapse.collapse_report`'s ``mean_ia_ratio`` (mean over tables of the
   mean over fields of IA / table width) - what the issue asks for. Low-cardinality fields (gender: a
@@ -35,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.experiments.base import Experiment, ExperimentContext, ExperimentResult, fmt, mean_std
+from components.experiments.base import (Difference, Experiment, ExperimentContext, ExperimentResult, auc_gain,
+                                         fmt, mean_std)
 
 if TYPE_CHECKING:
     from components.experiments.data import Market
@@ -53,7 +59,7 @@ SIMULATOR: dict[str, Any] = {
 }
 SMALL_SIMULATOR: dict[str, Any] = {**SIMULATOR, "n_users": 120, "new_users_per_day": 2, "n_initial_ads": 100,
                                    "new_ads_per_day": 5, "sessions_per_user_day": 3.0}
-DAYS, SMALL_DAYS = 6, 4
+DAYS, SMALL_DAYS = 7, 4  # the last day tests, the one before validates, the rest train
 BASE_DIM = 8  # d: the width of one multi-embedding table and of the 1x single table
 SMALL_BASE_DIM = 4
 SCALES = (1, 2, 4, 10)  # width multipliers k of the single table = table counts M of multi-embedding
@@ -106,8 +112,10 @@ def concatenated_ia_ratio(model: Any, id_counts: dict[str, np.ndarray], min_rows
 
 
 def _train_one(market: "Market", variant: dict[str, Any], seed: int, train: dict[str, Any],
-               train_batch: dict[str, Any], min_rows: int = MIN_ROWS_FOR_IA) -> dict[str, Any]:
-    """Train one variant with one seed; test AUC per task, parameters and the collapse numbers."""
+               train_batch: dict[str, Any], min_rows: int = MIN_ROWS_FOR_IA
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train one variant with one seed: test AUC per task, parameters and the collapse numbers; and the
+    test scores per task (for the paired intervals)."""
     from components.training.device import predict
     from components.training.loop import train_ranker
     from components.training.metrics import auc
@@ -127,7 +135,7 @@ def _train_one(market: "Market", variant: dict[str, Any], seed: int, train: dict
     out = {f"auc_{t}": auc(scores[t], market.labels[t]) for t in market.tasks}
     out.update({"ia_ratio": report.mean_ia_ratio, "ia_whole": ia_whole, "embedding_params": emb_params,
                 "total_params": total_params, "train_seconds": result.seconds})
-    return out
+    return out, scores
 
 
 def _plot(summary: dict[str, dict[str, Any]], tasks: tuple[str, ...], path: Any) -> Any:
@@ -165,9 +173,11 @@ def _plot(summary: dict[str, dict[str, Any]], tasks: tuple[str, ...], path: Any)
     return save_figure(fig, path)
 
 
-def _verdict(summary: dict[str, dict[str, Any]], task: str, scales: tuple[int, ...]) -> tuple[str, str]:
-    """Reproduced when, for both model families, the widest single table gains at most one std over 1x
-    (flat or worse) while the most tables beat 1 table by more than their std on AUC and raise IA/D."""
+def _verdict(summary: dict[str, dict[str, Any]], gains: dict[str, Difference], task: str,
+             scales: tuple[int, ...]) -> tuple[str, str]:
+    """Reproduced when, for both model families, the widest single table gains nothing over 1x beyond the
+    noise (flat or worse) while the most tables beat 1 table and the widest single table beyond the noise
+    on test AUC and raise IA/D beyond the seeds' spread. ``gains``: :func:`_headline_gains`."""
     lo, hi = scales[0], scales[-1]
     key = f"auc_{task}"
 
@@ -177,22 +187,38 @@ def _verdict(summary: dict[str, dict[str, Any]], task: str, scales: tuple[int, .
     parts, widen_flat, me_better, ia_better = [], [], [], []
     for single, multi in (("DNN", "ME-DNN"), ("DCNv2", "ME-DCNv2")):
         s_lo, s_hi, m_lo, m_hi = get(single, lo), get(single, hi), get(multi, lo), get(multi, hi)
-        d_single = s_hi[key][0] - s_lo[key][0]
-        d_multi = m_hi[key][0] - m_lo[key][0]
-        noise_s = max(s_hi[key][1], s_lo[key][1])
-        noise_m = max(m_hi[key][1], m_lo[key][1])
-        widen_flat.append(d_single <= noise_s)
-        me_better.append(d_multi > noise_m and m_hi[key][0] > s_hi[key][0])
-        ia_better.append(m_hi["ia_whole"][0] > s_hi["ia_whole"][0])
+        d_single, d_multi = gains[f"{single} {hi} vs {lo}"], gains[f"{multi} {hi} vs {lo}"]
+        d_width = gains[f"{multi} {hi} vs {single} {hi}"]
+        widen_flat.append(not d_single.above())
+        me_better.append(d_multi.above() and d_width.above())
+        ia_better.append(m_hi["ia_whole"][0] - s_hi["ia_whole"][0] > max(m_hi["ia_whole"][1], s_hi["ia_whole"][1]))
         parts.append(
-            f"{single} {lo}x→{hi}x {task} AUC {s_lo[key][0]:.4f}→{s_hi[key][0]:.4f} ({d_single:+.4f}); "
-            f"{multi} {lo}→{hi} tables {m_lo[key][0]:.4f}→{m_hi[key][0]:.4f} ({d_multi:+.4f}); IA/D at {hi}x: "
-            f"one table {s_hi['ia_whole'][0]:.3f}, {hi} tables {m_hi['ia_whole'][0]:.3f}")
+            f"{single} {lo}x→{hi}x {task} AUC {s_lo[key][0]:.4f}→{s_hi[key][0]:.4f} ({d_single}); "
+            f"{multi} {lo}→{hi} tables {m_lo[key][0]:.4f}→{m_hi[key][0]:.4f} ({d_multi}); {hi} tables − {hi}x "
+            f"{d_width}; IA/D at {hi}x: one table {s_hi['ia_whole'][0]:.3f}, {hi} tables {m_hi['ia_whole'][0]:.3f}")
     score = sum(widen_flat) + sum(me_better) + sum(ia_better)
     verdict = "reproduced" if score == 6 else ("not reproduced" if sum(me_better) == 0 else "partly")
-    checks = (f"widening flat or worse: {sum(widen_flat)}/2 families; more tables better AUC (beyond std, and above "
-              f"the widest single table): {sum(me_better)}/2; more tables higher IA/D: {sum(ia_better)}/2")
-    return verdict, "; ".join(parts) + f". {checks}."
+    checks = (f"widening flat or worse (gain not above 0 beyond the noise): {sum(widen_flat)}/2 families; more "
+              f"tables better AUC (above 1 table and above the widest single table, beyond the noise): "
+              f"{sum(me_better)}/2; more tables higher IA/D (beyond the seeds' spread): {sum(ia_better)}/2")
+    return verdict, "; ".join(parts) + f". {checks}. Differences: seed mean ± std [95% interval over test users]."
+
+
+def _headline_gains(market: "Market", scores: dict[str, list[dict[str, np.ndarray]]], scales: tuple[int, ...],
+                    d: int, task: str) -> dict[str, Difference]:
+    """Paired test-day AUC gains of ``task`` with intervals: every variant against its family's scale
+    ``scales[0]`` (``"<family> <k> vs <lo>"``), and the most tables against the widest single table."""
+    by = {(v["family"], v["scale"]): v["label"] for v in variants(scales, d)}
+    lo, hi = scales[0], scales[-1]
+    y, users = market.labels[task], market.test_users
+
+    def gain(a: str, b: str) -> Difference:
+        return auc_gain(y, [s[task] for s in scores[a]], [s[task] for s in scores[b]], users)
+
+    out = {f"{family} {k} vs {lo}": gain(by[family, k], by[family, lo]) for family in FAMILIES for k in scales}
+    for single, multi in (("DNN", "ME-DNN"), ("DCNv2", "ME-DCNv2")):
+        out[f"{multi} {hi} vs {single} {hi}"] = gain(by[multi, hi], by[single, hi])
+    return out
 
 
 def run(ctx: ExperimentContext) -> ExperimentResult:
@@ -209,11 +235,13 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors on 2 shared cores: thread hand-offs cost more than the maths
     runs: dict[str, list[dict[str, Any]]] = {}
+    scores: dict[str, list[dict[str, np.ndarray]]] = {}
     try:
         for variant in variants(scales, d):
             for seed in ctx.seeds:
-                m = _train_one(market, variant, seed, train, train_batch, min_rows)
+                m, test_scores = _train_one(market, variant, seed, train, train_batch, min_rows)
                 runs.setdefault(variant["label"], []).append({"seed": seed, **m})
+                scores.setdefault(variant["label"], []).append(test_scores)
                 ctx.log_run(f"{variant['label']}/seed{seed}",
                             {"family": variant["family"], "scale": variant["scale"], **variant["config"],
                              **train, "seed": seed, "simulator": sim, "days": days},
@@ -231,22 +259,29 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
             "embedding_params": per_seed[0]["embedding_params"], "total_params": per_seed[0]["total_params"],
             **{k: mean_std([r[k] for r in per_seed]) for k in metric_keys},
         }
-    columns = ["model", "embedding params", "total params", *(f"AUC {t}" for t in tasks), "IA/D (id fields)",
-               "mean IA/d"]
+    gains = _headline_gains(market, scores, scales, d, tasks[0])
+    gain_col = f"Δ AUC {tasks[0]} vs 1x / 1 table"
+    columns = ["model", "embedding params", "total params", *(f"AUC {t}" for t in tasks), gain_col,
+               "IA/D (id fields)", "mean IA/d"]
     rows = []
     for label, s in summary.items():
         row = {"model": label, "embedding params": f"{s['embedding_params']:,}", "total params": f"{s['total_params']:,}"}
         row.update({f"AUC {t}": fmt(*s[f"auc_{t}"]) for t in tasks})
+        row[gain_col] = "-" if s["scale"] == scales[0] else str(gains[f"{s['family']} {s['scale']} vs {scales[0]}"])
         row["IA/D (id fields)"] = fmt(*s["ia_whole"], digits=3)
         row["mean IA/d"] = fmt(*s["ia_ratio"], digits=3)
         rows.append(row)
     ctx.plot_dir.mkdir(parents=True, exist_ok=True)
     plot = _plot(summary, tasks, ctx.plot_dir / "collapse_scaling.png")
-    verdict, finding = _verdict(summary, tasks[0], scales)
+    verdict, finding = _verdict(summary, gains, tasks[0], scales)
     notes = [
-        f"Data: the demo marketplace of tests/model/test_model_behaviour.py (simulator {sim}), {days} days; days 1-"
-        f"{days - 1} train ({market.train.num_rows:,} rows), day {days} tests ({market.test.num_rows:,} rows). "
-        f"Training: {train}; the last epoch is kept (no early stopping on the test day).",
+        f"Data: the demo marketplace of tests/model/test_model_behaviour.py (simulator {sim}), {days} days: "
+        f"{market.split_text()}. Training: {train}; the last epoch is kept (nothing is chosen, so the "
+        "validation day is only held out).",
+        f"{gain_col}: the paired difference to the family's narrowest / one-table model, seed mean ± std and "
+        "the 95% bootstrap interval over the test day's users (200 resamples; per seed, then averaged over the "
+        "seeds on the same resamples). A difference counts when the interval or the seeds' spread, whichever "
+        "is wider, excludes 0.",
         f"Models: expert MLP {COMMON['expert_hidden']}, towers {COMMON['tower_hidden']}, numeric fields "
         "MNSE-summed, no behaviour sequence. Single table: width d x k; multi-embedding: M = k tables of width "
         f"d = {d}, one expert per table, learned softmax weights per task. Embedding parameters are "
@@ -263,7 +298,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         name=ctx.name, title=TITLE, claim=CLAIM, columns=columns, rows=rows, verdict=verdict, finding=finding,
         plots=[plot], notes=notes,
         data={"runs": runs, "simulator": sim, "days": days, "train": train, "base_dim": d,
-              "scales": list(scales)},
+              "scales": list(scales), "gains": {k: g.to_dict() for k, g in gains.items()}},
     )
 
 

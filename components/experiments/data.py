@@ -1,11 +1,16 @@
 """Datasets for the experiments: one split, encoded once, shared by every variant and seed.
 
+Every dataset is split three ways by time (the clean protocol, as the daily job's ``window_split``):
+**train** (every day but the last two), **validation** (the day before the newest: every choice an
+experiment makes - early stopping if used, the best α, the worst shared model - is made here) and
+**test** (the newest day: every reported number, never seen by training or by a choice).
+
 ``simulated_market`` is the demo marketplace with known ground truth: the impressions joined with the
 raw ad and user attributes (named like the training set's profile views, so the encoders give them the
-right roles), days ``1..days-1`` train and the last day tests. ``truth`` holds the test day's true
-probabilities. Experiments that need the full feature pipeline (sequences, SEE, semantic IDs) build a
-training set through ``components.steps`` instead; the real logs (Taobao, MovieLens) have loaders here
-as the experiments that use them add them.
+right roles), days ``1..days-2`` train, day ``days-1`` validates and the last day tests. ``truth`` holds
+the test day's true probabilities. Experiments that need the full feature pipeline (sequences, SEE,
+semantic IDs) build a training set through ``components.steps`` instead; the real logs (Taobao,
+MovieLens) have loaders here as the experiments that use them add them.
 """
 
 from __future__ import annotations
@@ -46,18 +51,67 @@ CONFLICT_MODEL: dict[str, Any] = {"embedding_dim": 8, "expert_hidden": (64, 32),
 
 @dataclass
 class Market:
-    """A train/test split, its encoders fitted on train, the encoded test batch, labels and (on the
-    simulator) the true probabilities of the test rows."""
+    """A train / validation / test split by time, its encoders fitted on train, the encoded validation
+    and test batches with their labels, and (on the simulator) the true probabilities of the test rows.
+    Build one with :func:`encoded_market`."""
 
     name: str
     train: "pa.Table"
+    valid: "pa.Table"
     test: "pa.Table"
     encoders: "FeatureEncoders"
     tasks: tuple[str, ...]
     test_batch: dict[str, Any] = field(repr=False, default_factory=dict)
     labels: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    valid_batch: dict[str, Any] = field(repr=False, default_factory=dict)
+    valid_labels: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     truth: dict[str, np.ndarray] | None = field(repr=False, default=None)
     extra: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def test_users(self) -> np.ndarray:
+        """The test rows' user ids (the bootstrap's groups)."""
+        return self.test["user_id"].to_numpy()
+
+    def split_text(self) -> str:
+        """Which days train, validate and test, with their rows: ``days 1-5 train (98,840 rows), day 6
+        validates (19,990 rows), day 7 tests, untouched (20,105 rows)`` (UTC days counted from the first
+        training row's day; a real log's UTC dates instead, ``extra["calendar_dates"]``)."""
+        days = {name: _utc_days(table) for name, table in (("train", self.train), ("valid", self.valid),
+                                                          ("test", self.test))}
+        first = int(days["train"].min())
+
+        def span(d: np.ndarray) -> str:
+            if self.extra.get("calendar_dates"):
+                lo_d, hi_d = (str(np.datetime64(int(v), "D")) for v in (d.min(), d.max()))
+                return lo_d if lo_d == hi_d else f"{lo_d}..{hi_d}"
+            lo, hi = int(d.min()) - first + 1, int(d.max()) - first + 1
+            return f"day {lo}" if lo == hi else f"days {lo}-{hi}"
+
+        return (f"{span(days['train'])} train ({self.train.num_rows:,} rows), {span(days['valid'])} validates "
+                f"({self.valid.num_rows:,} rows), {span(days['test'])} tests, untouched ({self.test.num_rows:,} rows)")
+
+
+def encoded_market(name: str, train: "pa.Table", valid: "pa.Table", test: "pa.Table",
+                   encoders: "FeatureEncoders", tasks: tuple[str, ...], truth: dict[str, np.ndarray] | None = None,
+                   extra: dict[str, Any] | None = None) -> Market:
+    """A :class:`Market` with the validation and test rows encoded by ``encoders`` and their labels read;
+    ``extra`` gets ``first_exposure`` (test rows with ``exposure_index == 1``) unless it has one."""
+    for part, table in (("train", train), ("validation", valid), ("test", test)):
+        if table.num_rows == 0:
+            raise ValueError(f"{name}: the time split leaves no {part} rows ({train.num_rows} train, "
+                             f"{valid.num_rows} validation, {test.num_rows} test)")
+    extra = dict(extra or {})
+    if "exposure_index" in test.column_names:
+        extra.setdefault("first_exposure", test["exposure_index"].to_numpy() == 1)
+    return Market(
+        name=name, train=train, valid=valid, test=test, encoders=encoders, tasks=tasks,
+        test_batch=encoders.encode(test, with_labels=True),
+        labels={t: test[t].to_numpy().astype(np.float64) for t in tasks},
+        valid_batch=encoders.encode(valid, with_labels=True),
+        valid_labels={t: valid[t].to_numpy().astype(np.float64) for t in tasks},
+        truth=truth, extra=extra,
+    )
 
 
 def simulator_feature_table(out: dict[str, Any]) -> "pa.Table":
@@ -76,11 +130,11 @@ def simulator_feature_table(out: dict[str, Any]) -> "pa.Table":
     return table.sort_by("_row").drop_columns(["_row"])  # Arrow joins do not keep row order
 
 
-def simulated_market(settings: "Settings", simulator: dict[str, Any] | None = None, days: int = 6,
+def simulated_market(settings: "Settings", simulator: dict[str, Any] | None = None, days: int = 7,
                      tasks: tuple[str, ...] = ("click", "conversion")) -> Market:
-    """Simulate ``days`` days with ``settings.simulator`` updated by ``simulator``; the last day is the
-    test day. Deterministic for a given simulator seed."""
-    from components.training.encoders import FeatureEncoders, time_split
+    """Simulate ``days`` days with ``settings.simulator`` updated by ``simulator``; days ``1..days-2``
+    train, day ``days-1`` validates, the last day tests. Deterministic for a given simulator seed."""
+    from components.training.encoders import FeatureEncoders, window_split
     from components.sources.simulator import simulate
 
     if simulator:
@@ -90,16 +144,12 @@ def simulated_market(settings: "Settings", simulator: dict[str, Any] | None = No
     truth = out["truth_impressions"]
     if table.num_rows != truth.num_rows or not table["request_id"].equals(truth["request_id"]):
         raise RuntimeError("simulator impressions and ground truth are not aligned")
-    train, test = time_split(table)
-    test_truth = truth.slice(train.num_rows)  # impressions are in time order: the test day is the tail
-    encoders = FeatureEncoders.fit(train)
-    return Market(
-        name="simulator", train=train, test=test, encoders=encoders, tasks=tasks,
-        test_batch=encoders.encode(test, with_labels=True),
-        labels={t: test[t].to_numpy().astype(np.float64) for t in tasks},
-        truth={t: test_truth[f"p_{t}"].to_numpy() for t in tasks},
-        extra={"first_exposure": test["exposure_index"].to_numpy() == 1},
-    )
+    train, valid, test = window_split(table)
+    test_truth = truth.slice(train.num_rows + valid.num_rows)  # impressions are in time order: test is the tail
+    if not test_truth["request_id"].equals(test["request_id"]):
+        raise RuntimeError("the simulator's test day is not the tail of its impressions")
+    return encoded_market("simulator", train, valid, test, FeatureEncoders.fit(train), tasks,
+                          truth={t: test_truth[f"p_{t}"].to_numpy() for t in tasks})
 
 
 # ----- real logs (Taobao, MovieLens-100k) ------------------------------------------------------------------
@@ -125,26 +175,26 @@ def logged_feature_table(tables: dict[str, "pa.Table"], tasks: tuple[str, ...], 
     return table.sort_by("_row").drop_columns(["_row"])  # Arrow joins do not keep row order
 
 
-def _logged_market(name: str, table: "pa.Table", train_mask: np.ndarray, tasks: tuple[str, ...],
+TRAIN, VALID, TEST = 0, 1, 2  # the parts of a time split
+
+
+def _logged_market(name: str, table: "pa.Table", part: np.ndarray, tasks: tuple[str, ...],
                    max_train_rows: int | None) -> Market:
-    """Split ``table`` (time-ordered) by ``train_mask``, keep the newest ``max_train_rows`` training rows,
-    fit encoders on train and encode the test rows."""
+    """Split ``table`` (time-ordered) by ``part`` (:data:`TRAIN` / :data:`VALID` / :data:`TEST` per row),
+    keep the newest ``max_train_rows`` training rows, fit encoders on train, encode validation and test."""
     from components.training.encoders import FeatureEncoders
 
-    train_idx = np.flatnonzero(train_mask)
+    t_us = _time_us(table)
+    for earlier, later in ((TRAIN, VALID), (VALID, TEST)):
+        if t_us[part == earlier].max(initial=-2**62) > t_us[part == later].min(initial=2**62):
+            raise RuntimeError(f"{name}: the time split's parts overlap in time")
+    train_idx = np.flatnonzero(part == TRAIN)
     if max_train_rows is not None and train_idx.size > max_train_rows:
-        train_idx = train_idx[-max_train_rows:]  # the newest rows: the ones nearest the test period
-    train, test = table.take(train_idx), table.filter(~train_mask)
-    if train.num_rows == 0 or test.num_rows == 0:
-        raise ValueError(f"{name}: the time split leaves {train.num_rows} train and {test.num_rows} test rows")
-    encoders = FeatureEncoders.fit(train, tasks=list(tasks))
-    return Market(
-        name=name, train=train, test=test, encoders=encoders, tasks=tasks,
-        test_batch=encoders.encode(test, with_labels=True),
-        labels={t: test[t].to_numpy().astype(np.float64) for t in tasks},
-        truth=None,
-        extra={"first_exposure": test["exposure_index"].to_numpy() == 1},
-    )
+        train_idx = train_idx[-max_train_rows:]  # the newest rows: the ones nearest the held-out periods
+    train = table.take(train_idx)
+    valid, test = table.filter(part == VALID), table.filter(part == TEST)
+    return encoded_market(name, train, valid, test, FeatureEncoders.fit(train, tasks=list(tasks)), tasks,
+                          extra={"calendar_dates": True})
 
 
 def _time_us(table: "pa.Table") -> np.ndarray:
@@ -153,46 +203,53 @@ def _time_us(table: "pa.Table") -> np.ndarray:
     return table["event_time"].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
 
 
+def _utc_days(table: "pa.Table") -> np.ndarray:
+    return _time_us(table) // 86_400_000_000
+
+
+def last_days_parts(table: "pa.Table") -> np.ndarray:
+    """Per row: :data:`TEST` on the newest UTC day, :data:`VALID` on the day before, :data:`TRAIN` earlier."""
+    days = _utc_days(table)
+    last = int(days.max())
+    return np.where(days == last, TEST, np.where(days == last - 1, VALID, TRAIN))
+
+
 def taobao_market(settings: "Settings", tasks: tuple[str, ...] = ("click", "conversion"),
                   negatives_per_positive: int = 4, max_train_rows: int | None = None) -> Market:
     """The Taobao UserBehavior slice (components/sources/taobao.py): one impression per (user, item, day)
     with a ``pv`` (``click`` = 1, ``conversion`` = bought that day) plus the adapter's popularity-sampled
     negatives; the item's ``advertiser_id`` / ``campaign_id`` / ``category`` joined as ``ad_profile__*``
-    (the log has no user profile). The last UTC day is the test day (time split, as the daily retrain);
-    ``max_train_rows`` keeps the newest training rows only. ``cart`` / ``fav`` are dropped unless asked."""
-    from components.training.encoders import time_split
+    (the log has no user profile). The last UTC day tests, the day before validates, earlier days train
+    (as the daily retrain); ``max_train_rows`` keeps the newest training rows only. ``cart`` / ``fav`` are
+    dropped unless asked."""
     from components.sources.taobao import TaobaoSource
 
     log = TaobaoSource(settings, negatives_per_positive=negatives_per_positive).log
     table = logged_feature_table(log.tables, tasks, ("advertiser_id", "campaign_id", "category"), ())
-    train, _ = time_split(table)
-    mask = np.zeros(table.num_rows, dtype=bool)
-    mask[: train.num_rows] = True  # impressions are in time order: the test day is the tail
-    if not (_time_us(table)[: train.num_rows] < _time_us(table)[train.num_rows:].min(initial=2**62)).all():
-        raise RuntimeError("taobao impressions are not in time order")
-    return _logged_market("taobao", table, mask, tasks, max_train_rows)
+    return _logged_market("taobao", table, last_days_parts(table), tasks, max_train_rows)
 
 
 def movielens_market(settings: "Settings", tasks: tuple[str, ...] = ("click", "conversion"),
-                     negatives_per_positive: int = 4, test_share: float = 0.1,
+                     negatives_per_positive: int = 4, test_share: float = 0.1, valid_share: float = 0.1,
                      max_train_rows: int | None = None) -> Market:
     """MovieLens-100k (components/sources/movielens.py): each rating a positive impression (``click`` =
     rated, ``conversion`` = rating >= 4) plus the adapter's popularity-sampled negatives; the movie's
     ``advertiser_id`` / ``campaign_id`` / ``genre`` / ``genres`` / ``release_year`` and the user's
     ``age_band`` / ``gender`` / ``occupation`` / ``zip_prefix`` joined as profile columns. The last
-    ``test_share`` of impressions in time is the test set (the log spans 7 months, a day is too few rows);
-    ``max_train_rows`` keeps the newest training rows only."""
+    ``test_share`` of impressions in time is the test set and the ``valid_share`` before it validates (the
+    log spans 7 months, a day is too few rows); ``max_train_rows`` keeps the newest training rows only."""
     from components.sources.movielens import MovieLensSource
 
-    if not 0.0 < test_share < 1.0:
-        raise ValueError(f"test_share must be in (0, 1), got {test_share}")
+    if not (0.0 < test_share and 0.0 < valid_share and test_share + valid_share < 1.0):
+        raise ValueError(f"test_share ({test_share}) and valid_share ({valid_share}) must be > 0 and sum to < 1")
     log = MovieLensSource(settings, negatives_per_positive=negatives_per_positive).log
     table = logged_feature_table(log.tables, tasks,
                                  ("advertiser_id", "campaign_id", "genre", "genres", "release_year"),
                                  ("age_band", "gender", "occupation", "zip_prefix"))
     t_us = _time_us(table)
-    cut = np.quantile(t_us, 1.0 - test_share)
-    return _logged_market("movielens", table, t_us < cut, tasks, max_train_rows)
+    valid_cut, test_cut = np.quantile(t_us, [1.0 - test_share - valid_share, 1.0 - test_share])
+    part = np.where(t_us >= test_cut, TEST, np.where(t_us >= valid_cut, VALID, TRAIN))
+    return _logged_market("movielens", table, part, tasks, max_train_rows)
 
 
 # ----- the full feature pipeline on the simulator (sequences, SEE, semantic IDs) -----------------------------
@@ -223,8 +280,8 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
     """The simulator run through the daily pipeline (``components.steps``): deliver, ingest and features
     for each of ``days`` days, then representations in date order (text/visual vectors, visual semantic
     IDs, the LightGCN graph, interest vectors), then the point-in-time training set of the window. The
-    last day is the test day, the rest train; encoders are fitted on the full training table (select
-    columns and refit for a variant, see :func:`refit_market`).
+    last day tests, the day before validates, the rest train; encoders are fitted on the full training
+    table (select columns and refit for a variant, see :func:`refit_market`).
 
     The state lives in :func:`pipeline_settings`' home and is reused: a second call with the same config
     only reads the training set. The first call encodes the catalogue with the offline text and image
@@ -238,7 +295,7 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
     import time
 
     from components import steps
-    from components.training.encoders import FeatureEncoders, read_training_set, time_split
+    from components.training.encoders import FeatureEncoders, read_training_set, window_split
     from components.training.slices import EvalSlices, slice_masks
     from components.store.offline import read_offline
 
@@ -261,39 +318,34 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
     table = read_training_set(out["path"])
     seconds = time.perf_counter() - started
     say(f"pipeline {ps.home.name}: {table.num_rows} rows, {days} days, {seconds:.0f} s")
-    train, test = time_split(table)
+    train, valid, test = window_split(table)
     seq_col = ps.features.sequence_category_column
     encoders = FeatureEncoders.fit(train, list(tasks), sequence_category_column=seq_col)
     ads = read_offline(ps, "ads", None, window[-1], columns=["ad_id", "created_at"], latest=True)
     masks, _notes = slice_masks(test, EvalSlices(exposure=True, new_ad_days=1.0, top_categories=0), ads=ads)
-    return Market(
-        name="simulator-pipeline", train=train, test=test, encoders=encoders, tasks=tasks,
-        test_batch=encoders.encode(test, with_labels=True),
-        labels={t: test[t].to_numpy().astype(np.float64) for t in tasks},
-        extra={"settings": ps, "ads": ads, "new_ad": masks.get("ads=new"),
-               "first_exposure": masks.get("exposure=first"), "seconds": seconds},
-    )
+    return encoded_market("simulator-pipeline", train, valid, test, encoders, tasks,
+                          extra={"settings": ps, "ads": ads, "new_ad": masks.get("ads=new"),
+                                 "first_exposure": masks.get("exposure=first"), "seconds": seconds})
 
 
 def refit_market(market: Market, keep: Any = None, drop: Any = None) -> Market:
     """``market`` with only some feature columns: ``keep(name) -> bool`` or ``drop(name) -> bool`` picks
-    the columns of train and test (labels and identifiers always stay), and the encoders are refitted, so
-    a dropped column is no feature at all (``FeatureEncoders.fit`` gives each remaining column its role
-    by name). The sequence category field is kept as the original encoders had it."""
+    the columns of train, validation and test (labels and identifiers always stay), and the encoders are
+    refitted, so a dropped column is no feature at all (``FeatureEncoders.fit`` gives each remaining column
+    its role by name). The sequence category field is kept as the original encoders had it."""
     from components.training.encoders import FeatureEncoders
     from components.training.field_encoders import IDENTIFIERS
 
     always = set(market.tasks) | set(IDENTIFIERS) | {"exposure_index"}
     names = [c for c in market.train.column_names
              if c in always or ((keep is None or keep(c)) and (drop is None or not drop(c)))]
-    train, test = market.train.select(names), market.test.select(names)
+    train = market.train.select(names)
     seq = market.encoders.sequence
     category = seq.category_field if seq is not None else None
     encoders = FeatureEncoders.fit(train, list(market.tasks), sequence_category_column=category
                                    if category is not None and category in names else None)
-    return Market(name=market.name, train=train, test=test, encoders=encoders, tasks=market.tasks,
-                  test_batch=encoders.encode(test, with_labels=True), labels=market.labels,
-                  truth=market.truth, extra=market.extra)
+    return encoded_market(market.name, train, market.valid.select(names), market.test.select(names), encoders,
+                          market.tasks, truth=market.truth, extra=market.extra)
 
 
 # The pipeline marketplace of the temporal and representations experiments (one home, shared by both).
@@ -306,4 +358,4 @@ PIPELINE_SIMULATOR_SMALL: dict[str, Any] = {"seed": 7, "n_users": 250, "new_user
                                             "n_initial_ads": 120, "new_ads_per_day": 30,
                                             "sessions_per_user_day": 4.0}
 PIPELINE_FEATURES: dict[str, Any] = {"sequence_category_column": "article_type"}
-PIPELINE_DAYS, PIPELINE_DAYS_SMALL = 6, 3
+PIPELINE_DAYS, PIPELINE_DAYS_SMALL = 7, 4  # days 1-5 train, 6 validates, 7 tests (small: 1-2, 3, 4)

@@ -24,8 +24,8 @@ dict of the ranker (int64 ``cat`` / ``num`` / ``seq_*``, float32 ``labels`` / ``
 vectorised with Arrow ``index_in`` and numpy ``searchsorted``. Encoders round-trip through JSON so they
 can be logged with the model. The single fields' encoders, their fitting and the column rules are
 components/training/field_encoders.py; :func:`read_training_set` reads a training set for them,
-:func:`window_split` splits it by day into train, validation and test (the daily run), :func:`time_split`
-into train and held-out days (the experiments).
+:func:`window_split` splits it by day into train, validation and test (the daily run and the
+experiments), :func:`time_split` into train and held-out days (runs that choose nothing on the held-out days).
 """
 
 from __future__ import annotations
@@ -318,8 +318,9 @@ def _day_start(value: "dt.datetime") -> "dt.datetime":
 
 
 def time_split(table: "pa.Table", valid_days: int = 1) -> tuple["pa.Table", "pa.Table"]:
-    """Train on all but the last ``valid_days`` UTC days of ``table``, hold those out (a two-way split:
-    the experiments' protocol; the daily run splits three ways with :func:`window_split`)."""
+    """Train on all but the last ``valid_days`` UTC days of ``table``, hold those out (a two-way split, for
+    runs that choose nothing on the held-out days; the daily run and the experiments split three ways with
+    :func:`window_split`)."""
     import datetime as dt
 
     import pyarrow as pa

@@ -4,7 +4,10 @@ One test day holds few positives (the demo's newest day: about 135 conversions, 
 0.026), so a comparison of two models on it must carry an interval. Rows of one user are not independent
 (the same taste drives all of them), so the bootstrap resamples users, not rows: each resample draws the
 day's users with replacement and weights every row by how often its user was drawn. The paired difference
-uses the same resamples for both models, so what they share (the day, the users) cancels.
+uses the same resamples for both models, so what they share (the day, the users) cancels; over several
+seeds, :func:`mean_auc_difference_interval` scores every seed's pair on each resample and averages them.
+Any other statistic of weighted rows (a calibration ratio, ...) gets the same resamples through
+:func:`bootstrap_interval`.
 
 All resamples are scored at once: the rows are sorted by score once, and each resample's weighted AUC is a
 cumulative sum over that order (ties count one half), so ``n_boot`` resamples cost about ``n_boot`` passes
@@ -16,7 +19,7 @@ checks that.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -104,6 +107,25 @@ def _interval(point: float, draws: np.ndarray, level: float, n_boot: int) -> Int
     return Interval(point, float(low), float(high), level, n_boot)
 
 
+def bootstrap_interval(statistic: Callable[[np.ndarray], np.ndarray], n_rows: int, groups: Any = None,
+                       n_boot: int = DEFAULT_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval:
+    """Any statistic of weighted rows with a bootstrap interval over ``groups`` (None: over rows).
+
+    ``statistic(weights)`` maps row weights [B, n_rows] to one value per resample [B] (NaN where undefined);
+    the point is the statistic under weight 1 for every row. The resamples depend only on ``groups``,
+    ``n_boot`` and ``seed``, so statistics of several models on the same rows are paired.
+
+    Example::
+
+        bootstrap_interval(lambda w: (w * p).sum(1) / (w * y).sum(1), y.size, groups=user_ids)  # calibration
+    """
+    codes = _group_codes(groups, n_rows)
+    point = float(np.asarray(statistic(np.ones((1, n_rows))))[0])
+    draws = np.concatenate([np.asarray(statistic(w), dtype=np.float64)
+                            for w in _resample_weights(codes, n_boot, seed)])
+    return _interval(point, draws, level, n_boot)
+
+
 def auc_interval(labels: Any, scores: Any, groups: Any = None, n_boot: int = DEFAULT_BOOTSTRAP,
                  level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval:
     """AUC with a bootstrap interval over ``groups`` (e.g. the rows' user ids; None: over rows).
@@ -114,10 +136,7 @@ def auc_interval(labels: Any, scores: Any, groups: Any = None, n_boot: int = DEF
     """
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
-    codes = _group_codes(groups, y.size)
-    point = float(weighted_auc(y, s, np.ones((1, y.size)))[0])
-    draws = np.concatenate([weighted_auc(y, s, w) for w in _resample_weights(codes, n_boot, seed)])
-    return _interval(point, draws, level, n_boot)
+    return bootstrap_interval(lambda w: weighted_auc(y, s, w), y.size, groups, n_boot, level, seed)
 
 
 def auc_difference_interval(labels: Any, scores_a: Any, scores_b: Any, groups: Any = None,
@@ -125,14 +144,26 @@ def auc_difference_interval(labels: Any, scores_a: Any, scores_b: Any, groups: A
                             seed: int = 0) -> Interval:
     """AUC(a) - AUC(b) on the same rows, with a paired bootstrap interval over ``groups`` (the same
     resamples score both models). An interval that excludes 0 is a difference beyond the noise."""
+    return mean_auc_difference_interval(labels, [scores_a], [scores_b], groups, n_boot, level, seed)
+
+
+def mean_auc_difference_interval(labels: Any, runs_a: Sequence[Any], runs_b: Sequence[Any], groups: Any = None,
+                                 n_boot: int = DEFAULT_BOOTSTRAP, level: float = DEFAULT_LEVEL,
+                                 seed: int = 0) -> Interval:
+    """The mean over paired runs (e.g. seeds: ``runs_a[i]`` against ``runs_b[i]``) of AUC(a_i) - AUC(b_i) on
+    the same rows, with a paired bootstrap interval over ``groups``: every resample scores every run of
+    both models and averages the differences, so the interval is that of the seed-mean difference a table
+    of seed means reports (the seeds' own spread is not in it; compare it separately)."""
     y = np.asarray(labels)
-    a = np.asarray(scores_a, dtype=np.float64)
-    b = np.asarray(scores_b, dtype=np.float64)
-    if a.shape != b.shape or a.shape != y.shape:
-        raise ValueError(f"labels {y.shape}, scores_a {a.shape} and scores_b {b.shape} must have one shape")
-    codes = _group_codes(groups, y.size)
-    ones = np.ones((1, y.size))
-    point = float(weighted_auc(y, a, ones)[0] - weighted_auc(y, b, ones)[0])
-    draws = np.concatenate([weighted_auc(y, a, w) - weighted_auc(y, b, w)
-                            for w in _resample_weights(codes, n_boot, seed)])
-    return _interval(point, draws, level, n_boot)
+    a = [np.asarray(r, dtype=np.float64) for r in runs_a]
+    b = [np.asarray(r, dtype=np.float64) for r in runs_b]
+    if not a or len(a) != len(b):
+        raise ValueError(f"runs_a ({len(a)}) and runs_b ({len(b)}) must pair one to one and not be empty")
+    if any(r.shape != y.shape for r in (*a, *b)):
+        raise ValueError(f"labels {y.shape} and every run's scores {sorted({r.shape for r in (*a, *b)})} must have "
+                         "one shape")
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        return np.mean([weighted_auc(y, ra, w) - weighted_auc(y, rb, w) for ra, rb in zip(a, b)], axis=0)
+
+    return bootstrap_interval(statistic, y.size, groups, n_boot, level, seed)

@@ -35,6 +35,16 @@ def test_collapse_small_run_has_every_variant_at_matched_embedding_budgets(setti
     # low-cardinality fields cap IA at their row count, so per-table IA/d of one table falls with its width
     dnn = [runs[v["label"]]["ia_ratio"] for v in variants(d=d) if v["family"] == "DNN"]
     assert dnn[-1] < dnn[0], dnn
+    # the verdict's comparisons are paired test differences with an interval over users
+    gains = result.data["gains"]
+    by = {(v["family"], v["scale"]): v["label"] for v in variants(d=d)}
+    for single, multi in (("DNN", "ME-DNN"), ("DCNv2", "ME-DCNv2")):
+        g = gains[f"{multi} {SCALES[-1]} vs {single} {SCALES[-1]}"]
+        want = runs[by[multi, SCALES[-1]]]["auc_click"] - runs[by[single, SCALES[-1]]]["auc_click"]
+        assert math.isclose(g["mean"], want, abs_tol=1e-9) and g["interval"]["low"] < g["interval"]["high"]
+    narrowest = [r for r in result.rows if r["model"].startswith(("DNN 1x", "ME-DNN 1 "))]
+    assert len(narrowest) == 2 and all(r["Δ AUC click vs 1x / 1 table"] == "-" for r in narrowest)
+    assert "day 3 validates" in result.notes[0] and "day 4 tests, untouched" in result.notes[0]
 
 
 def test_concatenated_ia_ratio_sees_the_whole_embedding() -> None:

@@ -31,6 +31,13 @@ def test_entanglement_small_run_has_every_model_and_the_separation_by_constructi
     assert 0.0 < per_seed["MMoE"][0]["expert_abs_r"] < 1.0
     assert len({runs[0]["click_auc"] for runs in per_seed.values()}) == len(ORDER)  # the variants differ
     assert {c["task"] for c in result.data["cases"]} == {"click", "conversion"}
+    for case in result.data["cases"]:  # the model tested for negative transfer is chosen on validation
+        valid = {m: per_seed[m][0][f"valid_{case['task']}_auc"] for m in ("shared-bottom", "MMoE", "PLE")}
+        assert case["worst_shared"] == min(valid, key=lambda m: valid[m])
+        gain = case["worst_shared_gain"]
+        assert math.isclose(gain["mean"], case["worst_shared_auc"] - case["single"], abs_tol=1e-9)
+        assert case["negative_transfer"] == (gain["verdict"] == "below 0")
+    assert all(r["Δ task A AUC vs single-task"].count("[") == 1 for r in result.rows if r["model"] != "single-task")
     assert len(lines) == len(ORDER) + 1
 
 
@@ -46,8 +53,9 @@ def test_real_markets_split_by_time_and_join_the_attributes(settings, shared_dat
     ml = movielens_market(settings, negatives_per_positive=1, test_share=0.1, max_train_rows=30_000)
     for market, attrs in ((tb, ("ad_profile__category", "ad_profile__advertiser_id")),
                           (ml, ("ad_profile__genre", "user_profile__occupation", "ad_profile__release_year"))):
-        assert market.train.num_rows == 30_000 and market.test.num_rows > 1000
-        assert micros(market.train["event_time"]).max() <= micros(market.test["event_time"]).min()
+        assert market.train.num_rows == 30_000 and market.test.num_rows > 1000 and market.valid.num_rows > 1000
+        assert micros(market.train["event_time"]).max() <= micros(market.valid["event_time"]).min()
+        assert micros(market.valid["event_time"]).max() <= micros(market.test["event_time"]).min()
         assert market.encoders.tasks == ["click", "conversion"]
         assert not {"cart", "fav"} & set(market.train.column_names)  # unused labels never become features
         features = set(market.encoders.feature_columns)

@@ -19,3 +19,10 @@ def test_ipw_small_run_lowers_first_exposure_predictions(settings, tmp_path: Pat
         assert ipw["first_click_calibration"] < plain["first_click_calibration"], (model, plain, ipw)
         assert 0.5 < plain["first_click_auc"] < 1.0 and 0.5 < ipw["first_click_auc"] < 1.0
     assert result.data["propensity"]  # the fitted strata are kept for the record
+    for model in ("STEM", "MMoE"):  # the verdict reads paired changes with intervals over first-exposure users
+        plain, ipw = per_seed[f"{model} no IPW"][0], per_seed[f"{model} + IPW"][0]
+        gap = result.data["effects"][model]["gap"]
+        want = ipw["first_click_calibration_gap"] - plain["first_click_calibration_gap"]
+        assert abs(gap["mean"] - want) < 1e-9 and gap["interval"]["low"] < gap["interval"]["high"]
+        auc = result.data["effects"][model]["auc"]
+        assert abs(auc["mean"] - (ipw["first_click_auc"] - plain["first_click_auc"])) < 1e-9

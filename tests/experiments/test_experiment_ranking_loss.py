@@ -46,8 +46,21 @@ def test_ranking_loss_small_run_has_every_rate_and_alpha(settings, tmp_path: Pat
         assert all(a > b for a, b in zip(rates, rates[1:]))  # sparser and sparser
         for r, actual in zip(RATES, rates):
             assert abs(actual - r) < 0.35 * r + 0.004, (name, r, actual)
-        for rate in RATES:
+        rows = [r for r in result.rows if r["data"] == name]
+        for i, rate in enumerate(RATES):
             runs = result.data[name]["runs"]
             aucs = [runs[f"{rate}/{a}"][0]["auc"] for a in ALPHAS]
             assert all(0.45 < v < 1.0 for v in aucs), (name, rate, aucs)
             assert len(set(aucs)) > 1  # the pairwise term changes the model
+            # the alpha whose test gain is reported is chosen on the validation day, not on the test day
+            valid_gain = {a: runs[f"{rate}/{a}"][0]["valid_auc"] - runs[f"{rate}/1.0"][0]["valid_auc"]
+                          for a in ALPHAS[1:]}
+            best = result.data[name]["best"][str(rate)]
+            assert best["alpha"] == max(valid_gain, key=lambda a: valid_gain[a])
+            block = rows[i * len(ALPHAS):(i + 1) * len(ALPHAS)]  # the rate's rows, one per alpha
+            assert [r["α"] for r in block if r["α"].endswith("(chosen)")] == [f"{best['alpha']} (chosen)"]
+            test_gain = runs[f"{rate}/{best['alpha']}"][0]["auc"] - runs[f"{rate}/1.0"][0]["auc"]
+            gain = best["test_gain"]
+            assert math.isclose(gain["mean"], test_gain, abs_tol=1e-9)
+            assert math.isclose(gain["interval"]["point"], test_gain, abs_tol=1e-9)
+            assert gain["interval"]["low"] < gain["interval"]["high"]

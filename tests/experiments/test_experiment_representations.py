@@ -13,7 +13,7 @@ from tests.experiments.conftest import run_small
 
 
 def test_representations_small_run_has_every_variant_and_their_features(pipeline_settings, tmp_path: Path) -> None:
-    from components.experiments.representations import VARIANTS, _key
+    from components.experiments.representations import REFERENCE, VARIANTS, _key
 
     result, lines = run_small("representations", pipeline_settings, tmp_path / "plots")
     assert len(result.rows) == len(VARIANTS)
@@ -35,3 +35,8 @@ def test_representations_small_run_has_every_variant_and_their_features(pipeline
     assert len(set(np.round(overall, 6))) > 1
     assert result.data["new_ad_rows"] > 0 and all(np.isfinite(per[_key(n, num)]["click_auc_new_ads"][0])
                                                   for n, _p, num in VARIANTS)
+    # every check compares a variant with its reference: paired test differences with an interval over users
+    for key, ref in REFERENCE.items():
+        gain = result.data["gains"][key]
+        assert abs(gain["all"]["mean"] - (per[key]["click_auc"][0] - per[ref]["click_auc"][0])) < 1e-9
+        assert abs(gain["new"]["mean"] - (per[key]["click_auc_new_ads"][0] - per[ref]["click_auc_new_ads"][0])) < 1e-9

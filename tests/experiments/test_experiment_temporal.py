@@ -27,3 +27,7 @@ def test_temporal_small_run_compares_every_encoder(pipeline_settings, tmp_path: 
     # the learned-vs-planted correlation is computed for TIM only, over real cells
     assert result.data["cells"] >= 3 and np.isfinite(per["tim"]["tim_r_cells"][0])
     assert "tim_r_cells" not in per["din"]
+    gains = result.data["tim_gains"]  # TIM against every other encoder: paired, with an interval over users
+    assert set(gains) == {"none", "mean", "din"}
+    assert abs(gains["din"]["mean"] - (per["tim"]["click_auc"][0] - per["din"]["click_auc"][0])) < 1e-9
+    assert gains["din"]["interval"]["low"] < gains["din"]["interval"]["high"]

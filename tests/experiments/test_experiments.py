@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.experiments.base import ExperimentContext, ExperimentResult, fmt, mean_std, write_results
+import math
+
+import numpy as np
+
+from components.experiments.base import (Difference, ExperimentContext, ExperimentResult, auc_gain, fmt, mean_std,
+                                         refresh_results, write_results)
+from components.training.intervals import Interval
 
 
 def _result(name: str, verdict: str, auc: str) -> ExperimentResult:
@@ -27,6 +33,13 @@ def test_write_results_keeps_other_sections_and_updates_the_summary(tmp_path: Pa
     assert "`adsrec experiment ipw`" in text
     write_results(_result("temporal", "partly", "mean |c - 1| 0.07"), path)  # a pipe must not split the cell
     assert "| [temporal](#temporal) | partly | AUC mean \\|c - 1\\| 0.07 |" in path.read_text()
+    # a hand-written section after the experiments' survives a re-run and a refresh
+    path.write_text(path.read_text() + '\n<a id="interest"></a>\n\n## Interest features\n\nA gain.\n')
+    write_results(_result("ipw", "reproduced", "0.63 ± 0.01"), path)
+    refresh_results(path)
+    text = path.read_text()
+    assert text.count("## Interest features") == 1 and text.rstrip().endswith("A gain.") and "0.63 ± 0.01" in text
+    assert "**Protocol (issue 12).**" in text and "validation" in text
 
 
 def test_mean_std_and_fmt() -> None:
@@ -64,3 +77,57 @@ def test_experiment_list_names_all_six() -> None:
     assert res.output.count("claim:") == 6
     bad = CliRunner().invoke(app, ["experiment", "nope"])
     assert bad.exit_code == 2 and "no experiment 'nope'" in bad.output
+
+
+def test_a_difference_counts_only_beyond_the_wider_of_interval_and_seed_spread() -> None:
+    narrow_seeds = Difference(0.010, 0.001, Interval(0.010, 0.002, 0.018))
+    assert narrow_seeds.above() and not narrow_seeds.below() and narrow_seeds.word() == "above 0"
+    wide_seeds = Difference(0.010, 0.020, Interval(0.010, 0.002, 0.018))  # the seeds disagree: noise
+    assert not wide_seeds.above() and not wide_seeds.below() and wide_seeds.word() == "within the noise"
+    assert Difference(-0.010, 0.001, Interval(-0.010, -0.018, -0.002)).below()
+    assert not Difference(0.010, 0.0, Interval(0.010, -0.001, 0.020)).above()  # the interval reaches 0
+    undefined = Difference(0.5, 0.0, Interval(0.5, math.nan, math.nan))
+    assert not undefined.above() and not undefined.below() and "[undefined]" in str(undefined)
+    assert str(narrow_seeds) == "+0.0100 ± 0.0010 [+0.0020, +0.0180]"
+    assert narrow_seeds.to_dict()["verdict"] == "above 0"
+
+
+def test_auc_gain_is_the_seed_mean_of_paired_differences_with_an_interval_over_users() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 300, 6000)
+    taste = rng.normal(0, 1, 300)[users] + rng.normal(0, 1, users.size)
+    y = (rng.random(users.size) < 1 / (1 + np.exp(-taste))).astype(float)
+    good = [taste + rng.normal(0, 0.5, y.size) for _ in range(3)]
+    poor = [taste + rng.normal(0, 2.0, y.size) for _ in range(3)]
+    gain = auc_gain(y, good, poor, users)
+    per_seed = [roc_auc_score(y, g) - roc_auc_score(y, p) for g, p in zip(good, poor)]
+    assert math.isclose(gain.mean, float(np.mean(per_seed)), abs_tol=1e-9)
+    assert math.isclose(gain.interval.point, gain.mean, abs_tol=1e-9) and gain.above()
+    same = auc_gain(y, good, good, users)
+    assert same.mean == 0.0 and same.word() == "within the noise"
+    half = users < 150  # a slice: only its rows and users
+    sliced = auc_gain(y, good, poor, users, rows=half)
+    assert math.isclose(sliced.mean, float(np.mean([roc_auc_score(y[half], g[half]) - roc_auc_score(y[half], p[half])
+                                                    for g, p in zip(good, poor)])), abs_tol=1e-9)
+
+
+def test_simulated_market_splits_train_validation_and_test_by_day(settings, shared_data: Path) -> None:
+    import pyarrow as pa
+
+    from components.experiments.data import CONFLICT_SIMULATOR_SMALL, simulated_market
+
+    market = simulated_market(settings, CONFLICT_SIMULATOR_SMALL, days=4)
+
+    def days(table: pa.Table) -> set[int]:
+        micros = table["event_time"].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        return set((micros // 86_400_000_000).tolist())
+
+    train, valid, test = days(market.train), days(market.valid), days(market.test)
+    assert len(train) == 2 and len(valid) == 1 and len(test) == 1
+    assert max(train) < min(valid) < min(test)  # validation (choices) is never the reported test day
+    assert market.valid_batch["labels"].shape == (market.valid.num_rows, 2)
+    assert market.truth is not None and len(market.truth["click"]) == market.test.num_rows
+    assert market.split_text().startswith("days 1-2 train") and "day 3 validates" in market.split_text()
+    assert "day 4 tests, untouched" in market.split_text()

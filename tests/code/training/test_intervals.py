@@ -60,3 +60,34 @@ def test_paired_difference_separates_a_better_model_and_not_a_copy() -> None:
 def test_one_class_gives_an_undefined_interval() -> None:
     out = auc_interval(np.zeros(50), np.arange(50.0), np.arange(50) % 5)
     assert math.isnan(out.point) and math.isnan(out.low) and str(out) == "undefined"
+
+
+def test_mean_difference_over_seeds_is_the_mean_of_the_paired_differences() -> None:
+    from components.training.intervals import mean_auc_difference_interval
+
+    y, s, user = _data()
+    rng = np.random.default_rng(3)
+    runs_a = [s + rng.normal(0, 0.5, s.size) for _ in range(3)]
+    runs_b = [s + rng.normal(0, 2.0, s.size) for _ in range(3)]
+    ones = np.ones((1, y.size))
+    per_seed = [weighted_auc(y, a, ones)[0] - weighted_auc(y, b, ones)[0] for a, b in zip(runs_a, runs_b)]
+    out = mean_auc_difference_interval(y, runs_a, runs_b, user)
+    assert math.isclose(out.point, float(np.mean(per_seed)), abs_tol=1e-12) and out.excludes(0.0)
+    one = auc_difference_interval(y, runs_a[0], runs_b[0], user)
+    assert mean_auc_difference_interval(y, runs_a[:1], runs_b[:1], user) == one  # one seed: the plain difference
+    # averaging three seeds' noise on the same resamples narrows the interval of the mean
+    assert out.half_width < one.half_width
+    with pytest.raises(ValueError, match="pair one to one"):
+        mean_auc_difference_interval(y, runs_a, runs_b[:2], user)
+
+
+def test_bootstrap_interval_of_any_statistic_uses_the_same_resamples() -> None:
+    from components.training.intervals import bootstrap_interval
+
+    y, s, user = _data()
+    p = 1 / (1 + np.exp(-(s - 2)))
+    out = bootstrap_interval(lambda w: (w * p).sum(1) / (w * y).sum(1), y.size, user)  # calibration
+    assert math.isclose(out.point, p.mean() / y.mean()) and out.low < out.point < out.high
+    # the AUC through it is auc_interval's, resample for resample
+    via = bootstrap_interval(lambda w: weighted_auc(y, s, w), y.size, user, seed=4)
+    assert via == auc_interval(y, s, user, seed=4)
