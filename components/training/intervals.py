@@ -112,11 +112,25 @@ def auc_interval(labels: Any, scores: Any, groups: Any = None, n_boot: int = DEF
 
         auc_interval(labels, scores, groups=user_ids)   # Interval(point=0.651, low=0.640, high=0.662, ...)
     """
+    return mean_auc_interval(labels, [scores], groups, n_boot, level, seed)
+
+
+def mean_auc_interval(labels: Any, scores: Sequence[Any], groups: Any = None, n_boot: int = DEFAULT_BOOTSTRAP,
+                      level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval:
+    """The mean AUC of several score vectors on the same rows (one model trained with several seeds), with
+    a bootstrap interval over ``groups``: every resample scores each vector and averages them, so the
+    interval is the test rows' noise of the seed-averaged AUC (the seeds' own spread is not in it). One
+    vector: :func:`auc_interval`."""
     y = np.asarray(labels)
-    s = np.asarray(scores, dtype=np.float64)
+    columns = [np.asarray(s, dtype=np.float64) for s in scores]
+    if not columns or any(s.shape != y.shape for s in columns):
+        raise ValueError(f"give one or more score vectors of the labels' shape {y.shape}, got "
+                         f"{[s.shape for s in columns]}")
     codes = _group_codes(groups, y.size)
-    point = float(weighted_auc(y, s, np.ones((1, y.size)))[0])
-    draws = np.concatenate([weighted_auc(y, s, w) for w in _resample_weights(codes, n_boot, seed)])
+    ones = np.ones((1, y.size))
+    point = float(np.mean([weighted_auc(y, s, ones)[0] for s in columns]))
+    draws = np.concatenate([np.mean([weighted_auc(y, s, w) for s in columns], axis=0)
+                            for w in _resample_weights(codes, n_boot, seed)])
     return _interval(point, draws, level, n_boot)
 
 
