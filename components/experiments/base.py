@@ -182,7 +182,7 @@ class Experiment:
 # ----- docs/results.md ------------------------------------------------------------------------------------
 _HEADER = """# Results: the papers' claims on real and simulated data
 
-Produced by `adsrec experiment NAME` (all six: `python bench/reproduce.py`); every number below comes from
+Produced by `adsrec experiment NAME` (every one: `python bench/reproduce.py`); every number below comes from
 the committed code at the size and seeds stated next to it, and every run is logged to MLflow under the
 experiment `adsrec-exp-<name>` (`adsrec up`, then the MLflow UI). Data: the demo marketplace (known
 ground truth), the Taobao slice and MovieLens-100k from `../shared/data`.
@@ -199,14 +199,16 @@ def _section(name: str, body: str) -> str:
     return f"<!-- experiment:{name} -->\n{body.rstrip()}\n<!-- /experiment:{name} -->\n"
 
 
-def _read_results(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+def _read_results(path: Path) -> tuple[dict[str, str], dict[str, str], str]:
+    """(sections by experiment, summaries by experiment, the hand-written text after the last section)."""
     text = path.read_text() if path.is_file() else ""
-    sections = {m.group(1): m.group(2) for m in re.finditer(
-        r"<!-- experiment:(\w+) -->\n(.*?)<!-- /experiment:\1 -->\n", text, flags=re.S)}
-    return sections, dict(re.findall(r"<!-- verdict:(\w+) (.*?) -->", text))
+    found = list(re.finditer(r"<!-- experiment:(\w+) -->\n(.*?)<!-- /experiment:\1 -->\n", text, flags=re.S))
+    sections = {m.group(1): m.group(2) for m in found}
+    tail = text[found[-1].end():].strip() if found else ""
+    return sections, dict(re.findall(r"<!-- verdict:(\w+) (.*?) -->", text)), tail
 
 
-def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[str, str]) -> Path:
+def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[str, str], tail: str = "") -> Path:
     from components.experiments import NAMES
     from components.storage import write_file_atomic
 
@@ -218,6 +220,9 @@ def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[s
     for name in NAMES:
         if name in sections:
             out += f'<a id="{name}"></a>\n\n' + _section(name, sections[name]) + "\n"
+    if tail:  # sections written by hand after the experiments' (bench results): kept as they are
+        out += "\n" + tail + "\n"
+
     def write(tmp: Path) -> None:
         tmp.write_text(out)
 
@@ -227,13 +232,13 @@ def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[s
 
 def write_results(result: ExperimentResult, path: Path = RESULTS_MD) -> Path:
     """Replace (or add) ``result``'s section of ``path`` and refresh the summary table at its top."""
-    sections, summaries = _read_results(path)
+    sections, summaries, tail = _read_results(path)
     sections[result.name] = result.to_markdown(path.parent) + f"<!-- verdict:{result.name} {result.verdict}|{result.finding} -->\n"
     summaries[result.name] = f"{result.verdict}|{result.finding}"
-    return _write_results(path, sections, summaries)
+    return _write_results(path, sections, summaries, tail)
 
 
 def refresh_results(path: Path = RESULTS_MD) -> Path:
     """Rewrite ``path``'s header and summary table from its sections (after a format change)."""
-    sections, summaries = _read_results(path)
-    return _write_results(path, sections, summaries)
+    sections, summaries, tail = _read_results(path)
+    return _write_results(path, sections, summaries, tail)

@@ -52,6 +52,19 @@ def test_log_run_goes_to_one_mlflow_experiment_per_comparison(settings) -> None:
     assert lines[0].startswith("[ipw] stem/seed0: auc 0.6000")
 
 
+def test_write_results_keeps_the_hand_written_sections_after_the_experiments(tmp_path: Path) -> None:
+    path = tmp_path / "results.md"
+    write_results(_result("ipw", "reproduced", "0.61 ± 0.01"), path)
+    bench = '<a id="interest"></a>\n\n## A bench result written by hand\n\n| a | b |\n|---|---|\n| 1 | 2 |\n'
+    path.write_text(path.read_text() + "\n" + bench)
+    write_results(_result("collapse", "partly", "0.55 ± 0.02"), path)
+    write_results(_result("ipw", "partly", "0.62 ± 0.01"), path)
+    text = path.read_text()
+    assert text.count("## A bench result written by hand") == 1 and "| 1 | 2 |" in text
+    assert text.index("## collapse title") < text.index("## ipw title") < text.index("## A bench result")
+    assert "| [ipw](#ipw) | partly | AUC 0.62 ± 0.01 |" in text
+
+
 def test_experiment_list_names_all_six() -> None:
     from typer.testing import CliRunner
 
