@@ -1,7 +1,8 @@
 """The gain of the user x ad-attribute interest features (docs/features.md, "Interest views"; docs/results.md).
 
 Builds the demo marketplace (default settings: the simulator, 7 days) through the real day-steps (deliver,
-ingest, features, representations) and its 7-day point-in-time training set, then trains the default
+ingest, features, representations) and its 7-day point-in-time training set
+(components/experiments/daily_model.py, shared with the learning-curve experiment), then trains the default
 ranker (``training.ranker`` / ``training.train`` of the default config, IPW as the daily job) with and
 without the ``user_<attribute>_interest__*`` columns, one seed at a time, on a clean split: days 1-5
 train, day 6 early-stops, day 7 is reported untouched (click / conversion AUC, and AUC / oracle).
@@ -12,10 +13,8 @@ train, day 6 early-stops, day 7 is reported untouched (click / conversion AUC, a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,57 +22,12 @@ from typing import Any
 
 def build_demo(home: Path) -> tuple[Any, Path]:
     """The demo's days through the day-steps (idempotent) and its training set: (settings, train.parquet)."""
-    from components import steps
     from components.config import load_settings
-    from components.representations.refresh import refresh_representations
-    from components.training.training_set import build_training_set
+    from components.experiments.daily_model import build_window
 
     settings = load_settings(environ={}, overrides={"home": str(home)}).resolved()
-    days = steps.demo_window(settings, settings.pipeline.demo_days, restart=True)
-    for day in days:
-        steps.deliver_day(settings, day)
-        steps.ingest(settings, day)
-        steps.features(settings, day)
-        refresh_representations(settings, day, progress=False)
-    return settings, build_training_set(settings, days[-1], days=len(days))
-
-
-def split_by_day(table: Any) -> tuple[Any, Any, Any]:
-    """(train: all but the last two days, valid: the day before the newest, test: the newest day)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from components.schemas import TIMESTAMP, day_window
-
-    newest = pc.max(table.column("event_time")).as_py().date()
-    test_start, _ = day_window(newest)
-    valid_start, _ = day_window(newest - dt.timedelta(days=1))
-    t = table.column("event_time")
-    in_test = pc.greater_equal(t, pa.scalar(test_start, TIMESTAMP))
-    in_valid = pc.and_(pc.greater_equal(t, pa.scalar(valid_start, TIMESTAMP)), pc.invert(in_test))
-    in_train = pc.less(t, pa.scalar(valid_start, TIMESTAMP))
-    return table.filter(in_train), table.filter(in_valid), table.filter(in_test)
-
-
-def ipw_weights(settings: Any, train: Any, tasks: list[str]) -> dict[str, Any] | None:
-    """The daily job's repeated-exposure IPW weights of the training rows (None when off or impossible)."""
-    import pyarrow.compute as pc
-
-    from components.store.offline import read_offline
-    from components.training.propensity import ExposurePropensity
-    from components.training.train_day import ipw_skip_reason
-
-    if not settings.training.ipw:
-        return None
-    task = settings.training.ipw_task or tasks[0]
-    first = pc.min(train.column("event_time")).as_py().date()
-    last = pc.max(train.column("event_time")).as_py().date()
-    impressions = read_offline(settings, "impressions", first, last,
-                               columns=["user_id", "ad_id", "event_time", "exposure_index", task])
-    if ipw_skip_reason(impressions, task) is not None:
-        return None
-    propensity = ExposurePropensity(label=task).fit(impressions)
-    return {t: propensity.weights(train, t, settings.training.ipw_w_min) for t in tasks}
+    _days, path = build_window(settings, settings.pipeline.demo_days)
+    return settings, path
 
 
 def train_and_score(settings: Any, split: tuple[Any, Any, Any], tasks: list[str], seed: int
@@ -82,19 +36,12 @@ def train_and_score(settings: Any, split: tuple[Any, Any, Any], tasks: list[str]
     (the run's figures, the test scores per task)."""
     from sklearn.metrics import roc_auc_score
 
-    from components.training.device import predict
-    from components.training.loop import train_ranker
+    from components.experiments.daily_model import score, train_default, training_ipw_weights
     from components.training.oracle import oracle_auc
-    from components.training.train_config import TrainConfig
 
     train, valid, test = split
-    weights = ipw_weights(settings, train, tasks)
-    with tempfile.TemporaryDirectory() as checkpoints:
-        cfg = TrainConfig.from_dict({**settings.training.train.to_dict(), "seed": seed, "log_every": 0,
-                                     "checkpoint_dir": checkpoints, "ipw": weights is not None})
-        result = train_ranker(settings, train, valid, settings.training.ranker.to_ranker_config(), cfg,
-                              train_weights=weights)
-    scores = predict(result.model, result.encoders.encode(test, with_labels=False), tuple(tasks))
+    result = train_default(settings, train, valid, seed, training_ipw_weights(settings, train, tasks))
+    scores = score(result, test, tasks)
     out = {"seed": seed, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
            "features": len(result.encoders.categorical) + len(result.encoders.numeric)}
     for t in tasks:
@@ -150,7 +97,9 @@ def main() -> None:
     report: dict[str, Any] = {"training_set": str(path), "rows": table.num_rows, "build_seconds": round(built, 1),
                               "interest_columns": [c for c in table.column_names if c not in
                                                    without_interest(table).column_names]}
-    splits = {"with": split_by_day(table), "without": split_by_day(without_interest(table))}
+    from components.experiments.daily_model import clean_split
+
+    splits = {"with": clean_split(settings, table), "without": clean_split(settings, without_interest(table))}
     report["split_rows"] = [s.num_rows for s in splits["with"]]
     runs: dict[str, list[Any]] = {"with": [], "without": []}
     scores: dict[str, list[Any]] = {"with": [], "without": []}

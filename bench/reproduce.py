@@ -1,6 +1,6 @@
-"""Run every experiment of issue 6 at its default size and write docs/results.md.
+"""Run every experiment (issue 6's six and issue 12's learning curve) at its default size and write docs/results.md.
 
-    .venv/bin/python bench/reproduce.py            # all six, 3 seeds each
+    .venv/bin/python bench/reproduce.py            # all of them, 3 seeds each
     .venv/bin/python bench/reproduce.py ipw temporal
 
 Each experiment is the same code as ``adsrec experiment NAME``; see docs/results.md for the numbers.

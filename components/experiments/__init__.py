@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from components.experiments.base import Experiment
 
-# In the order of issue 6 and docs/results.md.
-NAMES: tuple[str, ...] = ("collapse", "entanglement", "temporal", "ranking_loss", "representations", "ipw")
+# In the order of issue 6 and docs/results.md, then issue 12's learning curve.
+NAMES: tuple[str, ...] = ("collapse", "entanglement", "temporal", "ranking_loss", "representations", "ipw",
+                          "learning_curve")
 
 
 def get(name: str) -> "Experiment":

@@ -253,7 +253,7 @@ class Experiment:
 # ----- docs/results.md ------------------------------------------------------------------------------------
 _HEADER = """# Results: the papers' claims on real and simulated data
 
-Produced by `adsrec experiment NAME` (all six: `python bench/reproduce.py`); every number below comes from
+Produced by `adsrec experiment NAME` (every one: `python bench/reproduce.py`); every number below comes from
 the committed code at the size and seeds stated next to it, and every run is logged to MLflow under the
 experiment `adsrec-exp-<name>` (`adsrec up`, then the MLflow UI). Data: the demo marketplace (known
 ground truth), the Taobao slice and MovieLens-100k from `../shared/data`.

@@ -254,10 +254,10 @@ def movielens_market(settings: "Settings", tasks: tuple[str, ...] = ("click", "c
 
 # ----- the full feature pipeline on the simulator (sequences, SEE, semantic IDs) -----------------------------
 def pipeline_settings(settings: "Settings", simulator: dict[str, Any] | None = None,
-                      features: dict[str, Any] | None = None) -> "Settings":
+                      features: dict[str, Any] | None = None, folder: str | None = None) -> "Settings":
     """``settings`` with the simulator as the source, ``simulator`` / ``features`` overrides, and a
-    home of its own, ``<settings.home>/experiments/pipeline-<hash of the config>``: the same config
-    reuses the same pipeline state (its day-steps skip unchanged days), another config gets another."""
+    home of its own, ``<settings.home>/experiments[/<folder>]/pipeline-<hash of the config>``: the same
+    config reuses the same pipeline state (its day-steps skip unchanged days), another config gets another."""
     import hashlib
     import json
 
@@ -269,7 +269,7 @@ def pipeline_settings(settings: "Settings", simulator: dict[str, Any] | None = N
                       "ingest": settings.ingest.model_dump(mode="json"),
                       "start": str(pipe.start_date)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    home = settings.home / "experiments" / f"pipeline-{digest}"
+    home = settings.home / "experiments" / (folder or "") / f"pipeline-{digest}"
     return settings.model_copy(update={"home": home, "simulator": sim, "features": feat,
                                        "pipeline": pipe}).resolved()
 
@@ -291,10 +291,9 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
     on ads created < 1 day before the impression, as ``components.training.evaluation``'s ``ads=new`` slice),
     ``first_exposure``, ``seconds`` (pipeline wall time).
     """
-    import datetime as dt
     import time
 
-    from components import steps
+    from components.experiments.daily_model import build_window
     from components.training.encoders import FeatureEncoders, read_training_set, window_split
     from components.training.slices import EvalSlices, slice_masks
     from components.store.offline import read_offline
@@ -303,19 +302,8 @@ def pipeline_market(settings: "Settings", days: int = 6, simulator: dict[str, An
     ps = pipeline_settings(settings, simulator, features)
     ps.home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    first, _last = steps._source(ps).available_days()
-    window = steps.date_range(first, first + dt.timedelta(days=days - 1))
-    for day in window:  # deliver in date order; the simulator's days depend on earlier days
-        steps.deliver_day(ps, day)
-    for day in window:  # features of day D read the rolling window up to D: ingest D first
-        steps.ingest(ps, day)
-        steps.features(ps, day)
-    for day in window:  # in date order: the graph of day D warm-starts from D-1
-        rep = steps.representations(ps, day)
-        say(f"pipeline {ps.home.name}: representations {day} "
-            f"{'cached' if rep.get('skipped') else 'built'}")
-    out = steps.training_set(ps, window[-1], days)
-    table = read_training_set(out["path"])
+    window, path = build_window(ps, days, say)
+    table = read_training_set(path)
     seconds = time.perf_counter() - started
     say(f"pipeline {ps.home.name}: {table.num_rows} rows, {days} days, {seconds:.0f} s")
     train, valid, test = window_split(table)

@@ -134,9 +134,22 @@ def auc_interval(labels: Any, scores: Any, groups: Any = None, n_boot: int = DEF
 
         auc_interval(labels, scores, groups=user_ids)   # Interval(point=0.651, low=0.640, high=0.662, ...)
     """
+    return mean_auc_interval(labels, [scores], groups, n_boot, level, seed)
+
+
+def mean_auc_interval(labels: Any, scores: Sequence[Any], groups: Any = None, n_boot: int = DEFAULT_BOOTSTRAP,
+                      level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval:
+    """The mean AUC of several score vectors on the same rows (one model trained with several seeds), with
+    a bootstrap interval over ``groups``: every resample scores each vector and averages them, so the
+    interval is the test rows' noise of the seed-averaged AUC (the seeds' own spread is not in it). One
+    vector: :func:`auc_interval`."""
     y = np.asarray(labels)
-    s = np.asarray(scores, dtype=np.float64)
-    return bootstrap_interval(lambda w: weighted_auc(y, s, w), y.size, groups, n_boot, level, seed)
+    columns = [np.asarray(s, dtype=np.float64) for s in scores]
+    if not columns or any(s.shape != y.shape for s in columns):
+        raise ValueError(f"give one or more score vectors of the labels' shape {y.shape}, got "
+                         f"{[s.shape for s in columns]}")
+    return bootstrap_interval(lambda w: np.mean([weighted_auc(y, s, w) for s in columns], axis=0), y.size,
+                              groups, n_boot, level, seed)
 
 
 def auc_difference_interval(labels: Any, scores_a: Any, scores_b: Any, groups: Any = None,

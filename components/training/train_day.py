@@ -64,10 +64,11 @@ def _check_positives(train: Any, held_out: Any, tasks: tuple[str, ...], path: Pa
                         held_out.num_rows, path)
 
 
-def _ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: dt.date,
-                 end_day: dt.date) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Per-task inverse propensity weights of the training rows (None when IPW is off or skipped) and
-    what the summary says about them: enabled, the task, why it was skipped or the weights' summary."""
+def ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: dt.date,
+                end_day: dt.date) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Per-task inverse propensity weights of the training rows (None when IPW is off or skipped), the
+    propensity fitted on the impressions of days ``first``..``end_day``, and what the summary says about
+    them: enabled, the task, why it was skipped or the weights' summary."""
     from components.store.features import pick_task
     from components.store.offline import read_offline
     from components.training.propensity import ExposurePropensity
@@ -150,7 +151,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     first = pc.min(table.column("event_time")).as_py().date()
 
     _check_positives(train, test, tasks, training_set)
-    weights, ipw = _ipw_weights(settings, train, tasks, first, end_day)
+    weights, ipw = ipw_weights(settings, train, tasks, first, end_day)
     if valid.num_rows == 0:
         log.warning("the %d validation day(s) before the test day(s) of %s have no rows: no early stopping, the "
                     "last epoch is kept", cfg.valid_days, training_set)

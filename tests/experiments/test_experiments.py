@@ -65,7 +65,20 @@ def test_log_run_goes_to_one_mlflow_experiment_per_comparison(settings) -> None:
     assert lines[0].startswith("[ipw] stem/seed0: auc 0.6000")
 
 
-def test_experiment_list_names_all_six() -> None:
+def test_write_results_keeps_the_hand_written_sections_after_the_experiments(tmp_path: Path) -> None:
+    path = tmp_path / "results.md"
+    write_results(_result("ipw", "reproduced", "0.61 ± 0.01"), path)
+    bench = '<a id="interest"></a>\n\n## A bench result written by hand\n\n| a | b |\n|---|---|\n| 1 | 2 |\n'
+    path.write_text(path.read_text() + "\n" + bench)
+    write_results(_result("learning_curve", "partly", "0.85 of the oracle"), path)
+    write_results(_result("ipw", "partly", "0.62 ± 0.01"), path)
+    text = path.read_text()
+    assert text.count("## A bench result written by hand") == 1 and "| 1 | 2 |" in text
+    assert text.index("## ipw title") < text.index("## learning_curve title") < text.index("## A bench result")
+    assert "| [learning_curve](#learning_curve) | partly | AUC 0.85 of the oracle |" in text
+
+
+def test_experiment_list_names_every_experiment() -> None:
     from typer.testing import CliRunner
 
     from components.experiments import NAMES
@@ -73,8 +86,8 @@ def test_experiment_list_names_all_six() -> None:
 
     res = CliRunner().invoke(app, ["experiment", "--list"])
     assert res.exit_code == 0, res.output
-    assert len(NAMES) == 6 and all(f"{n} " in res.output for n in NAMES)
-    assert res.output.count("claim:") == 6
+    assert len(NAMES) == 7 and all(f"{n} " in res.output for n in NAMES)
+    assert res.output.count("claim:") == 7
     bad = CliRunner().invoke(app, ["experiment", "nope"])
     assert bad.exit_code == 2 and "no experiment 'nope'" in bad.output
 

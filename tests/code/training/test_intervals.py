@@ -91,3 +91,20 @@ def test_bootstrap_interval_of_any_statistic_uses_the_same_resamples() -> None:
     # the AUC through it is auc_interval's, resample for resample
     via = bootstrap_interval(lambda w: weighted_auc(y, s, w), y.size, user, seed=4)
     assert via == auc_interval(y, s, user, seed=4)
+
+
+def test_mean_over_seeds_uses_the_same_resamples_for_every_vector() -> None:
+    from components.training.intervals import mean_auc_interval
+
+    y, s, user = _data()
+    one = auc_interval(y, s, user, seed=0)
+    assert mean_auc_interval(y, [s, s.copy()], user, seed=0) == one  # two copies: the same resamples, averaged
+    noisy = s + np.random.default_rng(3).normal(0, 1, s.size)
+    both = mean_auc_interval(y, [s, noisy], user, seed=0)
+    alone = auc_interval(y, noisy, user, seed=0)
+    assert both.point == pytest.approx((one.point + alone.point) / 2, abs=1e-12)
+    assert both.low < both.point < both.high
+    with pytest.raises(ValueError, match="labels' shape"):
+        mean_auc_interval(y, [s, s[:-1]], user)
+    with pytest.raises(ValueError, match="labels' shape"):
+        mean_auc_interval(y, [], user)
