@@ -151,7 +151,10 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     first = pc.min(table.column("event_time")).as_py().date()
 
     _check_positives(train, test, tasks, training_set)
-    weights, ipw = ipw_weights(settings, train, tasks, first, end_day)
+    # The propensity sees the training days only: fitting it on the validation and test days would leak
+    # their exposures and labels into the training weights.
+    train_end = pc.max(train.column("event_time")).as_py().date() if train.num_rows else end_day
+    weights, ipw = ipw_weights(settings, train, tasks, first, train_end)
     if valid.num_rows == 0:
         log.warning("the %d validation day(s) before the test day(s) of %s have no rows: no early stopping, the "
                     "last epoch is kept", cfg.valid_days, training_set)
