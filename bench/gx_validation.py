@@ -96,7 +96,7 @@ def small_day(shared_data: Path) -> dict[str, Any]:
         settings = load_settings(environ={}, overrides={
             "home": str(Path(tmp) / "home"),
             "pipeline": {"shared_data": str(shared_data), "start_date": DAY.isoformat()},
-            "simulator": {"n_users": 2000, "n_initial_ads": 1000, "new_ads_per_day": 50},
+            "simulator": {"n_users": 2000, "sessions_per_user_day": 2.0, "n_initial_ads": 1000, "new_ads_per_day": 50},
         }).resolved()
         steps.deliver_day(settings, DAY)
         source = steps._source(settings)

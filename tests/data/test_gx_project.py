@@ -34,7 +34,7 @@ def sim_settings(tmp_path: Path) -> Any:
     return load_settings(environ={}, overrides={
         "home": str(tmp_path / "home"),
         "pipeline": {"shared_data": str(SHARED_DATA), "start_date": DAY.isoformat()},
-        "simulator": {"n_users": 150, "n_initial_ads": 300, "new_ads_per_day": 20},
+        "simulator": {"n_users": 150, "sessions_per_user_day": 2.0, "n_initial_ads": 300, "new_ads_per_day": 20},
     }).resolved()
 
 

@@ -24,7 +24,7 @@ from components.sources import simulator as sim
 
 START = dt.date(2026, 11, 1)
 DAYS = 5
-SMALL = {"n_users": 1200, "n_initial_ads": 1000, "new_ads_per_day": 50, "new_users_per_day": 20}
+SMALL = {"n_users": 1200, "sessions_per_user_day": 2.0, "n_initial_ads": 1000, "new_ads_per_day": 50, "new_users_per_day": 20}
 
 
 def make_settings(shared_data: Path, home: Path, **knobs: Any) -> Settings:

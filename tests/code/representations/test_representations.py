@@ -29,7 +29,8 @@ def _settings(home: Path, shared: Path) -> Any:
         "home": str(home),
         "pipeline": {"shared_data": str(shared)},
         # Small marketplace, a bit more clicks than the default so a few days give a usable graph.
-        "simulator": {"n_users": 300, "n_initial_ads": 250, "new_ads_per_day": NEW_ADS_PER_DAY,
+        "simulator": {"n_users": 300, "sessions_per_user_day": 2.0,
+                      "n_initial_ads": 250, "new_ads_per_day": NEW_ADS_PER_DAY,
                       "new_users_per_day": 10, "n_candidates": 100, "click_base_logit": -3.0},
         "representations": {"rq_codes": 16, "rq_pca_dim": 16, "graph_dim": 32, "graph_epochs": 20,
                             "graph_window_days": 3, "interest_last_n": 10},

@@ -33,7 +33,8 @@ def _settings(home: Path, shared: Path) -> Any:
     return load_settings(environ={}, overrides={
         "home": str(home),
         "pipeline": {"shared_data": str(shared)},
-        "simulator": {"n_users": 200, "n_initial_ads": 150, "new_ads_per_day": 15, "new_users_per_day": 10,
+        "simulator": {"n_users": 200, "sessions_per_user_day": 2.0, "n_initial_ads": 150, "new_ads_per_day": 15,
+                      "new_users_per_day": 10,
                       "n_candidates": 60, "click_base_logit": -3.0},
         "representations": {"rq_codes": 8, "rq_pca_dim": 8, "graph_dim": 16, "graph_epochs": 5,
                             "graph_window_days": 3},

@@ -276,7 +276,7 @@ def test_the_simulator_never_overwrites_a_users_file_in_its_landing_zone(tmp_pat
 
     s = load_settings(environ={}, overrides={
         "home": str(tmp_path / "home"), "pipeline": {"shared_data": str(shared_data)},
-        "simulator": {"n_users": 200, "n_initial_ads": 300, "new_ads_per_day": 10, "new_users_per_day": 5}}).resolved()
+        "simulator": {"n_users": 200, "sessions_per_user_day": 2.0, "n_initial_ads": 300, "new_ads_per_day": 10, "new_users_per_day": 5}}).resolved()
     day = s.pipeline.start_date
     mine = s.raw_dir / "simulator" / "impressions" / f"date={day}" / "part-0.parquet"
     mine.parent.mkdir(parents=True)

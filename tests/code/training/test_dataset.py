@@ -258,7 +258,8 @@ def small_training_settings(tmp_path_factory: pytest.TempPathFactory, shared_dat
     home = tmp_path_factory.getbasetemp() / "small-training-home"
     return load_settings(environ={}, overrides={
         "home": str(home), "pipeline": {"shared_data": str(shared_data)},
-        "simulator": {"n_users": 400, "n_initial_ads": 400, "new_ads_per_day": 30, "new_users_per_day": 10},
+        "simulator": {"n_users": 400, "sessions_per_user_day": 2.0,
+                      "n_initial_ads": 400, "new_ads_per_day": 30, "new_users_per_day": 10},
         **sections,
     }).resolved()
 

@@ -109,7 +109,8 @@ def test_oracle_auc_from_the_simulators_ground_truth(shared_data, settings) -> N
     from components.sources.simulator import SimulatorSource
 
     settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(
-        update={"n_users": 400, "n_initial_ads": 300, "new_users_per_day": 10, "new_ads_per_day": 20})})
+        update={"n_users": 400, "sessions_per_user_day": 2.0,
+                "n_initial_ads": 300, "new_users_per_day": 10, "new_ads_per_day": 20})})
     day = settings.pipeline.start_date
     with pytest.raises(FileNotFoundError, match="ground truth"):
         oracle_auc(settings, pa.table({"request_id": ["x"], "event_time": pa.array([0], TIMESTAMP)}), ["click"])

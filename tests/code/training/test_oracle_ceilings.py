@@ -19,7 +19,8 @@ def test_oracle_report_shows_each_ceiling_on_the_same_rows(shared_data, settings
     from components.sources.simulator import SimulatorSource
 
     settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(
-        update={"n_users": 600, "n_initial_ads": 300, "new_users_per_day": 10, "new_ads_per_day": 20})})
+        update={"n_users": 600, "sessions_per_user_day": 2.0,
+                "n_initial_ads": 300, "new_users_per_day": 10, "new_ads_per_day": 20})})
     day = settings.pipeline.start_date
     SimulatorSource(settings).deliver(day)
     imp = pq.read_table(settings.raw_dir / "simulator" / "impressions" / f"date={day}")

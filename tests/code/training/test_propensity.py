@@ -126,7 +126,8 @@ def test_round_trip_and_errors() -> None:
 
 # --- the simulator: the estimate must track the known retargeting policy -------------------------------
 
-SMALL = {"n_users": 1200, "n_initial_ads": 1000, "new_ads_per_day": 50, "new_users_per_day": 20}
+SMALL = {"n_users": 1200, "sessions_per_user_day": 2.0,
+         "n_initial_ads": 1000, "new_ads_per_day": 50, "new_users_per_day": 20}
 DAYS = 4
 
 
