@@ -30,7 +30,9 @@ def _baseline_verdict(task: str, row: Mapping[str, Any], margin: float) -> tuple
     if high < margin:
         return "FAIL", f"{head}, clearly not above the {key}: the model is no better than the baseline"
     if low < margin:
-        return "inconclusive", f"{head} straddles the {key}"
+        users = row.get("users")
+        return "inconclusive", (f"{head} straddles the {key}"
+                                + (f" ({users:,} users on the newest day)" if users is not None else ""))
     return "pass", f"{head} above the {key}"
 
 

@@ -215,17 +215,34 @@ def _model_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
 def _baseline_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
     tasks = (gate.get("details") or {}).get("tasks") or {}
     failed = [t for t, m in tasks.items() if m.get("verdict") == "FAIL"]
-    if not failed:
-        return [Remedy("nothing was compared with the baselines, so the version cannot be judged",
-                       "check the newest day's rows and the model's scores of them")]
-    named = ", ".join(f"{t} ({tasks[t].get('best')})" for t in failed)
-    return [Remedy(
-        f"a trivial baseline counted on the same training window ranks the newest day's impressions at least "
-        f"as well as this version ({named}): the model has learned nothing that counting past positives does "
-        "not already give",
-        "check the training (epochs, learning rate, width, regularisation: docs/training.md) and the features; "
-        "train on a longer window (pipeline.training_days); to demand a smaller lead, lower "
-        "gates.baseline_margin")]
+    # inconclusive with an interval: the lead is within the noise; without one: the AUC was undefined
+    noisy = [t for t, m in tasks.items() if m.get("verdict") == "inconclusive"
+             and (m.get("difference") or {}).get("low") is not None]
+    undefined = [t for t, m in tasks.items() if m.get("verdict") == "inconclusive" and t not in noisy]
+    out = []
+    if failed:
+        named = ", ".join(f"{t} ({tasks[t].get('best')})" for t in failed)
+        out.append(Remedy(
+            f"a trivial baseline counted on the same training window ranks the newest day's impressions at least "
+            f"as well as this version ({named}): the model has learned nothing that counting past positives does "
+            "not already give",
+            "check the training (epochs, learning rate, width, regularisation: docs/training.md) and the features; "
+            "train on a longer window (pipeline.training_days); to demand a smaller lead, lower "
+            "gates.baseline_margin"))
+    if noisy:
+        named = ", ".join(f"{t} ({tasks[t].get('best')}"
+                          + (f", {tasks[t]['users']:,} users" if tasks[t].get("users") is not None else "") + ")"
+                          for t in noisy)
+        out.append(Remedy(
+            f"the version's lead over the best trivial baseline is within the noise of the newest day ({named}): "
+            "it is not shown to rank better than counting past positives, nor shown to rank worse",
+            "judge it on more users: more test days (training.test_days) or a log with more users a day; "
+            "docs/training.md, \"Real logs and small data\", has what the real logs showed"))
+    if undefined or not tasks:
+        out.append(Remedy("nothing could be compared with the baselines"
+                          + (f" on {', '.join(undefined)}" if undefined else "") + ", so the version cannot be judged",
+                          "check the newest day's rows and the model's scores of them"))
+    return out
 
 
 REMEDIES = {"data": _data_remedies, "collapse": _collapse_remedies, "entanglement": _entanglement_remedies,

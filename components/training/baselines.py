@@ -87,10 +87,12 @@ def baseline_comparison(model_scores: Mapping[str, Any], train: Any, valid: Any,
                         n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per task: every baseline's AUC on the newest day (``valid``), the best one, the model's AUC and
     ``difference``: AUC(model) - AUC(best baseline) with its paired bootstrap interval over users (a dict
-    of ``Interval.to_dict()``; None values where undefined). ``model_scores``: task -> the model's
+    of ``Interval.to_dict()``; None values where undefined), and ``users``, the newest day's users the
+    interval resamples. ``model_scores``: task -> the model's
     probabilities of ``valid``'s rows."""
     scores = baseline_scores(train, valid, tasks)
     users = _column(valid, "user_id")
+    n_users = int(np.unique(users).size)  # what the interval's width depends on
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         y = _column(valid, task)
@@ -99,7 +101,7 @@ def baseline_comparison(model_scores: Mapping[str, Any], train: Any, valid: Any,
         defined = {name: a for name, a in aucs.items() if np.isfinite(a)}
         best = max(defined, key=defined.__getitem__) if defined else None
         row: dict[str, Any] = {"baselines": {k: (v if np.isfinite(v) else None) for k, v in aucs.items()},
-                               "best": best, "best_auc": defined.get(best) if best else None}
+                               "best": best, "best_auc": defined.get(best) if best else None, "users": n_users}
         model_auc = auc(model, y)
         row["model_auc"] = model_auc if np.isfinite(model_auc) else None
         row["difference"] = (auc_difference_interval(y, model, scores[best][task], users, n_boot=n_boot,

@@ -62,8 +62,9 @@ def test_the_best_baseline_is_chosen_per_task(window) -> None:
                                ["click", "conversion"])
     assert comp["conversion"]["best"] == "per_user"  # conversion depends on the user only
     assert comp["click"]["baselines"]["per_ad"] > 0.6 and comp["conversion"]["baselines"]["per_user"] > 0.6
+    users = len(set(valid.column("user_id").to_pylist()))  # the units the interval resamples
     for row in comp.values():
-        assert row["best_auc"] == max(row["baselines"].values())
+        assert row["best_auc"] == max(row["baselines"].values()) and row["users"] == users
 
 
 @pytest.mark.parametrize("kind", ["random", "constant"])
