@@ -126,6 +126,8 @@ def render_train(st: dict[str, Any]) -> list[str]:
         f"{_num_rate(tr.get('samples_per_s'))} samples/s on {tr.get('device')}"
         + ("  [unchanged, skipped]" if st.get("skipped") else "")
     ]
+    if (st.get("small_data") or {}).get("text"):
+        lines.append(st["small_data"]["text"])
     if st.get("evaluation_text"):
         lines.append(st["evaluation_text"])
     lines.append(f"  saved to {st.get('model_dir')}")

@@ -30,7 +30,9 @@ def _baseline_verdict(task: str, row: Mapping[str, Any], margin: float) -> tuple
     if high < margin:
         return "FAIL", f"{head}, clearly not above the {key}: the model is no better than the baseline"
     if low < margin:
-        return "inconclusive", f"{head} straddles the {key}"
+        users = row.get("users")
+        return "inconclusive", (f"{head} straddles the {key}"
+                                + (f" ({users:,} users on the newest day)" if users is not None else ""))
     return "pass", f"{head} above the {key}"
 
 
@@ -40,12 +42,13 @@ def baseline_gate(comparison: Mapping[str, Mapping[str, Any]], margin: float,
     training window, components/training/baselines.py) on every task by ``margin``
     (``gates.baseline_margin``), judged with the paired bootstrap interval of AUC(model) - AUC(best
     baseline) on the newest day: a task fails when the interval's upper bound is below the margin (the
-    model is clearly not better), is inconclusive (reported, passes) when the interval straddles the
-    margin, and passes when it lies above it. ``value``: the smallest difference over the tasks.
+    model is clearly not better), is inconclusive when the interval straddles the margin (or is undefined),
+    and passes when it lies above it. ``value``: the smallest difference over the tasks.
 
     ``comparison``: ``{task: {"model_auc", "best", "best_auc", "baselines": {name: auc}, "difference":
     {"point", "low", "high", ...}}}`` (``baseline_comparison``'s output). ``inconclusive``
-    (``gates.inconclusive``) decides whether an inconclusive gate passes, as for the other gates.
+    (``gates.baseline_inconclusive``, default fail) decides whether an inconclusive gate passes: by default a
+    version not shown to beat counting past positives never becomes challenger.
     """
     verdicts = {task: _baseline_verdict(task, row, margin) for task, row in comparison.items()}
     points = {t: finite_or_none((row.get("difference") or {}).get("point")) for t, row in comparison.items()}
@@ -55,8 +58,11 @@ def baseline_gate(comparison: Mapping[str, Mapping[str, Any]], margin: float,
     status = FAIL if failed or not comparison else INCONCLUSIVE if inconclusive_tasks else PASS
     passed = status == PASS or (status == INCONCLUSIVE and inconclusive == "pass")
     reason = "; ".join(words for _, words in verdicts.values()) or "no task compared with the baselines"
-    if inconclusive_tasks and passed:
-        reason += f" (inconclusive on {', '.join(inconclusive_tasks)}: passes, the data are too few to tell)"
+    if inconclusive_tasks and not failed:
+        named = ", ".join(inconclusive_tasks)
+        reason += (f" (inconclusive on {named}: passes, the data are too few to tell; gates.baseline_inconclusive"
+                   " = pass)" if passed else f" (inconclusive on {named}: not shown to beat the baseline, held back"
+                   " by gates.baseline_inconclusive = fail)")
     closest = min(defined, key=defined.get, default=None)  # the task nearest to failing: its interval is shown
     diff = (comparison[closest].get("difference") or {}) if closest is not None else {}
     low, high = finite_or_none(diff.get("low")), finite_or_none(diff.get("high"))

@@ -23,6 +23,15 @@ import numpy as np
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 STATUSES = (PASS, FAIL, INCONCLUSIVE)
+# The config key that decides an inconclusive gate: the baseline gate has its own (default fail).
+POLICY_KEYS = {"baseline": "gates.baseline_inconclusive"}
+
+
+def policy_key(gate_name: Any) -> str:
+    """The config key whose value (pass / fail) decides gate ``gate_name`` when it is inconclusive."""
+    return POLICY_KEYS.get(str(gate_name), "gates.inconclusive")
+
+
 RESAMPLE_CHUNK = 8  # resamples whose weighted Gram matrices are formed in one batched product
 
 
@@ -120,5 +129,5 @@ def clustered_separation_se(x_a: np.ndarray, x_b: np.ndarray, pairs_a: np.ndarra
     return math.sqrt(v)
 
 
-__all__ = ["FAIL", "INCONCLUSIVE", "PASS", "STATUSES", "clustered_separation_se", "field_seed", "ia_resamples",
+__all__ = ["FAIL", "INCONCLUSIVE", "PASS", "POLICY_KEYS", "STATUSES", "policy_key", "clustered_separation_se", "field_seed", "ia_resamples",
            "interval_verdict", "normal_interval", "smallest_separation"]

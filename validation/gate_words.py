@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from validation.gate_intervals import FAIL, INCONCLUSIVE, PASS
+from validation.gate_intervals import FAIL, INCONCLUSIVE, PASS, policy_key
 
 FORCE_PROMOTE = 'adsrec promote --version {version} --force --reason "..."'
 
@@ -291,7 +291,8 @@ def _baseline_unsure(tasks: Mapping[str, Mapping[str, Any]], unsure: list[str]) 
         "the model was compared with the baselines, but the newest day has too few positives to tell whether it "
         "beats them by gates.baseline_margin (" + "; ".join(parts) + ")",
         "judge on more days: raise training.test_days (every test day adds its positives and narrows the "
-        f"interval), or train on a longer window (pipeline.training_days); {UNDECIDED}")
+        f"interval), or train on a longer window (pipeline.training_days); {policy_key('baseline')} decides whether "
+        "such a version passes (default: fail)")
 
 
 def _baseline_remedies(gate: Mapping[str, Any]) -> list[Remedy]:
@@ -354,10 +355,10 @@ def gate_notice(gate: Mapping[str, Any], version: int | None = None) -> str:
         return ""
     found = remedies(gate)
     return "\n".join([
-        f"warning: {gate.get('name')} gate inconclusive, passed by gates.inconclusive = pass: {gate.get('reason')}",
+        f"warning: {gate.get('name')} gate inconclusive, passed by {policy_key(gate.get('name'))} = pass: {gate.get('reason')}",
         "  why it matters: " + "; ".join(r.why for r in found),
         "  what to do: " + "; ".join(r.what_to_do for r in found),
-        "  to hold such versions back instead: gates.inconclusive = fail",
+        f"  to hold such versions back instead: {policy_key(gate.get('name'))} = fail",
     ])
 
 

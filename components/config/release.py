@@ -37,6 +37,11 @@ class GatesConfig(Section):
     auc_tolerance: float = Field(0.01, ge=0, le=1, description="allowed AUC drop vs the champion, per task")
     calibration_band: tuple[float, float] = Field((0.5, 2.0), description="mean prediction / observed rate")
     # baseline
+    baseline_inconclusive: Literal["pass", "fail"] = Field(
+        "fail", description="what the baseline gate does when a task's lead over the best trivial baseline is "
+        "within the noise (its interval straddles gates.baseline_margin) or undefined: fail (default), so a "
+        "version that is not shown to rank better than counting past positives never becomes challenger; pass, "
+        "with a warning, as gates.inconclusive does for the other gates")
     baseline_margin: float = Field(
         0.0, ge=-1, le=1, description="AUC lead the model must have over the best trivial baseline (per-ad, "
         "per-user rate, popularity), per task; fails when the interval's upper bound is below it")

@@ -157,6 +157,10 @@ class TrainingConfig(Section):
         default_factory=lambda: TrainerSettings(epochs=2, batch_size=2048, patience=1),
         description="how it trains (default {epochs: 2, batch_size: 2048, patience: 1}; a train given in the "
         "config starts from TrainConfig's defaults)")
+    min_steps_per_epoch: int = Field(
+        32, ge=0, description="small data: when the training rows give fewer optimiser steps per epoch at "
+        "train.batch_size, the daily step lowers the batch so that an epoch has this many (never below 64 rows), "
+        "so that early stopping judges a trained model, not the initial one; 0: off (docs/training.md)")
     ipw: bool = Field(True, description="repeated-exposure inverse propensity weights on positives")
     ipw_task: str | None = Field(
         None, description="the task whose positives the re-exposure policy reacts to (the propensity's history "

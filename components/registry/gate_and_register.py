@@ -142,7 +142,8 @@ def baselines_and_gate(settings: Settings, trained: Any, train: Any, test: Any, 
     from validation.baseline_gate import baseline_gate
 
     comparison = baseline_comparison(trained.score(test), train, test, tasks)
-    gates.append(baseline_gate(comparison, settings.gates.baseline_margin, settings.gates.inconclusive))
+    gates.append(baseline_gate(comparison, settings.gates.baseline_margin,
+                                settings.gates.baseline_inconclusive))
     return comparison
 
 

@@ -92,6 +92,7 @@ def baseline_comparison(model_scores: Mapping[str, Any], train: Any, valid: Any,
     rows."""
     scores = baseline_scores(train, valid, tasks)
     users = _column(valid, "user_id")
+    n_users = int(np.unique(users).size)  # what the interval's width depends on
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         y = _column(valid, task)
@@ -101,7 +102,8 @@ def baseline_comparison(model_scores: Mapping[str, Any], train: Any, valid: Any,
         best = max(defined, key=defined.__getitem__) if defined else None
         row: dict[str, Any] = {"baselines": {k: (v if np.isfinite(v) else None) for k, v in aucs.items()},
                                "best": best, "best_auc": defined.get(best) if best else None,
-                               "rows": int(y.size), "positives": int(np.count_nonzero(y))}
+                               "rows": int(y.size), "positives": int(np.count_nonzero(y)),
+                               "users": n_users}
         model_auc = auc(model, y)
         row["model_auc"] = model_auc if np.isfinite(model_auc) else None
         row["difference"] = (auc_difference_interval(y, model, scores[best][task], users, n_boot=n_boot,

@@ -5,7 +5,8 @@ The daily run's model step. The window splits three ways by UTC day (components/
 them validate, the rest train. Fit the repeated-exposure propensity on the window's impressions (IPW
 weights for positives on repeated exposures; the propensity's history label is ``training.ipw_task``,
 default the first task; skipped with a message when the window has no repeated exposure or the task no
-positive), train with early stopping on the validation days, then score the test days, which neither
+positive), train with early stopping on the validation days (a window of few rows trains on smaller
+batches: :func:`small_data`, ``training.min_steps_per_epoch``), then score the test days, which neither
 training nor early stopping saw: every task's AUC with its bootstrap interval over users, the slices and,
 on the simulator, the oracle AUC. A task without a positive among the training rows fails the step with a
 message naming it. The model and its evaluation are saved under ``<home>/models/<end day>/``;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Any
 from components.config import Settings
 
 log = logging.getLogger(__name__)
+
+MIN_BATCH = 64  # the small-data rule never trains on batches smaller than this
 
 
 def ipw_skip_reason(impressions: Any, task: str) -> str | None:
@@ -96,6 +100,38 @@ def ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: d
     return {t: propensity.weights(train, t, cfg.ipw_w_min) for t in tasks}, ipw
 
 
+def small_data(train: Any, batch_size: int, min_steps: int) -> dict[str, Any] | None:
+    """The small-data rule of the daily step: when ``train``'s rows give fewer than ``min_steps``
+    optimiser steps per epoch at ``batch_size``, the batch that gives ``min_steps`` (never below
+    ``MIN_BATCH`` rows); None when the rule does not apply (enough rows, a configured batch already that
+    small, or ``min_steps`` 0). With 2 epochs of 7 steps (MovieLens' 7-day window at batch 2048) the model early
+    stopping judges has barely left its initial weights (docs/training.md, "Real logs and small data").
+
+    Returns what the summary shows: ``rows``, ``users``, ``ads`` (distinct in the training rows) and the
+    rows per user and per ad, ``batch_size`` (configured), ``steps_per_epoch`` at it, ``used_batch_size``,
+    ``used_steps_per_epoch`` and ``text`` ("small data: ...")."""
+    import pyarrow.compute as pc
+
+    rows = train.num_rows
+    steps = math.ceil(rows / batch_size) if rows else 0
+    if min_steps <= 0 or rows == 0 or steps >= min_steps:
+        return None
+    used = max(MIN_BATCH, rows // min_steps)
+    if used >= batch_size:  # the configured batch is already that small
+        return None
+    users = int(pc.count_distinct(train.column("user_id")).as_py())
+    ads = int(pc.count_distinct(train.column("ad_id")).as_py())
+    out = {"rows": rows, "users": users, "ads": ads, "rows_per_user": round(rows / max(users, 1), 1),
+           "rows_per_ad": round(rows / max(ads, 1), 1), "batch_size": batch_size, "steps_per_epoch": steps,
+           "used_batch_size": used, "used_steps_per_epoch": math.ceil(rows / used), "min_steps": min_steps}
+    out["text"] = (
+        f"small data: {rows:,} training rows ({users:,} users, {out['rows_per_user']:g} rows each; {ads:,} ads, "
+        f"{out['rows_per_ad']:g} rows each) give {steps} optimiser step(s) per epoch at batch_size {batch_size}: "
+        f"trained at batch_size {used} ({out['used_steps_per_epoch']} steps per epoch, "
+        f"training.min_steps_per_epoch {min_steps})")
+    return out
+
+
 def split_days(table: Any) -> list[str]:
     """The UTC days (ISO strings) the rows of ``table`` fall on, oldest first."""
     import pyarrow.compute as pc
@@ -134,8 +170,8 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
 
     Returns a JSON-able summary: rows and days of the split (``rows``/``days``: train, valid, test),
     training (epochs, samples/s, seconds), per-task metrics on the test days overall and per slice with
-    the AUC's interval, the oracle comparison on the simulator, the IPW weight distribution, the model
-    folder. ``progress`` receives the trainer's step and epoch events.
+    the AUC's interval, the oracle comparison on the simulator, the IPW weight distribution, ``small_data``
+    (:func:`small_data`'s note when the rule lowered the batch, else None), the model folder. ``progress`` receives the trainer's step and epoch events.
     """
     import pyarrow.compute as pc
 
@@ -160,9 +196,13 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
                     "last epoch is kept", cfg.valid_days, training_set)
 
     out_dir = settings.models_dir / end_day.isoformat()
+    small = small_data(train, cfg.train.batch_size, cfg.min_steps_per_epoch)
+    if small is not None:
+        log.info("%s", small["text"])
     train_cfg = TrainConfig.from_dict({**cfg.train.to_dict(),
                                        "checkpoint_dir": cfg.train.checkpoint_dir or str(out_dir / "checkpoints"),
-                                       "ipw": weights is not None})
+                                       "ipw": weights is not None,
+                                       **({"batch_size": small["used_batch_size"]} if small else {})})
     ranker_cfg = cfg.ranker.to_ranker_config()
     result = train_ranker(settings, train, valid if valid.num_rows else None, ranker_cfg, train_cfg,
                           train_weights=weights, callback=progress)
@@ -180,6 +220,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
         "evaluation_text": report.to_text(),
         "oracle": oracle.to_dict() if oracle is not None else None,
         "ipw": ipw,
+        "small_data": small,
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json_atomic(out_dir / "evaluation.json", summary)

@@ -188,10 +188,10 @@ def test_the_summary_markdown_shows_the_terminal_summarys_cells() -> None:
     for cell in ("-0.0500", "[-0.0614, -0.0386]", "inconclusive (pass)", "0.6500 [0.640, 0.662]", "0.6100 (0.701)"):
         assert cell in text and cell in md
     assert "**entanglement gate failed: separation -0.0500 not > 0.0000; mean |r| 0.47**" in lines
-    assert "**warning: baseline gate inconclusive, passed by gates.inconclusive = pass: " in md
+    assert "**warning: baseline gate inconclusive, passed by gates.baseline_inconclusive = pass: " in md
     assert any(line.startswith("- why it matters: ") and "37 conversion positives in 4,120 rows" in line
                for line in lines)
-    assert "- to hold such versions back instead: gates.inconclusive = fail" in lines
+    assert "- to hold such versions back instead: gates.baseline_inconclusive = fail" in lines
     assert "&lt;home>/models/&lt;day>/analysis/entanglement_distances.png" in md  # not read as an HTML tag
     assert lines[-1] == "registered: adsrec-ranker version 3 -> no alias (a gate failed); run r1"
 

@@ -66,6 +66,7 @@ def test_the_best_baseline_is_chosen_per_task(window) -> None:
         assert row["best_auc"] == max(row["baselines"].values())
         labels = valid.column(task).to_numpy()  # what the interval has to go on, for the gate's words
         assert row["rows"] == valid.num_rows and row["positives"] == int(labels.sum())
+        assert row["users"] == len(set(valid.column("user_id").to_pylist()))  # the units the interval resamples
 
 
 @pytest.mark.parametrize("kind", ["random", "constant"])

@@ -60,3 +60,26 @@ def test_the_reported_auc_has_an_interval_over_users_and_the_summary_prints_it(t
     click = result["evaluation"]["auc_interval"]["click"]
     assert f"click {click['point']:.4f} [{click['low']:.4f}, {click['high']:.4f}]" in text
     assert result["oracle"] is not None  # the simulator's ground truth scores the same test rows
+
+
+def test_small_data_lowers_the_batch_to_the_minimum_steps_per_epoch_and_says_so() -> None:
+    import pyarrow as pa
+
+    from components.training.train_day import MIN_BATCH, small_data
+    from flows.report import render_train
+
+    rows = 15_000  # MovieLens' 7-day window: 7 steps per epoch at the daily batch of 2048
+    train = pa.table({"user_id": [i % 60 for i in range(rows)], "ad_id": [i % 1000 for i in range(rows)]})
+    note = small_data(train, 2048, 32)
+    assert note is not None and note["steps_per_epoch"] == 8 and note["used_batch_size"] == rows // 32 == 468
+    assert note["used_steps_per_epoch"] >= 32 and (note["users"], note["ads"]) == (60, 1000)
+    assert note["text"].startswith("small data: 15,000 training rows (60 users, 250 rows each; 1,000 ads, 15 rows")
+    assert "trained at batch_size 468 (33 steps per epoch, training.min_steps_per_epoch 32)" in note["text"]
+    assert small_data(train, 256, 32) is None  # 59 steps already: the configured batch stays
+    assert small_data(train, 2048, 0) is None  # the rule off
+    tiny = small_data(train.slice(0, 500), 2048, 32)  # never below MIN_BATCH rows a step
+    assert tiny is not None and tiny["used_batch_size"] == MIN_BATCH and tiny["used_steps_per_epoch"] == 8
+    assert small_data(train.slice(0, 500), 64, 32) is None  # a configured batch already that small stays
+    text = "\n".join(render_train({"stage": "train", "small_data": note, "rows": {"train": rows}}))
+    assert note["text"] in text
+    assert "small data" not in "\n".join(render_train({"stage": "train", "small_data": None}))

@@ -34,6 +34,23 @@ def test_fail_inconclusive_and_pass_by_where_the_interval_lies() -> None:
     assert "baseline" in gate_table([refused]) and "FAIL" in gate_table([refused])
 
 
+def test_an_inconclusive_lead_says_why_naming_the_task_the_baseline_and_the_users() -> None:
+    from validation.gate_words import gate_notice
+
+    noisy = {**row(-0.006, -0.036, 0.031), "users": 18}
+    gate = baseline_gate({"click": row(0.05, 0.03, 0.07), "conversion": noisy}, 0.0)
+    assert "straddles the margin 0.000 (gates.baseline_margin) (18 users on the newest day)" in gate.reason
+    notice = gate_notice(gate.to_dict())
+    assert notice.startswith("warning: baseline gate inconclusive, passed by gates.baseline_inconclusive = pass")
+    assert "conversion: the lead over per_ad, -0.006 [-0.036, +0.031], straddles the margin" in notice
+    assert "training.test_days" in notice and "nothing could be compared" not in notice
+    held = gate_notice(baseline_gate({"conversion": noisy}, 0.0, "fail").to_dict())
+    assert held.startswith("baseline gate failed") and "(18 users on the newest day)" in held
+    # an undefined AUC is said as such, next to a noisy lead
+    both = gate_notice(baseline_gate({"click": row(None, None, None, best=None), "conversion": noisy}, 0.0).to_dict())
+    assert "click: the newest day has no positive or no negative click label" in both and "conversion: the lead" in both
+
+
 def test_undefined_auc_or_interval_is_inconclusive_not_a_failure() -> None:
     gate = baseline_gate({"click": row(None, None, None, best=None), "conversion": row(-0.02, None, None)}, 0.0)
     assert gate.passed and gate.details["inconclusive"] == ["click", "conversion"]

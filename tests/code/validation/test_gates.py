@@ -315,12 +315,12 @@ def test_an_inconclusive_gate_says_what_it_could_not_tell_and_what_to_do(setting
 
     straddles = baseline_gate({"click": row(0.05, 0.03, 0.07, 210), "conversion": row(0.01, -0.02, 0.04, 37)}, 0.0)
     warning = gate_notice(straddles.to_dict())
-    assert warning.startswith("warning: baseline gate inconclusive, passed by gates.inconclusive = pass: ")
+    assert warning.startswith("warning: baseline gate inconclusive, passed by gates.baseline_inconclusive = pass: ")
     assert ("why it matters: the model was compared with the baselines, but the newest day has too few positives "
             "to tell whether it beats them by gates.baseline_margin (conversion: the lead over per_ad, +0.010 "
             "[-0.020, +0.040], straddles the margin with 37 conversion positives in 4,120 rows)") in warning
     assert "click:" not in warning.split("why it matters")[1]  # only the task that straddles
-    assert "raise training.test_days" in warning and "gates.inconclusive decides" in warning
+    assert "raise training.test_days" in warning and "gates.baseline_inconclusive decides" in warning
     assert "nothing was compared" not in warning
     held = baseline_gate({"conversion": row(0.01, -0.02, 0.04, 37)}, 0.0, "fail")  # gates.inconclusive = fail
     assert "37 conversion positives" in failure_text(held.to_dict()) and "training.test_days" in failure_text(
