@@ -69,10 +69,11 @@ def _check_positives(train: Any, held_out: Any, tasks: tuple[str, ...], path: Pa
 
 
 def ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: dt.date,
-                end_day: dt.date) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+                end_day: dt.date, fit_end: dt.date | None = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Per-task inverse propensity weights of the training rows (None when IPW is off or skipped), the
-    propensity fitted on the impressions of days ``first``..``end_day``, and what the summary says about
-    them: enabled, the task, why it was skipped or the weights' summary."""
+    propensity fitted on the impressions of days ``first``..``fit_end`` (default ``end_day``, the run's
+    day, which the log lines name), and what the summary says about them: enabled, the task, why it was
+    skipped or the weights' summary."""
     from components.store.features import pick_task
     from components.store.offline import read_offline
     from components.training.propensity import ExposurePropensity
@@ -82,7 +83,7 @@ def ipw_weights(settings: Settings, train: Any, tasks: tuple[str, ...], first: d
     if not cfg.ipw:
         return None, ipw
     task = pick_task(cfg.ipw_task, tasks, "training.ipw_task")
-    impressions = read_offline(settings, "impressions", first, end_day,
+    impressions = read_offline(settings, "impressions", first, fit_end or end_day,
                                columns=["user_id", "ad_id", "event_time", "exposure_index", task])
     ipw["task"] = task
     reason = ipw_skip_reason(impressions, task)
@@ -190,7 +191,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     # The propensity sees the training days only: fitting it on the validation and test days would leak
     # their exposures and labels into the training weights.
     train_end = pc.max(train.column("event_time")).as_py().date() if train.num_rows else end_day
-    weights, ipw = ipw_weights(settings, train, tasks, first, train_end)
+    weights, ipw = ipw_weights(settings, train, tasks, first, end_day, fit_end=train_end)
     if valid.num_rows == 0:
         log.warning("the %d validation day(s) before the test day(s) of %s have no rows: no early stopping, the "
                     "last epoch is kept", cfg.valid_days, training_set)
