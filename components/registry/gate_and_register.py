@@ -169,7 +169,7 @@ def register_and_promote(settings: Settings, model_dir: Path, train_result: dict
     version = register_model(
         settings, model_dir, train_result, gates, plots,
         data_window=(min(days), max(days)), feature_views=meta.get("feature_views"),
-        sample_rows=valid.slice(0, min(SAMPLE_ROWS, valid.num_rows)),
+        sample_rows=valid.slice(0, min(SAMPLE_ROWS, valid.num_rows)), training_set=training_set_path,
     )
     return version.to_dict(), maybe_auto_promote(settings, version)
 

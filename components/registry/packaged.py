@@ -10,7 +10,8 @@ logged "from code" (:data:`MODEL_CODE`, a three-line script naming :class:`Packa
 
 Input: rows with the training set's feature columns (a Feast-served feature row has them), as a pandas
 DataFrame, a pyarrow Table, a dict of columns or a list of row dicts; extra columns (labels, ids) are
-ignored, missing feature columns raise ``KeyError`` naming them. Output: a DataFrame with one float32
+ignored, missing feature columns raise ``KeyError`` naming them (through MLflow, the signature's
+``MlflowException``; components/registry/signature.py). Output: a DataFrame with one float32
 probability column per task, ``p_<task>`` (``p_click``, ``p_conversion``, ...), one row per input row.
 
 Example (a fresh process; the registry URI comes from ``MLFLOW_TRACKING_URI``)::
@@ -34,11 +35,13 @@ if TYPE_CHECKING:
     from components.training.artefact import TrainedModel
 
 RANKER_ARTIFACT = "ranker"
+TIME_COLUMN = "event_time"
 # The files of a saved ranker folder that go into the logged model (checkpoints and the like stay behind).
 REQUIRED_FILES = ("model.pt", "spec.json", "ranker_config.json", "encoders.json")
 OPTIONAL_FILES = ("train_config.json", "history.json", "evaluation.json")
 # MLflow "models from code": this script is stored with the logged model and run when it is loaded, so
-# nothing is pickled; it only names the class, which comes from the installed adsrec package.
+# nothing is pickled; it only names the class, which comes from the code stored with the model
+# (components/registry/signature.py ``stage_code``) or the installed adsrec package.
 MODEL_CODE = '''"""The adsrec ranker as an MLflow pyfunc (models from code; see components/registry/packaged.py)."""
 import mlflow
 
@@ -63,6 +66,7 @@ def probability_column(task: str) -> str:
 def rows_to_table(rows: Any) -> "pa.Table":
     """A pyarrow Table from a pandas DataFrame, a pyarrow Table, a dict of columns or a list of row dicts.
 
+    An ``event_time`` column of strings or objects is parsed as ISO-8601 (naive means UTC).
     pandas NaN becomes null (so an integer id column that pandas had to hold as float still looks up the
     right vocabulary entry: the encoders cast it back to int64)."""
     import pyarrow as pa
@@ -72,7 +76,10 @@ def rows_to_table(rows: Any) -> "pa.Table":
     if isinstance(rows, pa.RecordBatch):
         return pa.Table.from_batches([rows])
     if isinstance(rows, pd.DataFrame):
-        return pa.Table.from_pandas(rows, preserve_index=False)
+        if TIME_COLUMN in rows.columns and not pd.api.types.is_datetime64_any_dtype(rows[TIME_COLUMN]):
+            # ISO-8601 strings (the JSON input example, a REST request) or Timestamp objects: UTC
+            rows = rows.assign(**{TIME_COLUMN: pd.to_datetime(rows[TIME_COLUMN], utc=True, format="ISO8601")})
+        return _with_time_lists(rows)
     if isinstance(rows, dict):
         return pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
@@ -81,6 +88,31 @@ def rows_to_table(rows: Any) -> "pa.Table":
         f"cannot score a {type(rows).__name__}: pass a pandas DataFrame, a pyarrow Table, "
         "a dict of columns or a list of row dicts"
     )
+
+
+def _with_time_lists(frame: pd.DataFrame) -> "pa.Table":
+    """``frame`` as a Table, its click-time list column rebuilt as ``list<timestamp[us, UTC]>`` from what
+    MLflow's schema enforcement leaves (arrays of mixed datetime64 units) or JSON sends (ISO strings)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from components.training.encoders import SEQUENCE_TIMES
+
+    if SEQUENCE_TIMES not in frame.columns or frame[SEQUENCE_TIMES].dtype != object:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    lists = frame[SEQUENCE_TIMES].to_numpy()
+    present = np.array([x is not None and not (isinstance(x, float) and np.isnan(x)) for x in lists], dtype=bool)
+    lengths = np.array([len(x) if ok else 0 for x, ok in zip(lists, present)], dtype=np.int32)
+    flat = np.concatenate([np.asarray(x) for x in lists[present]] or [np.array([], dtype="datetime64[us]")])
+    if flat.dtype.kind == "M":  # naive datetimes (any unit) are UTC
+        values = pa.array(flat.astype("datetime64[us]")).cast(pa.timestamp("us", tz="UTC"))
+    else:
+        values = pa.array(pd.to_datetime(pd.Series(flat, dtype=object), utc=True, format="ISO8601"),
+                          pa.timestamp("us", tz="UTC"))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    table = pa.Table.from_pandas(frame.drop(columns=[SEQUENCE_TIMES]), preserve_index=False)
+    column = pa.ListArray.from_arrays(offsets, values, mask=pa.array(~present))
+    return table.add_column(list(frame.columns).index(SEQUENCE_TIMES), SEQUENCE_TIMES, column)
 
 
 class PackagedRanker(PythonModel):

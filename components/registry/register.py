@@ -71,6 +71,7 @@ class StagedModel:
     scorer: "PackagedRanker"
     curves: Path | None
     sample_files: tuple[Path, ...]
+    sample: "pa.Table | None" = None
 
 
 # ----- checks and staging -------------------------------------------------------------------------------------
@@ -145,6 +146,7 @@ def stage_model(tmp: Path, folder: ModelFolder, sample_rows: "pa.Table | None") 
     staged = _stage_model_dir(folder.path, tmp / RANKER_ARTIFACT)
     scorer = PackagedRanker().load(staged)
     sample_files: tuple[Path, ...] = ()
+    sample = None
     if sample_rows is not None:
         sample = sample_rows.slice(0, SAMPLE_MAX_ROWS)
         pq.write_table(sample, tmp / SAMPLE_ARTIFACT)
@@ -152,7 +154,7 @@ def stage_model(tmp: Path, folder: ModelFolder, sample_rows: "pa.Table | None") 
         scores.to_parquet(tmp / SAMPLE_SCORES_ARTIFACT, index=False)
         sample_files = (tmp / SAMPLE_ARTIFACT, tmp / SAMPLE_SCORES_ARTIFACT)
     curves = training_curves_plot(folder.history, tmp / "training_curves.png")
-    return StagedModel(path=staged, scorer=scorer, curves=curves, sample_files=sample_files)
+    return StagedModel(path=staged, scorer=scorer, curves=curves, sample_files=sample_files, sample=sample)
 
 
 # ----- tags and description ------------------------------------------------------------------------------------
@@ -199,29 +201,37 @@ def version_description(summary: Mapping[str, Any], arch: str, start: dt.date, e
 # ----- the model and the version -----------------------------------------------------------------------------
 def log_packaged_model(tmp: Path, staged: StagedModel) -> "mlflow.models.model.ModelInfo":
     """Log the staged ranker into the active run as a pyfunc "from code" (components/registry/packaged.py)
-    with pinned requirements and an output-only signature; returns MLflow's ``ModelInfo``."""
+    with pinned requirements, the code it imports (``code_paths``) and a signature; with a scoring sample,
+    the signature has inputs and the first rows are the input example (components/registry/signature.py).
+    Returns MLflow's ``ModelInfo``."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
+    from components.config import PROJECT_ROOT
     from components.registry.packaged import RANKER_ARTIFACT, write_model_code
+    from components.registry.signature import input_example, input_schema, input_types, stage_code
 
     tasks = staged.scorer.tasks
+    inputs = example = None
+    types: dict[str, str] = {}
+    if staged.sample is not None:
+        inputs = input_schema(staged.sample, staged.scorer.feature_columns)
+        example = input_example(staged.sample, inputs.input_names())
+        types = input_types(staged.sample, inputs.input_names())
     with warnings.catch_warnings():
-        # No input_example on purpose: list and timestamp columns do not survive MLflow's JSON
-        # example; the scoring sample is logged as parquet instead (SAMPLE_ARTIFACT).
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
             python_model=str(write_model_code(tmp / "adsrec_ranker.py")),
             artifacts={RANKER_ARTIFACT: str(staged.path)},
+            code_paths=stage_code(PROJECT_ROOT, tmp / "code"),
             pip_requirements=pip_requirements(),
-            # Outputs only: the input is the training set's columns (lists, timestamps, nullable
-            # ints), which MLflow's input schema enforcement would coerce; the encoders check it.
-            signature=ModelSignature(inputs=None, outputs=Schema(
+            signature=ModelSignature(inputs=inputs, outputs=Schema(
                 [ColSpec("float", f"p_{t}") for t in tasks])),
+            input_example=example,
             metadata={"tasks": list(tasks), "outputs": [f"p_{t}" for t in tasks],
-                      "feature_columns": staged.scorer.feature_columns},
+                      "feature_columns": staged.scorer.feature_columns, "input_types": types},
         )
 
 
@@ -235,6 +245,7 @@ def register_model(
     data_window: tuple[dt.date, dt.date],
     feature_views: Mapping[str, Any] | None = None,
     sample_rows: "pa.Table | None" = None,
+    training_set: str | Path | None = None,
 ) -> RegisteredVersion:
     """Log one trained model to MLflow and register it as a new version of ``registry.model_name``.
 
@@ -251,7 +262,8 @@ def register_model(
         sample_rows: rows to score (e.g. 256 of the validation day, with the feature columns); logged as
             ``scoring_sample.parquet`` with this process's scores as ``scoring_sample_scores.parquet``
             (columns ``p_<task>``, same row order), so a later process can check it reproduces them.
-            At most ``SAMPLE_MAX_ROWS`` rows are kept.
+            At most ``SAMPLE_MAX_ROWS`` rows are kept; they give the signature's inputs and the input example.
+        training_set: the training set's parquet path, logged as the run's input dataset (by reference).
 
     Returns:
         The version number, run id, ``models:/<name>/<version>`` URI and the aliases it set.
@@ -283,6 +295,10 @@ def register_model(
                                  feature_views=feature_views,
                                  plots=[*plot_paths, *([staged.curves] if staged.curves else [])],
                                  sample_files=staged.sample_files)
+                if training_set is not None:
+                    from components.registry.signature import training_dataset
+
+                    mlflow.log_input(training_dataset(training_set), context="training")
                 info = log_packaged_model(tmp, staged)
                 mv = mlflow.register_model(info.model_uri, cfg.model_name,
                                            tags={**common_tags, "run_id": run_id})

@@ -203,7 +203,7 @@ def training_curves_plot(history: Sequence[Mapping[str, Any]], path: Path) -> Pa
 
 def pip_requirements() -> list[str]:
     """Exact pins of what loading the pyfunc needs, from the running environment (torch's ``+cpu`` local
-    label dropped). The ``adsrec`` package itself must be installed where the model is loaded."""
+    label dropped). The ``adsrec`` code the model needs travels with it (``code_paths``, register.py)."""
     from importlib.metadata import version
 
     return [f"{dist}=={version(dist).split('+')[0]}"

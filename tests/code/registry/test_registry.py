@@ -112,10 +112,14 @@ def reg(tmp_path_factory: pytest.TempPathFactory, trained: dict[str, Any]) -> di
                                                     "pipeline": {"shared_data": str(SHARED_DATA)}}).resolved()
     plot = home / "spectrum.png"
     plot.write_bytes(b"\x89PNG\r\n\x1a\n")  # any file: plots are logged as given
+    import pyarrow.parquet as pq
+
+    training_set = home / "training_set.parquet"
+    pq.write_table(trained["table"], training_set)
     common = dict(data_window=WINDOW, feature_views={"ad_profile": "v3", "user_stats": "2026-01-04"})
     versions = [
         register_model(settings, trained["model_dir"], trained["summary"], PASS, [plot],
-                       sample_rows=trained["valid"].slice(0, 256), **common),
+                       sample_rows=trained["valid"].slice(0, 256), training_set=training_set, **common),
         register_model(settings, trained["model_dir"], trained["summary"], FAIL, **common),
         register_model(settings, trained["model_dir"], trained["summary"], PASS,
                        sample_rows=trained["valid"].slice(0, 64), **common),
@@ -382,6 +386,57 @@ def test_fresh_process_loads_the_champion_by_alias_and_reproduces_the_logged_sco
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+SELF_DESCRIBED = r"""
+import json, sys
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+sys.path = [p for p in sys.path if p and (p.rstrip("/") not in ("/work/main", sys.argv[1]) or "site-packages" in p)]
+import mlflow
+from mlflow.models import Model
+model = mlflow.pyfunc.load_model("models:/adsrec-ranker/1")
+import components
+example = Model.load("models:/adsrec-ranker/1").load_input_example()
+got = model.predict(example)
+print(json.dumps({"components": components.__file__, "rows": len(example), "scores": got.to_dict("list")}))
+"""
+
+
+def test_the_registered_model_describes_itself_and_loads_in_a_process_without_the_repository(
+        reg: dict[str, Any], trained: dict[str, Any], tmp_path: Path) -> None:
+    """Version 1 carries an input signature, an input example of the scoring sample's first rows, its own
+    code (a process without this repository or the installed package on its path loads and scores it),
+    and the training set as the run's input dataset."""
+    import mlflow
+
+    from components.config import PROJECT_ROOT
+    from components.registry.packaged import PackagedRanker
+    from components.registry.signature import EXAMPLE_ROWS
+
+    from components.registry.client import mlflow_client
+
+    settings = reg["settings"]
+    with mlflow_client(settings) as client:  # the process URI is left alone
+        inputs = mlflow.models.get_model_info("models:/adsrec-ranker/1").signature.inputs
+        (dataset,) = [d.dataset for d in client.get_run(reg["versions"][0].run_id).inputs.dataset_inputs]
+        assert not client.get_run(reg["versions"][1].run_id).inputs.dataset_inputs
+    assert dataset.name == "training_set" and len(dataset.digest) == 16 and "training_set.parquet" in dataset.source
+    assert inputs is not None and "user_id" in inputs.required_input_names()
+    assert {"event_time", "user_sequence__ad_ids", "user_sequence__click_times"} <= set(
+        inputs.optional_input_names())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADSREC_", "MLFLOW_", "PYTHONPATH"))}
+    env.update(MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri, MLFLOW_DISABLE_TELEMETRY="true",
+               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    proc = subprocess.run([sys.executable, "-c", SELF_DESCRIBED, str(PROJECT_ROOT)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "/work/" not in out["components"] and "/code/components/" in out["components"], out["components"]
+    assert out["rows"] == EXAMPLE_ROWS
+    ref = PackagedRanker().load(trained["model_dir"]).score_table(trained["valid"].slice(0, EXAMPLE_ROWS))
+    for col in ref.columns:
+        np.testing.assert_allclose(out["scores"][col], ref[col], atol=1e-6)
+    assert np.std(out["scores"]["p_click"]) > 1e-5  # the rows score differently: not trivially equal
+
+
 def test_load_champion_in_process_scores_tables_and_frames(fresh_aliases: Any, trained: dict[str, Any]) -> None:
     from components.registry.aliases import load_champion, promote
     from components.registry.client import RegistryError
@@ -406,8 +461,12 @@ def test_load_champion_in_process_scores_tables_and_frames(fresh_aliases: Any, t
         np.testing.assert_allclose(by_frame[f"p_{task}"], ref[task], atol=1e-6)
         np.testing.assert_allclose(by_table[f"p_{task}"], ref[task], atol=1e-6)
         np.testing.assert_allclose(by_dicts[f"p_{task}"], ref[task], atol=1e-6)
-    with pytest.raises(KeyError, match="user_id"):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="user_id"):  # a required input of the signature
         model.predict(rows.drop_columns(["user_id"]).to_pandas())
+    no_sequence = rows.drop_columns(["event_time", "user_sequence__click_times", "user_sequence__categories"])
+    assert len(model.predict(no_sequence.to_pandas())) == 50  # optional inputs may be left out
     with pytest.raises(RegistryError, match="alias 'staging'"):
         load_champion(settings, alias="staging")
 
