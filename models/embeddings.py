@@ -104,7 +104,7 @@ class MNSECodec(nn.Module):
         self.register_buffer("value_start", torch.cumsum(counts, 0) - counts, persistent=False)
         field_of = torch.repeat_interleave(torch.arange(n_fields), counts)
         local = torch.arange(int(counts.sum())) - self.value_start[field_of]
-        self.register_buffer("value_field", field_of, persistent=False)
+        self.register_buffer("value_pool", pool[field_of], persistent=False)  # [V, P, C]: each value's pooling
         self.register_buffer("value_rows", row_offset[field_of] + self._digits_of(local, field_of), persistent=False)
 
     def _digits_of(self, local: torch.Tensor, field_of: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,7 @@ class MNSECodec(nn.Module):
         starts = block_starts.view(-1, 1, 1)
         if self.value_rows.shape[0] <= values.numel():
             tokens = F.embedding(starts + self.value_rows, weight, sparse=sparse)  # [G, V, P, d]
-            pooled = torch.einsum("gvpd,vpc->gvcd", tokens, self.pool_matrix[self.value_field].to(tokens.dtype))
+            pooled = torch.einsum("gvpd,vpc->gvcd", tokens, self.value_pool.to(tokens.dtype))
             n_values = self.value_rows.shape[0]
             idx = (values + self.value_start) + torch.arange(n_groups, device=values.device).view(-1, 1, 1) * n_values
             out = F.embedding(idx, pooled.reshape(n_groups * n_values, -1))  # [G, B, n_fields, C * d]
@@ -319,16 +319,14 @@ class MultiEmbedding(nn.Module):
 
     def _row_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows of one table read by every sample: [B, N] (categorical, MNSE tokens, sequence items/cats)."""
-        parts = []
-        if self.spec.categorical:
-            parts.append(batch["cat"] + self.cat_offsets)
-        if self.mnse is not None:
-            parts.append(self.mnse.token_rows(batch["num"]).flatten(1) + self.mnse_start)
-        if self.seq is not None:
-            parts.append(batch["seq_items"] + self.cat_slices[self.seq.item_field][0])
-            if self.seq.category_field is not None:
-                parts.append(batch["seq_cats"] + self.cat_slices[self.seq.category_field][0])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        direct = self._direct_ids(batch)
+        if self.mnse is None:
+            return direct
+        tokens = self.mnse.token_rows(batch["num"]).flatten(1) + self.mnse_start
+        if direct is None:
+            return tokens
+        n_cat = len(self.spec.categorical)
+        return torch.cat([direct[:, :n_cat], tokens, direct[:, n_cat:]], dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Returns one tensor per width group (``self.groups`` order): [n_tables_in_group, B, F, w].
