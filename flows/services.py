@@ -1,7 +1,7 @@
 """``adsrec up`` / ``adsrec down``: the local Prefect server (UI), the MLflow UI, the Great Expectations
 Data Docs and the deployment server.
 
-Four background processes on ``deploy.host`` (127.0.0.1 by default), each in its own process group,
+Five background processes on ``deploy.host`` (127.0.0.1 by default), each in its own process group,
 with its PID file and log under ``<home>/services/``:
 
 - ``prefect``: ``prefect server start`` on ``deploy.prefect_port`` (state in ``<home>/prefect``, the same
@@ -11,6 +11,8 @@ with its PID file and log under ``<home>/services/``:
 - ``data_docs``: ``python -m http.server`` on ``deploy.data_docs_port`` over the GX Data Docs site
   (``<home>/gx/uncommitted/data_docs/local_site``, rebuilt by every ingest; optional). A static file
   server is all the site needs: GX renders plain HTML;
+- ``serve``: ``adsrec serve``, the HTTP scoring service on the champion (``serving.port``; docs/serving.md;
+  optional);
 - ``deployments``: ``python -m flows.deployments serve``, which registers the deployments and runs them.
 
 ``down`` stops them by PID (SIGTERM to the process group, SIGKILL after a grace period). A PID file
@@ -39,11 +41,14 @@ from components.config import Settings
 from flows.processes import (Launched, ServiceError, ServiceSpec, http_ok, launch, log_file, log_tail, owned_pid,
                              pid_file, port_free, read_pid, runs_service, stop_pid, wait_ready)
 
-SERVICE_ORDER = ("prefect", "mlflow", "data_docs", "deployments")
+SERVICE_ORDER = ("prefect", "mlflow", "data_docs", "serve", "deployments")
 # A substring of each service's command line: a PID file whose process no longer shows it is stale
 # (the PID may have been reused by another program, which must never be killed).
 MARKERS = {"prefect": "server start", "mlflow": "mlflow", "data_docs": "http.server",
-           "deployments": "flows.deployments"}
+           "serve": "flows.cli serve", "deployments": "flows.deployments"}
+# The config key of each service's port (what the "port in use" error tells the user to change).
+PORT_KEYS = {"prefect": "deploy.prefect_port", "mlflow": "deploy.mlflow_port",
+             "data_docs": "deploy.data_docs_port", "serve": "serving.port"}
 # The deployments the deployment server registers, each named after its flow (flows/deployments.py
 # builds them; kept here so that checking them needs no Prefect import).
 FLOW_NAMES = ("daily", "backfill", "promote", "rollback")
@@ -97,7 +102,13 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def service_specs(settings: Settings, mlflow: bool = True, data_docs: bool = True) -> list[ServiceSpec]:
+def serve_url(settings: Settings) -> str:
+    """The scoring service ``adsrec serve`` (and ``adsrec up``) runs."""
+    return f"http://{_url_host(settings.deploy.host)}:{settings.serving.port}"
+
+
+def service_specs(settings: Settings, mlflow: bool = True, data_docs: bool = True,
+                  serve: bool = True) -> list[ServiceSpec]:
     """The services ``up`` starts, in start order (the deployment server needs the Prefect API)."""
     deploy = settings.deploy
     base = dict(os.environ)
@@ -144,6 +155,16 @@ def service_specs(settings: Settings, mlflow: bool = True, data_docs: bool = Tru
             env=base, port=port, url=data_docs_url(settings),
             health_url=root,  # the site folder (a listing until the first ingest writes index.html)
             marker=MARKERS["data_docs"],
+        ))
+    if serve:
+        # Healthy once it answers /health: it starts without a champion or an online store too, and
+        # /ready says when it can score (it retries every serving.poll_seconds).
+        specs.append(ServiceSpec(
+            name="serve",
+            command=[sys.executable, "-m", "flows.cli", "serve", "--host", deploy.host,
+                     "--port", str(settings.serving.port)],
+            env=base, port=settings.serving.port, url=serve_url(settings),
+            health_url=f"{serve_url(settings)}/health", marker=MARKERS["serve"],
         ))
     specs.append(ServiceSpec(
         name="deployments",
@@ -214,7 +235,7 @@ def running_prefect_api_url(settings: Settings) -> str | None:
 
 def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
        echo: Callable[[str], None] = print, data_docs: bool = True,
-       only: Collection[str] | None = None) -> list[ServiceStatus]:
+       only: Collection[str] | None = None, serve: bool = True) -> list[ServiceStatus]:
     """Start every service that does not run yet and wait until each answers (``timeout`` seconds per
     stage). The Prefect server, MLflow and the Data Docs server start side by side; the deployment
     server after the Prefect API is healthy. ``only`` (service names) starts just those.
@@ -230,7 +251,7 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
             Path(settings.mlflow_artifact_location).mkdir(parents=True, exist_ok=True)
     if data_docs:
         data_docs_site(settings).mkdir(parents=True, exist_ok=True)
-    specs = service_specs(settings, mlflow=mlflow, data_docs=data_docs)
+    specs = service_specs(settings, mlflow=mlflow, data_docs=data_docs, serve=serve)
     if only is not None:
         unknown = sorted(set(only) - {s.name for s in specs})
         if unknown:
@@ -248,11 +269,12 @@ def up(settings: Settings, mlflow: bool = True, timeout: float = 180.0,
             echo(f"{name}: already running (pid {pid})")
     for spec in specs:
         if not running[spec.name] and spec.port is not None and not port_free(settings.deploy.host, spec.port):
-            key = f"{spec.name}_port"
+            key = PORT_KEYS[spec.name]
+            env_key = "ADSREC_" + key.replace(".", "__").upper()
             raise ServiceError(
                 f"port {spec.port} on {settings.deploy.host} is already in use, so the {spec.name} server cannot "
-                f"start. Stop what listens there, or choose another port: deploy.{key} in the config file or "
-                f"ADSREC_DEPLOY__{key.upper()}=<port>.")
+                f"start. Stop what listens there, or choose another port: {key} in the config file or "
+                f"{env_key}=<port>.")
     started: dict[str, Launched] = {}
     try:
         # Stage 1: the servers (independent of each other); stage 2: the deployment server (needs the API).
@@ -313,7 +335,8 @@ def urls(settings: Settings) -> dict[str, str]:
     """What to open in a browser."""
     ui = prefect_ui_url(settings)
     return {"Prefect UI": ui, "deployments": f"{ui}/deployments", "Prefect API": prefect_api_url(settings),
-            "MLflow UI": mlflow_url(settings), "Data Docs": data_docs_url(settings)}
+            "MLflow UI": mlflow_url(settings), "Data Docs": data_docs_url(settings),
+            "Scoring": f"{serve_url(settings)}/docs"}
 
 
 def describe(statuses: list[ServiceStatus]) -> str:

@@ -12,7 +12,7 @@ Modules, by concern: ``settings`` (:class:`Settings`, the state layout), ``loadi
 ``deploy``. This package re-exports their public names: import them from ``components.config``.
 """
 
-from components.config.deploy import DeployConfig
+from components.config.deploy import DeployConfig, ServingConfig
 from components.config.describe import SettingRow, describe_settings, render_settings
 from components.config.loading import ENV_PREFIX, ConfigError, load_settings
 from components.config.pipeline import FeatureConfig, IngestConfig, PipelineConfig
@@ -45,6 +45,7 @@ __all__ = [
     "ConfigError", "DeployConfig", "ExpertKind", "FeatureConfig", "FileTableConfig", "FilesSourceConfig",
     "GatesConfig", "IngestConfig", "MeCombine", "MnseCombine", "NegativeSamplingConfig", "PipelineConfig",
     "RankerArch", "RankerSettings", "RealSourcesConfig", "RegistryConfig", "RepresentationConfig", "Section",
+    "ServingConfig",
     "SequenceEncoderKind", "SettingRow", "Settings", "SimulatorConfig", "TimTemporal", "TrainerSettings",
     "TrainingConfig", "describe_settings", "load_settings", "render_settings",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from components.config.deploy import DeployConfig
+from components.config.deploy import DeployConfig, ServingConfig
 from components.config.pipeline import FeatureConfig, IngestConfig, PipelineConfig
 from components.config.release import GatesConfig, RegistryConfig
 from components.config.representations import RepresentationConfig
@@ -35,6 +35,7 @@ class Settings(Section):
     gates: GatesConfig = Field(GatesConfig(), description="the quality gates a new model must pass")
     registry: RegistryConfig = Field(RegistryConfig(), description="MLflow tracking and model registry")
     deploy: DeployConfig = Field(DeployConfig(), description="adsrec up: the local services and deployments")
+    serving: ServingConfig = Field(ServingConfig(), description="adsrec serve: the HTTP scoring service")
 
     @property
     def tasks(self) -> tuple[str, ...]:

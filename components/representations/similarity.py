@@ -20,7 +20,7 @@ and adds them, with the ad's visual semantic-ID codes, to a point-in-time traini
   for an ad without a photo, null for an ad the refresh has not coded yet). Named as the
   ``ad_semantic_id`` feature view's columns, so training and serving use the same names.
 
-A column whose input is switched off or absent is not added at all (``_usable_inputs``: ``see_text`` /
+A column whose input is switched off or absent is not added at all (``similarity_inputs.usable_inputs``: ``see_text`` /
 ``see_visual`` without text / visual vectors or with ``representations.text`` / ``visual`` false,
 ``see_graph`` without any graph snapshot or with ``representations.graph`` false, every ``see_*`` with
 ``representations.see`` false, the codes without visual vectors or with ``semantic_ids: off``); the summary
@@ -42,17 +42,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from components.representations.similarity_inputs import SEE_COLUMNS
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+    from components.representations.similarity_inputs import SimilarityInputs
 
 log = logging.getLogger(__name__)
 
 SEQUENCE_IDS = "user_sequence__ad_ids"
 SEQUENCE_LENGTH = "user_sequence__length"
 SEMANTIC_ID_VIEW = "ad_semantic_id"
-SEE_COLUMNS = ("see_text", "see_visual", "see_graph")
 METADATA_KEY = b"adsrec.representations"
 PAD_AD_ID = -1  # components/store/features.py pads the click sequence with -1
 # Rows per chunk of a gather; keeps each [chunk, ..., dim] float32 block to tens of MB.
@@ -181,8 +183,11 @@ def rowwise_cosine(
     out = np.full(n, np.nan, dtype=np.float32)
     if n == 0:
         return out
-    lu, lok = _unit(np.asarray(left, dtype=np.float32))
-    ru, rok = _unit(np.asarray(right, dtype=np.float32))
+    # Only the rows used are normalised (a request scores 100 ads against a store of thousands).
+    lrows, left_index = np.unique(left_index, return_inverse=True)
+    rrows, right_index = np.unique(right_index, return_inverse=True)
+    lu, lok = _unit(np.asarray(left, dtype=np.float32)[lrows])
+    ru, rok = _unit(np.asarray(right, dtype=np.float32)[rrows])
     d = max(lu.shape[1], 1)
     chunk = max(1, _GATHER_BUDGET // (2 * d))
     for start in range(0, n, chunk):
@@ -215,20 +220,25 @@ def interest_similarity(
 
 
 def graph_similarity(
-    settings: "Settings", user_ids: np.ndarray, ad_ids: np.ndarray, event_days: np.ndarray
+    settings: "Settings", user_ids: np.ndarray, ad_ids: np.ndarray, event_days: np.ndarray,
+    load: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """cos(user, ad) in the graph trained through the day before each row's day (NaN when undefined).
 
     ``event_days``: int64 days since the epoch (UTC) of each row's ``event_time``. One graph is loaded per
-    distinct day, never the row's own day, so a day's clicks never reach that day's similarities."""
+    distinct day, never the row's own day, so a day's clicks never reach that day's similarities.
+    ``load(day)`` reads a snapshot (default ``graph.load_graph``; ``SimilarityInputs.graph`` keeps them)."""
     from components.representations.graph import load_graph
+
+    if load is None:
+        load = lambda day: load_graph(settings, day)  # noqa: E731
 
     out = np.full(user_ids.shape[0], np.nan, dtype=np.float32)
     used: dict[str, str | None] = {}
     for day_number in np.unique(event_days):
         day = dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))
         graph_day = day - dt.timedelta(days=1)
-        graph = load_graph(settings, graph_day)  # the newest snapshot dated graph_day or earlier
+        graph = load(graph_day)  # the newest snapshot dated graph_day or earlier
         used[day.isoformat()] = str(graph.metadata.get("day", graph_day)) if graph is not None else None
         if graph is None:
             continue
@@ -240,57 +250,8 @@ def graph_similarity(
     return out, {"graph_day_by_impression_day": used}
 
 
-def _load_codes(settings: "Settings") -> "pa.Table | None":
-    """The semantic-ID codes of every coded ad (``ad_id``, ``sid_*``), or None before the first refresh."""
-    from components.representations import semantic_ids
-
-    return semantic_ids.load_codes(settings)
-
-
-def _usable_inputs(settings: "Settings") -> tuple[dict[str, Any], dict[str, str]]:
-    """The vector stores the SEE columns are computed from, and what is skipped (``see_text``,
-    ``see_visual``, ``see_graph``, ``semantic_ids``) with the reason: switched off in
-    ``representations``, or no input (the refresh skipped the space: no ad with a title / a photo, no
-    graph snapshot yet). Training sets and online rows call this with the same settings and home, so they
-    get the same columns."""
-    from components.representations.vector_store import load_ad_vectors, vectors_path
-    from components.representations.graph import graph_snapshots
-
-    rep = settings.representations
-    stores: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
-    visual_reason = None
-    for space in ("text", "visual"):
-        reason = None
-        if not getattr(rep, space):
-            reason = f"switched off (representations.{space}: false)"
-        elif not vectors_path(settings, space).is_file():
-            reason = f"no ad has {'an image' if space == 'visual' else 'text'} (no {space} vectors were built)"
-        else:
-            store = load_ad_vectors(settings, space)
-            if not store.has_input.any():
-                reason = f"no ad has {'an image' if space == 'visual' else 'text'} (the {space} store is empty)"
-            elif rep.see:
-                stores[space] = store
-        if reason is not None:
-            skipped[f"see_{space}"] = reason
-            if space == "visual":
-                visual_reason = reason
-    if not rep.graph:
-        skipped["see_graph"] = "switched off (representations.graph: false)"
-    elif not graph_snapshots(settings):
-        skipped["see_graph"] = "no graph snapshot yet (no positive of the behaviour task in any graph window)"
-    if not rep.see:
-        for name in SEE_COLUMNS:
-            skipped.setdefault(name, "switched off (representations.see: false)")
-    if rep.semantic_ids == "off":
-        skipped["semantic_ids"] = "switched off (representations.semantic_ids: off)"
-    elif visual_reason is not None:
-        skipped["semantic_ids"] = f"no visual vectors: {visual_reason}"
-    return stores, skipped
-
-
-def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Table":
+def add_similarity_features(settings: "Settings", table: "pa.Table",
+                            inputs: "SimilarityInputs | None" = None) -> "pa.Table":
     """``table`` (a point-in-time training set: ``user_id``, ``ad_id``, ``event_time``,
     ``user_sequence__ad_ids`` [, ``user_sequence__length``]) plus ``see_text``, ``see_visual``,
     ``see_graph`` (float32, null when undefined) and ``ad_semantic_id__sid_1..L`` (int32).
@@ -315,13 +276,17 @@ def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Tabl
 
     summary: dict[str, Any] = {"rows": n}
     columns: dict[str, np.ndarray] = {}
-    vectors, skipped = _usable_inputs(settings)
+    if inputs is None:
+        from components.representations.similarity_inputs import load_similarity_inputs
+
+        inputs = load_similarity_inputs(settings)
+    vectors, skipped = inputs.stores, dict(inputs.skipped)
     for space, store in vectors.items():
         sims, stats = interest_similarity(sequences, ad_ids, store)
         columns[f"see_{space}"] = sims
         summary[space] = {**stats, "encoder": store.encoder, "defined": int(np.isfinite(sims).sum())}
     if "see_graph" not in skipped:
-        sims, graph_info = graph_similarity(settings, user_ids, ad_ids, event_days)
+        sims, graph_info = graph_similarity(settings, user_ids, ad_ids, event_days, load=inputs.graph)
         columns["see_graph"] = sims
         summary["graph"] = {**graph_info, "defined": int(np.isfinite(sims).sum())}
 
@@ -333,12 +298,7 @@ def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Tabl
         arr = pa.array(values, type=pa.float32(), mask=~np.isfinite(values))
         out = _set(out, name, arr)
 
-    codes = None if "semantic_ids" in skipped else _load_codes(settings)
-    if codes is None and "semantic_ids" not in skipped:
-        raise FileNotFoundError(
-            f"no semantic-ID codes under {settings.embeddings_dir / 'semantic_ids'} although the ads have visual "
-            "vectors: run components.representations.refresh.refresh_representations first"
-        )
+    codes = inputs.codes
     if skipped:
         summary["skipped"] = skipped
         log.debug("similarity features: skipped %s", skipped)
@@ -347,9 +307,7 @@ def add_similarity_features(settings: "Settings", table: "pa.Table") -> "pa.Tabl
         metadata = dict(out.schema.metadata or {})
         metadata[METADATA_KEY] = json.dumps(summary, default=str).encode()
         return out.replace_schema_metadata(metadata)
-    code_ids = codes.column("ad_id").to_numpy().astype(np.int64)
-    order = np.argsort(code_ids, kind="stable")
-    code_ids = code_ids[order]
+    code_ids, order = inputs.code_ids, inputs.code_order
     pos = np.minimum(np.searchsorted(code_ids, ad_ids), max(code_ids.shape[0] - 1, 0))
     found = (code_ids[pos] == ad_ids) if code_ids.shape[0] else np.zeros(n, dtype=bool)
     # Residual k-means codes are sid_1..sid_L (int32); the SimHash variant is one int64 `simhash` column.

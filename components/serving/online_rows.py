@@ -21,13 +21,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.serving.online_store import OnlineStoreMissing, core_view_specs, online_state
 from components.serving.requests import as_chunked, normalize_requests
 
 if TYPE_CHECKING:
@@ -53,35 +51,6 @@ class EntityColumns:
     seconds: float
 
 
-def _fetch(
-    store: Any, specs: list[Any], key: str, ids: np.ndarray
-) -> tuple[dict[str, "pa.Array"], dict[str, np.ndarray]]:
-    """One ``get_online_features`` call for the distinct ``ids`` of one entity: the values of every
-    feature of ``specs`` as Arrow arrays (the views' parquet types), and per view the event timestamp in
-    seconds of each id's row (0 when the store has none)."""
-    import pyarrow as pa
-
-    refs = [f"{spec.name}:{name}" for spec in specs for name in spec.feature_names]
-    try:
-        response = store.get_online_features(features=refs, entity_rows={key: ids.tolist()},
-                                             full_feature_names=True)
-    except Exception as exc:  # Feast raises several kinds for a view or feature it does not know
-        raise OnlineStoreMissing(
-            f"the online store cannot serve the current feature views ({type(exc).__name__}: {exc}); "
-            "re-run `adsrec materialize`"
-        ) from exc
-    data = response.to_dict(include_event_timestamps=True)
-    values: dict[str, pa.Array] = {}
-    stamps: dict[str, np.ndarray] = {}
-    for spec in specs:
-        for name, typ in spec.fields:
-            col = f"{spec.name}__{name}"
-            values[col] = pa.array(data[col], type=typ)
-        first = f"{spec.name}__{spec.feature_names[0]}__ts"
-        stamps[spec.name] = np.asarray(data[first], dtype=np.int64)
-    return values, stamps
-
-
 def served_by_time(stamps: np.ndarray, event_us: np.ndarray, ttl: dt.timedelta | None
                    ) -> tuple[np.ndarray, dict[str, int]]:
     """The point-in-time rule for one view: which requests may see its row (event timestamp ``stamps`` in
@@ -101,19 +70,18 @@ def served_by_time(stamps: np.ndarray, event_us: np.ndarray, ttl: dt.timedelta |
                     "expired": int(expired.sum())}
 
 
-def entity_columns(store: Any, entity_specs: list[Any], key: str, ids: np.ndarray,
+def entity_columns(reader: Any, entity_specs: list[Any], key: str, ids: np.ndarray,
                    event_us: np.ndarray) -> EntityColumns:
     """The columns of ``entity_specs`` (the views of one entity, keyed by ``key``) for requests with
-    entity ids ``ids`` at times ``event_us``: one online read for the distinct ids, then per view the
-    values :func:`served_by_time` allows, in request order."""
+    entity ids ``ids`` at times ``event_us``: one ``reader.fetch`` for the distinct ids
+    (components/serving/readers.py), then per view the values :func:`served_by_time` allows, in request
+    order."""
     import pyarrow as pa
 
     uniq, inverse = np.unique(ids, return_inverse=True)
     t = time.perf_counter()
     if uniq.size and entity_specs:  # an entity may have no view with columns (no user profile, ...)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            values, stamps = _fetch(store, entity_specs, key, uniq)
+        values, stamps = reader.fetch(entity_specs, key, uniq)
     else:
         values = {f"{s.name}__{f}": pa.array([], type=typ) for s in entity_specs for f, typ in s.fields}
         stamps = {s.name: np.zeros(0, np.int64) for s in entity_specs}
@@ -131,7 +99,7 @@ def entity_columns(store: Any, entity_specs: list[Any], key: str, ids: np.ndarra
     return EntityColumns(columns=columns, known=known, withheld=withheld, seconds=seconds)
 
 
-def _interest_columns(store: Any, specs: list[Any], columns: dict[str, Any], event_us: np.ndarray,
+def _interest_columns(reader: Any, specs: list[Any], columns: dict[str, Any], event_us: np.ndarray,
                       withheld: dict[str, dict[str, int]]) -> float:
     """Add the user x attribute interest views' columns to ``columns``: each view is read by its composite
     key from the request's user and the ``ad_profile__<attribute>`` just served (the training set's rule,
@@ -142,7 +110,7 @@ def _interest_columns(store: Any, specs: list[Any], columns: dict[str, Any], eve
     for spec in (s for s in specs if s.attribute):
         keys = interest_keys(as_chunked(columns["user_id"]), as_chunked(columns[f"ad_profile__{spec.attribute}"]))
         ids = np.asarray(keys.fill_null("").to_pylist() if len(keys) else [], dtype=object)
-        got = entity_columns(store, [spec], spec.join_key, ids, event_us)
+        got = entity_columns(reader, [spec], spec.join_key, ids, event_us)
         columns.update(got.columns)
         withheld.update(got.withheld)
         seconds += got.seconds
@@ -162,6 +130,8 @@ def online_feature_rows(
     *,
     now: dt.datetime | None = None,
     representations: bool | None = None,
+    reader: Any = None,
+    similarity: Any = None,
 ) -> "pa.Table":
     """Online feature rows for ``requests`` (see :func:`normalize_requests` for their columns).
 
@@ -172,35 +142,38 @@ def online_feature_rows(
     ``see_text, see_visual, see_graph`` and ``ad_semantic_id__*``; finally the flags ``user_known`` /
     ``ad_known`` (bool: the online store served a row of any of the entity's views). A summary
     (unknown entities, values withheld by the point-in-time rule, seconds) is in the schema metadata
-    (:func:`serving_summary`). Raises :class:`OnlineStoreMissing` before the first materialisation."""
+    (:func:`serving_summary`). Raises :class:`OnlineStoreMissing` before the first materialisation.
+
+    ``reader``: where the entity features come from (components/serving/readers.py): Feast's online read
+    per call when None (``FeastReader.open``), or a ``WarmReader`` held by a service. ``similarity``: the
+    similarity inputs already loaded (``similarity_inputs.load_similarity_inputs``), loaded here when None."""
     import pyarrow as pa
 
-    state = online_state(settings)  # fails fast, before loading Feast, when nothing was materialised
-    import feast  # noqa: F401  - loaded before the clock starts: the summary times the work, not the import
-
-    from components.store.feast_store import feature_store
+    from components.serving.readers import FeastReader
     from components.training.training_set import adds_similarities, feature_row_schema
 
+    # Fails fast, before loading Feast, when nothing was materialised; the clock starts after the load.
+    reader = reader if reader is not None else FeastReader.open(settings)
+    state = reader.state
     started = time.perf_counter()
     base = normalize_requests(requests, now)
     n = base.num_rows
-    specs = core_view_specs(settings)
+    specs = reader.specs
     schema = feature_row_schema(specs)
     event_us = base.column("event_time").cast(pa.int64()).to_numpy() if n else np.zeros(0, np.int64)
 
-    store = feature_store(settings, apply=False)
     columns: dict[str, Any] = {name: base.column(name) for name in base.column_names}
     known: dict[str, np.ndarray] = {}
     withheld: dict[str, dict[str, int]] = {}
     fetch_seconds = 0.0
     for entity, key in (("user", "user_id"), ("ad", "ad_id")):
         ids = base.column(key).to_numpy() if n else np.zeros(0, np.int64)
-        got = entity_columns(store, [s for s in specs if s.entity == entity], key, ids, event_us)
+        got = entity_columns(reader, [s for s in specs if s.entity == entity], key, ids, event_us)
         columns.update(got.columns)
         known[entity] = got.known
         withheld.update(got.withheld)
         fetch_seconds += got.seconds
-    fetch_seconds += _interest_columns(store, specs, columns, event_us, withheld)
+    fetch_seconds += _interest_columns(reader, specs, columns, event_us, withheld)
     table = pa.Table.from_arrays([as_chunked(columns[f.name]).cast(f.type) for f in schema], schema=schema)
 
     similarity_seconds = 0.0
@@ -208,7 +181,7 @@ def online_feature_rows(
         from components.representations.similarity import add_similarity_features
 
         t = time.perf_counter()
-        table = add_similarity_features(settings, table)
+        table = add_similarity_features(settings, table, similarity)
         similarity_seconds = time.perf_counter() - t
     table = table.append_column(USER_KNOWN, pa.array(known["user"], pa.bool_()))
     table = table.append_column(AD_KNOWN, pa.array(known["ad"], pa.bool_()))

@@ -19,13 +19,14 @@ if TYPE_CHECKING:
     from components.config import Settings
 
 
-def _probabilities(scorer: Any, rows: "pa.Table") -> dict[str, np.ndarray]:
+def probabilities(scorer: Any, rows: "pa.Table") -> dict[str, np.ndarray]:
     """``{p_<task>: float32 [N]}`` from a TrainedModel (``.score(table)``) or an MLflow pyfunc
     (``.predict(DataFrame)`` -> DataFrame of ``p_<task>`` columns)."""
     inputs = model_input(rows)
     encoders = getattr(scorer, "encoders", None)
     if hasattr(scorer, "score") and encoders is not None:
-        missing = [c for c in encoders.feature_columns if c not in inputs.column_names]
+        have = set(inputs.column_names)
+        missing = [c for c in encoders.feature_columns if c not in have]
         if missing:
             raise KeyError(
                 f"the model reads columns the online rows do not have: {missing} (were the representations "
@@ -49,17 +50,18 @@ def _probabilities(scorer: Any, rows: "pa.Table") -> dict[str, np.ndarray]:
 
 
 def score_requests(settings: "Settings", requests: "pa.Table", scorer: Any,
-                   *, now: dt.datetime | None = None) -> "pa.Table":
+                   *, now: dt.datetime | None = None, **sources: Any) -> "pa.Table":
     """:func:`online_feature_rows` of ``requests`` plus one float32 ``p_<task>`` column per task.
 
     ``scorer``: a ``components.training.artefact.TrainedModel`` (``load_trained(dir)``) or an MLflow pyfunc model
     (``components.registry.aliases.load_champion(settings)``). The scorer sees the rows without the
-    ``user_known`` / ``ad_known`` flags. The summary in the schema metadata gains ``seconds_scoring``."""
+    ``user_known`` / ``ad_known`` flags. The summary in the schema metadata gains ``seconds_scoring``.
+    ``sources`` go to :func:`online_feature_rows` (``reader``, ``similarity``: what a service holds warm)."""
     import pyarrow as pa
 
-    rows = online_feature_rows(settings, requests, now=now)
+    rows = online_feature_rows(settings, requests, now=now, **sources)
     t = time.perf_counter()
-    probs = _probabilities(scorer, rows) if rows.num_rows else {}
+    probs = probabilities(scorer, rows) if rows.num_rows else {}
     summary = serving_summary(rows)
     for name, values in probs.items():
         rows = rows.append_column(name, pa.array(values, pa.float32()))

@@ -170,7 +170,8 @@ class FeatureEncoders:
         """The batch as numpy arrays (see :meth:`encode`). Raises ``KeyError`` naming missing columns."""
         n = table.num_rows
         needed = [c.name for c in self.categorical] + [e.name for e in self.numeric]
-        missing = [c for c in needed if c not in table.column_names]
+        have = set(table.column_names)  # a set: column_names builds a new list on every access
+        missing = [c for c in needed if c not in have]
         if missing:
             raise KeyError(f"table lacks feature columns {missing}")
         out: dict[str, np.ndarray] = {}

@@ -17,6 +17,8 @@ def up(
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="also start the MLflow UI")] = True,
     data_docs: Annotated[bool, typer.Option("--data-docs/--no-data-docs",
                                             help="also serve the Great Expectations Data Docs")] = True,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve",
+                                        help="also start the scoring service (adsrec serve)")] = True,
     foreground: Annotated[bool, typer.Option("--foreground", help="stay attached; Ctrl-C stops everything")] = False,
     timeout: Annotated[float, typer.Option(min=10, help="seconds to wait for each service to answer")] = 180.0,
 ) -> None:
@@ -27,7 +29,8 @@ def up(
 
     settings = prepare_settings()
     try:
-        statuses = services.up(settings, mlflow=mlflow, data_docs=data_docs, timeout=timeout, echo=typer.echo)
+        statuses = services.up(settings, mlflow=mlflow, data_docs=data_docs, timeout=timeout,
+                               echo=typer.echo, serve=serve)
     except services.ServiceError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -38,6 +41,8 @@ def up(
         links.pop("MLflow UI")
     if not data_docs:
         links.pop("Data Docs")
+    if not serve:
+        links.pop("Scoring")
     typer.echo("")
     for what, url in links.items():
         typer.echo(f"{what + ':':<13} {url}")

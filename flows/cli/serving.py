@@ -1,5 +1,5 @@
-"""``adsrec materialize`` and ``adsrec score``: the Feast online store and scoring (user, ad) pairs from it
-(components/serving/online.py does the work; docs/serving.md explains it).
+"""``adsrec materialize``, ``adsrec score`` and ``adsrec serve``: the Feast online store, scoring (user, ad)
+pairs from it, and the HTTP scoring service (components/serving/ does the work; docs/serving.md explains it).
 
 Registered on the main app by ``flows/cli/main.py``; importing this module loads only typer.
 """
@@ -137,7 +137,57 @@ def score(
     typer.echo(f"scores: {target}")
 
 
+def serve(
+    port: Annotated[Optional[int], typer.Option(help="port (default serving.port, 5200)")] = None,
+    host: Annotated[Optional[str], typer.Option(help="address (default deploy.host, 127.0.0.1)")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="registry alias served (default serving.alias)")] = None,
+    objective: Annotated[Optional[str], typer.Option(
+        help="ranking objective, e.g. 'click * bid' (default serving.objective)")] = None,
+    max_candidates: Annotated[Optional[int], typer.Option(min=1, help="candidates per request at most")] = None,
+) -> None:
+    """The HTTP scoring service on the registered champion: POST /score, /events; GET /ready, /metrics."""
+    settings = prepare_settings()
+    from components.serving.objective import ObjectiveError
+
+    try:
+        run_service(settings, host=host, port=port, alias=alias, objective=objective, max_candidates=max_candidates)
+    except ObjectiveError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def run_service(settings: Any, *, host: str | None = None, port: int | None = None, alias: str | None = None,
+                objective: str | None = None, max_candidates: int | None = None) -> None:
+    """Load the service (online store, representations, model) and serve it with uvicorn until stopped."""
+    import torch
+    import uvicorn
+
+    from components.serving.api import create_app
+    from components.serving.service import ScoringService
+
+    torch.set_num_threads(settings.serving.torch_threads)
+    host = host or settings.deploy.host
+    port = port or settings.serving.port
+    service = ScoringService(settings, alias=alias, objective=objective, max_candidates=max_candidates)
+    typer.echo(f"loading the online store, representations and {settings.registry.model_name}@{service.alias} ...")
+    service.start()
+    state = service.status()
+    if state["ready"]:
+        model = state["models"][service.alias]
+        typer.echo(f"serving version {model['version']} ({service.alias}), online store as of "
+                   f"{state['online_store']['as_of']}")
+    else:
+        typer.secho(f"not ready yet (GET /ready says why; retried every {settings.serving.poll_seconds:g} s): "
+                    f"{state['reasons']}", fg="yellow")
+    typer.echo(f"listening on http://{host}:{port}  (POST /score, POST /events, GET /ready, /status, /metrics)")
+    try:
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        service.stop()
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``materialize`` and ``score`` to the main ``adsrec`` app."""
+    """Add ``materialize``, ``score`` and ``serve`` to the main ``adsrec`` app."""
     app.command("materialize")(materialize)
     app.command("score")(score)
+    app.command("serve")(serve)

@@ -78,6 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ADSREC_DEPLOY__PREFECT_PORT": str(_free_port()),
         "ADSREC_DEPLOY__MLFLOW_PORT": str(_free_port()),
         "ADSREC_DEPLOY__DATA_DOCS_PORT": str(_free_port()),
+        "ADSREC_SERVING__PORT": str(_free_port()),
         "PREFECT_HOME": str(home / "prefect"),
         # The serve process looks for due runs every second instead of every 10 s.
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
@@ -123,7 +124,10 @@ def test_up_starts_the_uis_and_the_deployment_server(stack: Stack) -> None:
     again = CliRunner().invoke(app, ["up"])
     assert again.exit_code == 0 and "already up" in again.output, again.output
     listed = CliRunner().invoke(app, ["services"])
-    assert listed.exit_code == 0 and listed.output.count("healthy") == 4, listed.output  # + the Data Docs server
+    # + the Data Docs server and the scoring service (healthy without a champion: /ready says it cannot score yet)
+    assert listed.exit_code == 0 and listed.output.count("healthy") == 5, listed.output
+    code, ready = _get(f"{services.serve_url(stack.settings)}/ready")
+    assert code == 503 and "model" in json.loads(ready)["reasons"], ready
 
 
 def test_backfill_deployment_runs_two_days_triggered_through_the_api(stack: Stack, api: str) -> None:
@@ -286,6 +290,7 @@ def test_up_names_a_port_in_use_and_starts_nothing(settings: Any) -> None:
         s.deploy.prefect_port = port
         s.deploy.mlflow_port = _free_port()
         s.deploy.data_docs_port = _free_port()
+        s.serving.port = _free_port()
         with pytest.raises(services.ServiceError, match=f"port {port} on 127.0.0.1 is already in use.*prefect_port"):
             services.up(s, echo=lambda _: None)
     assert not list((s.home / "services").glob("*.pid"))
