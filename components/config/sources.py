@@ -48,6 +48,8 @@ class SimulatorConfig(Section):
     content_weight: float = Field(0.5, ge=0, le=1, description="share of preference on hidden colour/usage")
     temporal_boost: float = Field(1.2, ge=0, description="logit boost right after a same-category click")
     temporal_decay_hours: float = Field(12.0, gt=0, description="e-folding time of the temporal boost, in hours")
+    temporal_user_share: float = Field(
+        1.0, ge=0, le=1, description="share of users the temporal boost applies to (a fixed draw per user)")
     position_bias: float = Field(0.35, ge=0, description="logit penalty per log2(position)")
     fatigue: float = Field(0.3, ge=0, description="logit penalty per repeated exposure")
     retarget_share: float = Field(0.3, ge=0, le=1, description="probability a slot is a retargeting slot")

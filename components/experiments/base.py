@@ -43,6 +43,8 @@ class ExperimentContext:
         plot_dir: where PNGs go (``docs/results/<name>/`` for a default run).
         mlflow: log every run to MLflow.
         progress: receives one line per finished run.
+        options: the experiment's own options (:attr:`Experiment.options`), e.g. ``{"strength": "strong"}``;
+            the ones left out take their defaults when the experiment runs.
     """
 
     name: str
@@ -52,6 +54,7 @@ class ExperimentContext:
     plot_dir: Path = PLOTS_DIR
     mlflow: bool = True
     progress: Callable[[str], None] = print
+    options: Mapping[str, str] = field(default_factory=dict)
     _experiment_id: str | None = field(default=None, repr=False)
 
     @property
@@ -233,20 +236,47 @@ class ExperimentResult:
         return "\n".join(lines).rstrip() + "\n"
 
 
+def section_name(name: str, options: Mapping[str, str]) -> str:
+    """The results section (and plot folder) of experiment ``name`` run with ``options`` away from their
+    defaults: ``temporal__strength_strong``; ``name`` itself when there are none."""
+    return "__".join([name, *(f"{k}_{v}" for k, v in options.items())])
+
+
 @dataclass(frozen=True)
 class Experiment:
-    """One comparison of issue 6: its name, title, the claim, and the function that runs it."""
+    """One comparison of issue 6: its name, title, the claim, the function that runs it, and its options
+    (name -> allowed values, the first the default). A run with an option away from its default is a
+    section of its own in docs/results.md, ``<name>__<option>_<value>``, beside the default run's."""
 
     name: str
     title: str
     claim: str
     run: Callable[[ExperimentContext], ExperimentResult]
+    options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def resolve_options(self, given: Mapping[str, str]) -> dict[str, str]:
+        """Every option with its value: ``given`` checked, the rest at their defaults. Raises ``ValueError``
+        naming the allowed options or values for an unknown one."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            allowed = ", ".join(self.options) or "none"
+            raise ValueError(f"experiment {self.name} has no option {unknown[0]!r} (its options: {allowed})")
+        for key, value in given.items():
+            if value not in self.options[key]:
+                raise ValueError(f"experiment {self.name}: option {key} must be one of "
+                                 f"{', '.join(self.options[key])}, got {value!r}")
+        return {key: given.get(key, values[0]) for key, values in self.options.items()}
 
     def __call__(self, ctx: ExperimentContext) -> ExperimentResult:
+        ctx.options = self.resolve_options(ctx.options)
         started = time.perf_counter()
         result = self.run(ctx)
         result.seconds = time.perf_counter() - started
         result.seeds, result.size = ctx.seeds, ctx.size
+        changed = {k: v for k, v in ctx.options.items() if v != self.options[k][0]}
+        if changed:
+            result.name = section_name(self.name, changed)
+            result.title += " (" + ", ".join(f"{k} {v}" for k, v in changed.items()) + ")"
         return result
 
 
@@ -298,11 +328,16 @@ def _write_results(path: Path, sections: Mapping[str, str], summaries: Mapping[s
     from components.storage import write_file_atomic
 
     rows = ["| experiment | verdict | the numbers |", "|---|---|---|"]
-    for name in NAMES:
+    # each experiment, then its runs with an option away from the default (``<name>__<option>_<value>``)
+    names = [key for name in NAMES for key in
+             [name, *sorted(k for k in {*sections, *summaries} if k.startswith(name + "__"))]]
+    for name in names:
+        if name not in NAMES and name not in summaries:
+            continue
         verdict, _, finding = summaries.get(name, "not run|not run yet").partition("|")
         rows.append(f"| [{name}](#{name}) | {verdict} | {_cell(finding)} |")
     out = _HEADER + "## Summary, claim by claim\n\n" + "\n".join(rows) + "\n\n"
-    for name in NAMES:
+    for name in names:
         if name in sections:
             out += f'<a id="{name}"></a>\n\n' + _section(name, sections[name]) + "\n"
     if tail:

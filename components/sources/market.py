@@ -48,7 +48,9 @@ REGIONS = ("north", "south", "east", "west", "central")
 POLICIES = ("organic", "retarget")
 
 # Random streams: one generator per (stream, day) so that a day never consumes another day's draws.
-_STREAM_STATIC, _STREAM_ADS, _STREAM_USERS, _STREAM_TRAFFIC = 0, 1, 2, 3
+# _STREAM_TEMPORAL draws which new users the temporal boost applies to (temporal_user_share): a stream of
+# its own, so the share changes no other draw.
+_STREAM_STATIC, _STREAM_ADS, _STREAM_USERS, _STREAM_TRAFFIC, _STREAM_TEMPORAL = 0, 1, 2, 3, 4
 
 
 def _rng(seed: int, stream: int, day: int = 0) -> np.random.Generator:
@@ -129,6 +131,7 @@ class Marketplace:
         self.user_activity = np.empty(0)
         self.user_bias = np.empty(0)
         self.user_segment = np.empty(0, np.int64)  # (gender, age band) code: the partial oracles read it
+        self.user_temporal = np.empty(0, bool)  # the temporal boost applies to this user (temporal_user_share)
         # per task (0 click, 1 conversion): sub-category, article-type, colour, usage preferences
         self.pref: list[dict[str, np.ndarray]] = [
             {k: np.empty((0, n)) for k, n in self._pref_dims().items()} for _ in TASKS
@@ -248,6 +251,7 @@ class Marketplace:
         activity = rng.lognormal(-0.18, 0.6, size=n)  # mean about 1: requests scale with it
         bias = rng.normal(0.0, USER_BIAS_SD, size=n) - ACCOUNT_AGE_EFFECT * (log_age - 5.5)
         segment = gender * len(AGE_BANDS) + age
+        temporal = _rng(cfg.seed, _STREAM_TEMPORAL, d).random(n) < cfg.temporal_user_share
 
         # Latent preferences: standard normals; conversion's are correlated with click's by rho,
         # component by component, so corr(click affinity, conversion affinity) = rho exactly.
@@ -265,6 +269,7 @@ class Marketplace:
         self.user_activity = np.concatenate([self.user_activity, activity])
         self.user_bias = np.concatenate([self.user_bias, bias])
         self.user_segment = np.concatenate([self.user_segment, segment])
+        self.user_temporal = np.concatenate([self.user_temporal, temporal])
         self.last_click = np.vstack([self.last_click, np.full((n, self.n_type), NO_CLICK, np.int64)])
 
         user_id = pa.array(np.arange(first_id, first_id + n, dtype=np.int64))
@@ -287,6 +292,7 @@ class Marketplace:
                 pa.array(segment)
             ),
             "click_bias": pa.array(bias),
+            "temporal_responsive": pa.array(temporal),
         }
         for name, prefs in (("click", click), ("conversion", conv)):
             for k in dims:

@@ -162,7 +162,7 @@ def _labels(m: "Marketplace", user: np.ndarray, ad: np.ndarray, time: np.ndarray
     clicked_before = last > NO_CLICK
     hours_since = np.where(clicked_before, (time - last) / US_PER_HOUR, np.inf)
     decay = np.exp(-hours_since / cfg.temporal_decay_hours)  # 0 when never clicked (inf hours)
-    temporal = np.where(clicked_before, cfg.temporal_boost * decay, 0.0)
+    temporal = np.where(clicked_before & m.user_temporal[user], cfg.temporal_boost * decay, 0.0)
     click_logit = (
         cfg.click_base_logit
         + m.user_bias[user]

@@ -273,6 +273,29 @@ def test_recent_same_category_click_raises_click_rate(run) -> None:
     assert with_boost > 1.4 * without  # what remains without the boost is plain preference
 
 
+def test_temporal_user_share_picks_the_users_the_boost_applies_to(run) -> None:
+    full, half, none = run(), run(temporal_user_share=0.5), run(temporal_user_share=0.0)
+    responsive = col(half["truth_users"], "temporal_responsive")
+    assert 0.45 < responsive.mean() < 0.55 and col(full["truth_users"], "temporal_responsive").all()
+    # the share draws from a stream of its own: the users, ads and each user's draw stay as they were
+    for name in ("users", "ads"):
+        assert half[name].equals(full[name]) and none[name].equals(full[name])
+    assert not col(none["truth_users"], "temporal_responsive").any()
+    assert np.array_equal(responsive, col(run(temporal_user_share=0.5, temporal_boost=2.0)["truth_users"],
+                                          "temporal_responsive"))
+    # no user responsive is the boost switched off, row for row
+    off = run(temporal_boost=0.0)
+    assert none["impressions"].equals(off["impressions"])
+    assert none["truth_impressions"].equals(off["truth_impressions"])
+    # with half the users, only theirs get a boost, and it is the boost of the formula
+    truth = half["truth_impressions"]
+    boost = col(truth, "temporal_boost")
+    on_user = np.isin(col(truth, "user_id"), col(half["truth_users"], "user_id")[responsive])
+    assert (boost[~on_user] == 0).all() and (boost[on_user] > 0).sum() > 1000
+    hours = truth["hours_since_category_click"].to_numpy(zero_copy_only=False)
+    assert np.allclose(boost[on_user & (boost > 0)], 1.2 * np.exp(-hours[on_user & (boost > 0)] / 12.0))
+
+
 def repeated_exposure_overrepresentation(out: dict[str, pa.Table]) -> float:
     """(share of clicks from exposure >= 2) / (share of impressions with exposure >= 2)."""
     click, exposure = col(out["impressions"], "click"), col(out["impressions"], "exposure_index")

@@ -42,6 +42,42 @@ def test_write_results_keeps_other_sections_and_updates_the_summary(tmp_path: Pa
     assert "**Protocol (issue 12).**" in text and "validation" in text
 
 
+def test_a_run_with_an_option_is_a_section_of_its_own_beside_the_default_run(tmp_path: Path) -> None:
+    from components.experiments.base import Experiment
+
+    seen: list[dict] = []
+
+    def run(ctx: ExperimentContext) -> ExperimentResult:
+        seen.append(dict(ctx.options))
+        return _result("temporal", "partly", f"0.6{len(seen)}")
+
+    exp = Experiment(name="temporal", title="temporal title", claim="a claim", run=run,
+                     options={"strength": ("default", "strong")})
+    ctx = ExperimentContext(name="temporal", settings=None, progress=lambda _line: None)  # type: ignore[arg-type]
+    default = exp(ctx)
+    strong = exp(ExperimentContext(name="temporal", settings=None, options={"strength": "strong"}))  # type: ignore[arg-type]
+    assert seen == [{"strength": "default"}, {"strength": "strong"}]  # options left out take their defaults
+    assert default.name == "temporal" and strong.name == "temporal__strength_strong"
+    assert strong.title == "temporal title (strength strong)"
+    path = tmp_path / "results.md"
+    write_results(strong, path)
+    write_results(_result("ipw", "reproduced", "0.61 ± 0.01"), path)
+    write_results(default, path)
+    text = path.read_text()
+    assert text.index("## temporal title\n") < text.index("## temporal title (strength strong)") < text.index("## ipw")
+    assert "| [temporal](#temporal) | partly | AUC 0.61 |" in text
+    assert "| [temporal__strength_strong](#temporal__strength_strong) | partly | AUC 0.62 |" in text
+    assert "| [ipw](#ipw) |" in text.split("temporal__strength_strong")[2]  # summary in the same order
+    for given, message in (({"strength": "huge"}, "strength must be one of default, strong, got 'huge'"),
+                           ({"size": "big"}, "has no option 'size' (its options: strength)")):
+        try:
+            exp.resolve_options(given)
+        except ValueError as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"{given} accepted")
+
+
 def test_mean_std_and_fmt() -> None:
     mean, std = mean_std([0.5, 0.7])
     assert abs(mean - 0.6) < 1e-12 and abs(std - 0.1414) < 1e-4  # sample std (ddof 1) over seeds
@@ -90,6 +126,11 @@ def test_experiment_list_names_every_experiment() -> None:
     assert res.output.count("claim:") == 7
     bad = CliRunner().invoke(app, ["experiment", "nope"])
     assert bad.exit_code == 2 and "no experiment 'nope'" in bad.output
+    for args, message in ((["temporal", "--option", "strength=huge"], "must be one of default, strong"),
+                          (["temporal", "--option", "strength"], "--option takes KEY=VALUE"),
+                          (["ipw", "--option", "strength=strong"], "has no option 'strength'")):
+        bad = CliRunner().invoke(app, ["experiment", *args])
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
 
 
 def test_a_difference_counts_only_beyond_the_wider_of_interval_and_seed_spread() -> None:
