@@ -192,7 +192,9 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
 def train(settings: Settings, end_day: dt.date, training_set_path: str, force: bool = False,
           progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and evaluate the configured ranker on the window's training set (skipped when neither
-    the training set nor the training configuration changed)."""
+    the training set nor the training configuration changed), inside the model's MLflow run
+    (components/registry/training_run.py; the result's ``mlflow_run``) when the registry is enabled."""
+    from components.registry.training_run import tracked_training
     from components.training.train_day import train_and_evaluate
 
     source = _source(settings)
@@ -202,6 +204,9 @@ def train(settings: Settings, end_day: dt.date, training_set_path: str, force: b
     manifest = StageManifest(settings, "train")
     if not force and manifest.is_current(end_day, fp):
         return {**manifest.read(end_day)["result"], "skipped": True}  # type: ignore[index]
-    result = train_and_evaluate(settings, end_day, path, tuple(source.tasks), progress=progress)
+    # The model's MLflow run opens now (not for a skipped step): it logs the epochs as they end and is
+    # ended by the registration, or FAILED here when training fails.
+    with tracked_training(settings, end_day, path) as run:
+        result = train_and_evaluate(settings, end_day, path, tuple(source.tasks), progress=progress, run=run)
     manifest.record(end_day, fp, result)
     return {**result, "skipped": False}

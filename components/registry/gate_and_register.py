@@ -155,6 +155,13 @@ def analysis_plots(analysis: ModelAnalysis, analysis_dir: Path) -> list[Path]:
     return plots
 
 
+def training_run_of(train_result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The MLflow run the train step opened (components/registry/training_run.py), for the registration to
+    re-open and end; None without one, and for a skipped train step (its run ended with its own
+    registration or failure: a re-run must not re-open it)."""
+    return None if train_result.get("skipped") else train_result.get("mlflow_run")
+
+
 def register_and_promote(settings: Settings, model_dir: Path, train_result: dict[str, Any], gates: list[Any],
                          plots: list[Path], training_set_path: str | Path, days: Sequence[dt.date],
                          valid: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -170,6 +177,7 @@ def register_and_promote(settings: Settings, model_dir: Path, train_result: dict
         settings, model_dir, train_result, gates, plots,
         data_window=(min(days), max(days)), feature_views=meta.get("feature_views"),
         sample_rows=valid.slice(0, min(SAMPLE_ROWS, valid.num_rows)), training_set=training_set_path,
+        training_run=training_run_of(train_result),
     )
     return version.to_dict(), maybe_auto_promote(settings, version)
 
@@ -183,17 +191,14 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
     version and metrics on the test day, the paired AUC difference intervals, or None), ``metrics`` (the
     new model's on the test day, each task's AUC with its interval), ``baselines``, ``oracle`` and
     ``ceilings`` (the simulator's oracle and partial oracles' AUCs, or None), ``registered``
-    (version, run id, aliases) and ``promoted`` (or None), ``plots``, ``seconds``.
+    (version, run id, aliases) and ``promoted`` (or None), ``plots``, ``seconds``. The training's MLflow
+    run (``train_result["mlflow_run"]``) is re-opened by the registration and ended there; it ends
+    ``FAILED`` when the gates or the registration fail, ``FINISHED`` unregistered when skipped.
     """
+    from components.registry.training_run import end_unregistered, ended_on_failure
     from components.runs import StageManifest, fingerprint_files
-    from components.storage import write_json_atomic
-    from components.training.encoders import read_training_set, window_split
-    from components.training.artefact import load_trained
-    from validation.gates import all_passed, gate_table
 
-    started = time.perf_counter()
     model_dir = Path(train_result["model_dir"])
-    registry_on = settings.registry.enabled
     # Not the champion: auto-promotion makes this very version the champion, and a re-run must still
     # find it registered rather than register it again.
     manifest = StageManifest(settings, "register")
@@ -201,8 +206,26 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
                            {"gates": settings.gates.model_dump(mode="json"),
                             "registry": settings.registry.model_dump(mode="json")})
     if not force and manifest.is_current(end_day, fp):
-        return {**manifest.read(end_day)["result"], "skipped": True}  # type: ignore[index]
+        done = manifest.read(end_day)["result"]  # type: ignore[index]
+        end_unregistered(settings, training_run_of(train_result), "this model and gate configuration were "
+                         f"registered before: {(done.get('registered') or {}).get('model_uri')}", failed=False)
+        return {**done, "skipped": True}
+    with ended_on_failure(settings, training_run_of(train_result), "gates and registration"):
+        result = _assess(settings, end_day, train_result, training_set_path, days, model_dir)
+    manifest.record(end_day, fp, result)
+    return {**result, "skipped": False}
 
+
+def _assess(settings: Settings, end_day: dt.date, train_result: dict[str, Any], training_set_path: str | Path,
+            days: Sequence[dt.date], model_dir: Path) -> dict[str, Any]:
+    """:func:`assess_and_register` after its skip check: the gates, the registration and the result."""
+    from components.training.encoders import read_training_set, window_split
+    from components.training.artefact import load_trained
+    from components.storage import write_json_atomic
+    from validation.gates import all_passed, gate_table
+
+    started = time.perf_counter()
+    registry_on = settings.registry.enabled
     trained = load_trained(model_dir)
     tasks = trained.tasks
     table = read_training_set(training_set_path)
@@ -244,5 +267,4 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
         "analysis_seconds": analysis.seconds,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    manifest.record(end_day, fp, result)
-    return {**result, "skipped": False}
+    return result

@@ -3,7 +3,8 @@
 
 :func:`register_model` runs the steps in order: check the gate results and the data window, read the
 saved ranker folder, stage the files the packaged model needs (and score the sample rows with it), open
-the run and log everything (components/registry/run_logging.py), log the pyfunc model
+the run (or re-open the one opened when training started: components/registry/training_run.py) and log
+everything (components/registry/run_logging.py), log the pyfunc model
 (components/registry/packaged.py), register it as a version with its tags and description, and alias it
 ``challenger`` only when every gate passed.
 """
@@ -27,6 +28,7 @@ from components.registry.client import (CHALLENGER, GATES_PASSED_TAG, RegistryEr
 from components.registry.run_logging import (ModelFolder, code_revision, finite_or_none, log_run_contents,
                                              metric_key, pip_requirements, read_model_folder,
                                              training_curves_plot)
+from components.registry.training_run import REGISTERED_TAG
 
 if TYPE_CHECKING:
     import mlflow
@@ -199,6 +201,17 @@ def version_description(summary: Mapping[str, Any], arch: str, start: dt.date, e
 
 
 # ----- the model and the version -----------------------------------------------------------------------------
+def run_to_open(model_name: str, experiment_id: str, end: dt.date,
+                training_run: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """(``mlflow.start_run``'s arguments, the last epoch whose curves the run already has): the training
+    run by its id when there is one (components/registry/training_run.py), else a new run
+    ``<model name>-<end day>`` in the experiment."""
+    run_id = (training_run or {}).get("run_id")
+    if run_id:
+        return {"run_id": str(run_id)}, int((training_run or {}).get("epochs_logged") or 0)
+    return {"experiment_id": experiment_id, "run_name": f"{model_name}-{end.isoformat()}"}, 0
+
+
 def log_packaged_model(tmp: Path, staged: StagedModel) -> "mlflow.models.model.ModelInfo":
     """Log the staged ranker into the active run as a pyfunc "from code" (components/registry/packaged.py)
     with pinned requirements, the code it imports (``code_paths``) and a signature; with a scoring sample,
@@ -246,6 +259,7 @@ def register_model(
     feature_views: Mapping[str, Any] | None = None,
     sample_rows: "pa.Table | None" = None,
     training_set: str | Path | None = None,
+    training_run: Mapping[str, Any] | None = None,
 ) -> RegisteredVersion:
     """Log one trained model to MLflow and register it as a new version of ``registry.model_name``.
 
@@ -264,6 +278,8 @@ def register_model(
             (columns ``p_<task>``, same row order), so a later process can check it reproduces them.
             At most ``SAMPLE_MAX_ROWS`` rows are kept; they give the signature's inputs and the input example.
         training_set: the training set's parquet path, logged as the run's input dataset (by reference).
+        training_run: the train step's ``mlflow_run`` (components/registry/training_run.py): that run is
+            re-opened, its live curves and input not logged again. None: a new run (curves from history).
 
     Returns:
         The version number, run id, ``models:/<name>/<version>`` URI and the aliases it set.
@@ -287,21 +303,19 @@ def register_model(
         with mlflow_client(settings) as client:
             experiment_id = ensure_experiment(client, settings)
             ensure_registered_model(client, cfg.model_name)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.model_name}-{end.isoformat()}",
-                                  nested=mlflow.active_run() is not None) as run:
+            run_args, epochs_logged = run_to_open(cfg.model_name, experiment_id, end, training_run)
+            with mlflow.start_run(**run_args, nested=mlflow.active_run() is not None) as run:
                 run_id = run.info.run_id
                 log_run_contents(client, run_id, settings, folder, summary, gate_rows,
                                  tags=run_tags(common_tags, start, end, feature_views, folder.path),
                                  feature_views=feature_views,
                                  plots=[*plot_paths, *([staged.curves] if staged.curves else [])],
-                                 sample_files=staged.sample_files)
-                if training_set is not None:
-                    from components.registry.signature import training_dataset
-
-                    mlflow.log_input(training_dataset(training_set), context="training")
+                                 sample_files=staged.sample_files, epochs_logged=epochs_logged,
+                                 training_set=training_set if "run_id" not in run_args else None)
                 info = log_packaged_model(tmp, staged)
                 mv = mlflow.register_model(info.model_uri, cfg.model_name,
                                            tags={**common_tags, "run_id": run_id})
+                mlflow.set_tag(REGISTERED_TAG, "true")
             version = int(mv.version)
             client.update_model_version(cfg.model_name, str(version), description=version_description(
                 summary, arch, start, end, gate_rows))

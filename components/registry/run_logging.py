@@ -153,9 +153,21 @@ def run_metrics(summary: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) 
     return out
 
 
-def epoch_metrics(history: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """Per-epoch curves (step = epoch): ``epoch/train_loss``, ``epoch/train_loss/<task>``,
-    ``epoch/valid_auc/<task>``, ``epoch/samples_per_s``."""
+def epoch_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """One epoch's curve points (a ``history.json`` record or the trainer's ``epoch`` event):
+    ``epoch/train_loss``, ``epoch/train_loss/<task>``, ``epoch/valid_auc/<task>``,
+    ``epoch/valid_logloss/<task>``, ``epoch/samples_per_s``; non-finite values left out."""
+    values: dict[str, Any] = {"epoch/train_loss": record.get("train_loss"),
+                              "epoch/samples_per_s": record.get("samples_per_s")}
+    for name in ("train_loss", "valid_auc", "valid_logloss"):
+        per_task = record.get("train_loss_per_task" if name == "train_loss" else name) or {}
+        values.update({f"epoch/{name}/{t}": v for t, v in per_task.items()})
+    return {metric_key(k): v for k, value in values.items() if (v := finite_or_none(value)) is not None}
+
+
+def epoch_metrics(history: Sequence[Mapping[str, Any]], after_epoch: int = 0) -> list[Any]:
+    """Per-epoch curves (step = epoch, :func:`epoch_values`) of the epochs after ``after_epoch`` (those the
+    training run did not log live: components/registry/training_run.py)."""
     import time
 
     from mlflow.entities import Metric
@@ -164,14 +176,8 @@ def epoch_metrics(history: Sequence[Mapping[str, Any]]) -> list[Any]:
     out = []
     for i, rec in enumerate(history):
         step = int(rec.get("epoch", i + 1))
-        values: dict[str, Any] = {"epoch/train_loss": rec.get("train_loss"),
-                                  "epoch/samples_per_s": rec.get("samples_per_s")}
-        values.update({f"epoch/train_loss/{t}": v for t, v in (rec.get("train_loss_per_task") or {}).items()})
-        values.update({f"epoch/valid_auc/{t}": v for t, v in (rec.get("valid_auc") or {}).items()})
-        for key, value in values.items():
-            v = finite_or_none(value)
-            if v is not None:
-                out.append(Metric(metric_key(key), v, now, step))
+        if step > after_epoch:
+            out.extend(Metric(k, v, now, step) for k, v in epoch_values(rec).items())
     return out
 
 
@@ -213,11 +219,13 @@ def pip_requirements() -> list[str]:
 def log_run_contents(client: "mlflow.MlflowClient", run_id: str, settings: Settings, folder: ModelFolder,
                      summary: Mapping[str, Any], gate_rows: Sequence[Mapping[str, Any]], *,
                      tags: Mapping[str, str], feature_views: Mapping[str, Any] | None,
-                     plots: Iterable[Path], sample_files: Iterable[Path] = ()) -> None:
+                     plots: Iterable[Path], sample_files: Iterable[Path] = (), epochs_logged: int = 0,
+                     training_set: str | Path | None = None) -> None:
     """Log into the active run ``run_id``: ``tags``, :func:`run_params`, :func:`run_metrics` and the
-    per-epoch curves, the settings and configs (``config/``), ``feature_views.json``, the gate results,
+    per-epoch curves after epoch ``epochs_logged`` (those the training run logged live are not logged
+    twice), the settings and configs (``config/``), ``feature_views.json``, the gate results,
     the evaluation (and ``evaluation.txt`` when the summary has one), ``plots`` under ``plots/`` and the
-    scoring-sample files."""
+    scoring-sample files; with ``training_set``, the training set as the run's input dataset."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -226,7 +234,7 @@ def log_run_contents(client: "mlflow.MlflowClient", run_id: str, settings: Setti
     now_ms = int(dt.datetime.now().timestamp() * 1000)
     client.log_batch(run_id, metrics=[
         *(Metric(k, v, now_ms, 0) for k, v in run_metrics(summary, gate_rows).items()),
-        *epoch_metrics(folder.history),
+        *epoch_metrics(folder.history, after_epoch=epochs_logged),
     ])
     mlflow.log_dict(settings.model_dump(mode="json"), "config/settings.json")
     mlflow.log_dict(dict(folder.ranker_config), "config/ranker_config.json")
@@ -240,3 +248,7 @@ def log_run_contents(client: "mlflow.MlflowClient", run_id: str, settings: Setti
         mlflow.log_artifact(str(p), "plots")
     for p in sample_files:
         mlflow.log_artifact(str(p))
+    if training_set is not None:
+        from components.registry.signature import training_dataset
+
+        mlflow.log_input(training_dataset(training_set), context="training")

@@ -27,7 +27,8 @@ class TrainResult:
     spec: "FeatureSpec"
     ranker_config: "RankerConfig"
     train_config: TrainConfig
-    history: list[dict[str, Any]]  # per epoch: train_loss, train_loss_per_task, valid_auc, seconds, samples_per_s
+    # per epoch: train_loss, train_loss_per_task, valid_auc, valid_logloss, seconds, samples_per_s
+    history: list[dict[str, Any]]
     best_epoch: int
     best_metric: float
     samples_per_s: float  # training rows / training seconds (validation excluded), all ranks together

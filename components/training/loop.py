@@ -239,13 +239,14 @@ def _end_epoch(run: _Run, state: LoopState) -> None:
     cfg = run.cfg
     totals = (all_reduce_sum(state.epoch_loss, run.dist_info) / max(state.epoch_rows, 1)).cpu().numpy()
     t_valid = time.perf_counter()
-    valid_auc, _ = _validate(run, state.model)
+    valid_auc, valid_logloss, _ = _validate(run, state.model)
     metric = _metric(valid_auc, cfg.early_stopping_task)
     record = {
         "epoch": state.epoch + 1,
         "train_loss": float(totals[0]),
         "train_loss_per_task": {t: float(totals[j + 1]) for j, t in enumerate(run.tasks)},
         "valid_auc": valid_auc,
+        "valid_logloss": valid_logloss,
         "valid_rows": run.valid_data.rows if run.valid_data is not None else 0,
         "metric": metric,
         "train_seconds": state.epoch_train_s,
@@ -277,22 +278,23 @@ def _end_epoch(run: _Run, state: LoopState) -> None:
         _checkpoint(run, state)
 
 
-def _validate(run: _Run, model: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Per-task AUC on the validation set, and the scores. Under DDP each rank scores a contiguous shard
-    and the scores are all-gathered, so every rank computes the same AUCs."""
+def _validate(run: _Run, model: Any) -> tuple[dict[str, float], dict[str, float], dict[str, np.ndarray]]:
+    """Per-task AUC and log loss on the validation set, and the scores. Under DDP each rank scores a
+    contiguous shard and the scores are all-gathered, so every rank computes the same metrics."""
     import torch
 
-    from components.training.metrics import auc
+    from components.training.metrics import auc, logloss
 
     data = run.valid_data
     if data is None or data.rows == 0:
-        return {}, {}
+        return {}, {}, {}
     lo, hi, _ = shard_bounds(data.rows, run.dist_info)
     scores = predict(model, data, run.tasks, device=run.device, batch_size=run.cfg.eval_batch_size,
                      rows=torch.arange(lo, hi), bf16=run.cfg.bf16)
     scores = all_gather_scores(scores, run.tasks, data.rows, run.dist_info, run.device)
     labels = data.tensors["labels"].cpu().numpy()
-    return {t: float(auc(scores[t], labels[:, j])) for j, t in enumerate(run.tasks)}, scores
+    return ({t: float(auc(scores[t], labels[:, j])) for j, t in enumerate(run.tasks)},
+            {t: float(logloss(scores[t], labels[:, j])) for j, t in enumerate(run.tasks)}, scores)
 
 
 def _metric(valid_auc: Mapping[str, float], task: str | None) -> float:
@@ -311,7 +313,7 @@ def _result(run: _Run, state: LoopState, encoders: FeatureEncoders | None, start
     """The best epoch's model (on CPU), its validation scores and the run's history; leaves the process group."""
     if state.best_state is not None:
         state.model.load_state_dict(state.best_state)
-    _, valid_scores = _validate(run, state.model)
+    _, _, valid_scores = _validate(run, state.model)
     final = copy.deepcopy(state.model).cpu()
     teardown_distributed(run.dist_info)
     return TrainResult(

@@ -165,7 +165,7 @@ def evaluate_on_test(settings: Settings, result: Any, test: Any, tasks: tuple[st
 
 
 def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path, tasks: tuple[str, ...],
-                       progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[dict[str, Any]], None] | None = None, run: Any = None) -> dict[str, Any]:
     """Train on ``training_set``'s train days, early-stop on its validation days, evaluate on its test
     days (the newest), save the model.
 
@@ -173,6 +173,8 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     training (epochs, samples/s, seconds), per-task metrics on the test days overall and per slice with
     the AUC's interval, the oracle comparison on the simulator, the IPW weight distribution, ``small_data``
     (:func:`small_data`'s note when the rule lowered the batch, else None), the model folder. ``progress`` receives the trainer's step and epoch events.
+    ``run`` (components/registry/training_run.py ``TrainingRun``, or None): the MLflow run that logs those
+    events as they happen; the summary's ``mlflow_run`` says which run and what it logged (None without).
     """
     import pyarrow.compute as pc
 
@@ -206,7 +208,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
                                        **({"batch_size": small["used_batch_size"]} if small else {})})
     ranker_cfg = cfg.ranker.to_ranker_config()
     result = train_ranker(settings, train, valid if valid.num_rows else None, ranker_cfg, train_cfg,
-                          train_weights=weights, callback=progress)
+                          train_weights=weights, callback=progress if run is None else run.listener(progress))
     report, oracle = evaluate_on_test(settings, result, test, tasks, ranker_cfg.arch, end_day)
 
     result.save(out_dir)
@@ -222,6 +224,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
         "oracle": oracle.to_dict() if oracle is not None else None,
         "ipw": ipw,
         "small_data": small,
+        "mlflow_run": run.to_dict() if run is not None else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json_atomic(out_dir / "evaluation.json", summary)
