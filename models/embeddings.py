@@ -57,6 +57,7 @@ class MNSECodec(nn.Module):
         if combine not in ("concat", "sum"):
             raise ValueError(f"MNSE combine must be 'concat' or 'sum', got {combine!r}")
         self.n_buckets, self.bases, self.combine = tuple(n_buckets), tuple(bases), combine
+        self.frozen = False  # see _pooled_values and freeze_pooled
         n_fields = len(self.n_buckets)
         digits = [[mnse_num_digits(n, b) for b in self.bases] for n in self.n_buckets]  # [field][base]
         # Every field gets the same P = sum_b max_field K_b positions so the ids form one rectangular
@@ -133,8 +134,7 @@ class MNSECodec(nn.Module):
         n_groups, n_fields, width = block_starts.numel(), values.shape[-1], weight.shape[-1]
         starts = block_starts.view(-1, 1, 1)
         if self.value_rows.shape[0] <= values.numel():
-            tokens = F.embedding(starts + self.value_rows, weight, sparse=sparse)  # [G, V, P, d]
-            pooled = torch.einsum("gvpd,vpc->gvcd", tokens, self.value_pool.to(tokens.dtype))
+            pooled = self._pooled_values(weight, starts, sparse)
             n_values = self.value_rows.shape[0]
             idx = (values + self.value_start) + torch.arange(n_groups, device=values.device).view(-1, 1, 1) * n_values
             out = F.embedding(idx, pooled.reshape(n_groups * n_values, -1))  # [G, B, n_fields, C * d]
@@ -147,10 +147,38 @@ class MNSECodec(nn.Module):
                                  per_sample_weights=weights)
         return pooled.view(n_groups, values.shape[0], n_fields * self.out_per_field, width)
 
+    def _pooled_values(self, weight: torch.Tensor, starts: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """[G, V, C, d]: every bucket of every field pooled. A frozen codec (:func:`freeze_pooled`: the
+        weights will not change, as in a loaded artefact that only scores) keeps the result between calls
+        without autograd, so a scorer answering many small requests pools once instead of per request.
+        Training never caches: an optimiser step does not always move ``weight._version`` (fused Adam
+        does not), so the weights' identity cannot tell a stale result."""
+        key = None
+        if self.frozen and not torch.is_grad_enabled():
+            key = (id(weight), weight.data_ptr(), weight.dtype, tuple(starts.view(-1).tolist()))
+            cached = self.__dict__.get("_pooled_cache")
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        tokens = F.embedding(starts + self.value_rows, weight, sparse=sparse)  # [G, V, P, d]
+        pooled = torch.einsum("gvpd,vpc->gvcd", tokens, self.value_pool.to(tokens.dtype))
+        if key is not None:
+            self.__dict__["_pooled_cache"] = (key, pooled)
+        return pooled
+
     def pool(self, token_embeddings: torch.Tensor) -> torch.Tensor:
         """Sum tokens within a base, concat (or sum) bases: [..., n_fields, P, d] -> [..., n_fields * C, d]."""
         pooled = torch.einsum("...npd,npc->...ncd", token_embeddings, self.pool_matrix.to(token_embeddings.dtype))
         return pooled.flatten(-3, -2)
+
+
+def freeze_pooled(model: nn.Module) -> nn.Module:
+    """Mark every MNSE codec of ``model`` frozen: its weights will not change again (a loaded artefact
+    that only scores), so the pooled bucket embeddings are kept between no-grad calls. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, MNSECodec):
+            module.frozen = True
+            module.__dict__.pop("_pooled_cache", None)
+    return model
 
 
 class MNSEEmbedding(nn.Module):

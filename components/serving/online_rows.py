@@ -174,7 +174,9 @@ def online_feature_rows(
         withheld.update(got.withheld)
         fetch_seconds += got.seconds
     fetch_seconds += _interest_columns(reader, specs, columns, event_us, withheld)
-    table = pa.Table.from_arrays([as_chunked(columns[f.name]).cast(f.type) for f in schema], schema=schema)
+    arrays = [as_chunked(columns[f.name]) for f in schema]
+    table = pa.Table.from_arrays([a if a.type == f.type else a.cast(f.type) for a, f in zip(arrays, schema)],
+                                 schema=schema)
 
     similarity_seconds = 0.0
     if adds_similarities(settings, representations):

@@ -111,6 +111,7 @@ def load_trained(directory: str | Path) -> TrainedModel:
     import torch
 
     from models.config import RankerConfig
+    from models.embeddings import freeze_pooled
     from models.ranker import Ranker
     from models.spec import FeatureSpec
 
@@ -123,6 +124,7 @@ def load_trained(directory: str | Path) -> TrainedModel:
     model = Ranker(spec, config)
     model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
+    freeze_pooled(model)  # a loaded ranker only scores: its pooled MNSE rows are computed once (models/embeddings.py)
     encoders = FeatureEncoders.load(directory / "encoders.json") if (directory / "encoders.json").is_file() else None
     return TrainedModel(model=model, encoders=encoders, spec=spec, ranker_config=config, directory=directory)
 

@@ -61,9 +61,15 @@ class CategoricalEncoder:
         return len(self.values) + 1
 
     def value_set(self) -> "pa.Array":
-        import pyarrow as pa
+        """The vocabulary as an Arrow array, built once (a scorer encodes many small batches); kept
+        outside the dataclass fields, so ``asdict`` and equality ignore it."""
+        cached = self.__dict__.get("_value_set")
+        if cached is None or len(cached) != len(self.values):
+            import pyarrow as pa
 
-        return pa.array(self.values, type=pa.int64() if self.kind == "int" else pa.string())
+            cached = pa.array(self.values, type=pa.int64() if self.kind == "int" else pa.string())
+            self.__dict__["_value_set"] = cached
+        return cached
 
     def encode(self, column: "pa.Array | pa.ChunkedArray") -> np.ndarray:
         """int64 ids: 1 + position in the vocabulary, 0 for values outside it and for nulls."""
@@ -95,7 +101,10 @@ class NumericEncoder:
             ok = valid & (values >= 0) & (values < self.identity_size)
             out[ok] = values[ok].astype(np.int64) + 1
             return out
-        out[valid] = np.searchsorted(np.asarray(self.boundaries, dtype=np.float64), values[valid], side="right") + 1
+        bounds = self.__dict__.get("_bounds")
+        if bounds is None or len(bounds) != len(self.boundaries):  # built once, outside the dataclass fields
+            bounds = self.__dict__["_bounds"] = np.asarray(self.boundaries, dtype=np.float64)
+        out[valid] = np.searchsorted(bounds, values[valid], side="right") + 1
         return out
 
 
@@ -138,9 +147,10 @@ def float_values(column: "pa.Array | pa.ChunkedArray") -> tuple[np.ndarray, np.n
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    values = column.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-    valid &= ~np.isnan(values)
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls come out as NaN
+    valid = ~np.isnan(values)
+    if not valid.all():
+        values = np.where(valid, values, 0.0)
     return values, valid
 
 
