@@ -135,8 +135,8 @@ def create_app(service: "ScoringService") -> "FastAPI":
     app.state.service = service
     app.state.metrics = metrics
 
-    @app.post("/score")
-    def score(body: ScoreBody) -> dict[str, Any]:
+    @app.post("/score", response_class=JSONResponse)
+    def score(body: ScoreBody):  # noqa: ANN202 - returns the JSONResponse itself (see below)
         started = time.perf_counter()
         status = 200
         try:
@@ -152,7 +152,8 @@ def create_app(service: "ScoringService") -> "FastAPI":
             metrics.stage.labels(stage).observe(timings[stage] / 1000)
         metrics.candidates.observe(len(body.ads))
         metrics.version.labels(out["model"]["alias"]).set(out["model"]["version"])
-        return out
+        # Plain JSON values already: skip FastAPI's jsonable_encoder walk over every candidate (~1 ms per 100).
+        return JSONResponse(out)
 
     @app.post("/events")
     def events(body: EventsBody) -> dict[str, Any]:

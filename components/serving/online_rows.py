@@ -93,9 +93,9 @@ def entity_columns(reader: Any, entity_specs: list[Any], key: str, ids: np.ndarr
         served, withheld[spec.name] = served_by_time(stamps[spec.name][inverse], event_us, spec.ttl)
         known |= served
         index = pa.array(inverse.astype(np.int64), mask=~served)  # null index -> null features
-        for name in spec.feature_names:
-            col = f"{spec.name}__{name}"
-            columns[col] = values[col].take(index)
+        names = [f"{spec.name}__{name}" for name in spec.feature_names]
+        taken = pa.table({col: values[col] for col in names}).take(index)  # one take for the view's columns
+        columns.update(zip(names, taken.columns))
     return EntityColumns(columns=columns, known=known, withheld=withheld, seconds=seconds)
 
 

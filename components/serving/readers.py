@@ -102,10 +102,11 @@ def online_stamp(settings: "Settings") -> tuple[int, int]:
 @dataclass
 class ViewSnapshot:
     """One view's rows as the online store serves them: ``index`` (pandas Index of the keys), ``values``
-    (column -> Arrow array aligned with the index) and ``stamps`` (event timestamps in seconds)."""
+    (an Arrow table of the ``<view>__<feature>`` columns aligned with the index) and ``stamps`` (event
+    timestamps in seconds)."""
 
     index: Any
-    values: dict[str, "pa.Array"]
+    values: "pa.Table"
     stamps: np.ndarray
 
 
@@ -145,10 +146,9 @@ class WarmReader:
             view = self.views[spec.name]
             pos = view.index.get_indexer(ids) if len(ids) else np.zeros(0, np.int64)
             found = pos >= 0
-            take = pa.array(pos.astype(np.int64), mask=~found)
-            for name in spec.feature_names:
-                col = f"{spec.name}__{name}"
-                values[col] = view.values[col].take(take)
+            taken = view.values.take(pa.array(pos.astype(np.int64), mask=~found))  # one take for all columns
+            for col, arr in zip(taken.column_names, taken.columns):
+                values[col] = arr
             stamps[spec.name] = np.where(found, view.stamps[np.maximum(pos, 0)] if len(view.stamps) else 0, 0)
         return values, stamps
 
@@ -184,7 +184,7 @@ def snapshot_view(reader: FeastReader, spec: Any, keys: np.ndarray) -> ViewSnaps
         for col in parts:
             parts[col].append(values[col])
         stamps.append(got[spec.name])
-    columns = {col: (pa.concat_arrays(arrs) if arrs else pa.array([], type=typ))
-               for (col, arrs), (_, typ) in zip(parts.items(), spec.fields)}
+    columns = pa.table({col: (pa.concat_arrays(arrs) if arrs else pa.array([], type=typ))
+                        for (col, arrs), (_, typ) in zip(parts.items(), spec.fields)}).combine_chunks()
     held = np.concatenate(stamps) if stamps else np.zeros(0, np.int64)
     return ViewSnapshot(index=pd.Index(keys), values=columns, stamps=held)

@@ -213,7 +213,8 @@ def predict(
     index = rows if rows is not None else torch.arange(data.rows)
     index = index.to(data.tensors["cat"].device)
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: skip it for a model that is in eval mode already
+        model.eval()
     out: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     use_bf16 = bf16 and dev.type == "cuda"
     with torch.no_grad():
@@ -223,7 +224,8 @@ def predict(
                 logits = model(chunk)
             for t in tasks:
                 out[t].append(torch.sigmoid(logits[t].float()).cpu().numpy())
-    model.train(was_training)
+    if was_training:
+        model.train()
     return {t: (np.concatenate(v) if v else np.zeros(0, dtype=np.float32)) for t, v in out.items()}
 
 
