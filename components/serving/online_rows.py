@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+    from components.serving.behaviour_state import BehaviourState
 
 USER_KNOWN = "user_known"
 AD_KNOWN = "ad_known"
@@ -162,6 +163,7 @@ def online_feature_rows(
     *,
     now: dt.datetime | None = None,
     representations: bool | None = None,
+    behaviour: "BehaviourState | None" = None,
 ) -> "pa.Table":
     """Online feature rows for ``requests`` (see :func:`normalize_requests` for their columns).
 
@@ -172,7 +174,12 @@ def online_feature_rows(
     ``see_text, see_visual, see_graph`` and ``ad_semantic_id__*``; finally the flags ``user_known`` /
     ``ad_known`` (bool: the online store served a row of any of the entity's views). A summary
     (unknown entities, values withheld by the point-in-time rule, seconds) is in the schema metadata
-    (:func:`serving_summary`). Raises :class:`OnlineStoreMissing` before the first materialisation."""
+    (:func:`serving_summary`). Raises :class:`OnlineStoreMissing` before the first materialisation.
+
+    With ``features.fresh_behaviour`` the ``user_sequence__*`` columns are replaced, and the
+    ``user_recent__*`` counters appended, before the similarities: from ``behaviour`` (a
+    components.serving.behaviour_state.BehaviourState) when given, else from the offline impressions log
+    (``fresh_behaviour``, what batch scoring uses)."""
     import pyarrow as pa
 
     state = online_state(settings)  # fails fast, before loading Feast, when nothing was materialised
@@ -202,6 +209,11 @@ def online_feature_rows(
         fetch_seconds += got.seconds
     fetch_seconds += _interest_columns(store, specs, columns, event_us, withheld)
     table = pa.Table.from_arrays([as_chunked(columns[f.name]).cast(f.type) for f in schema], schema=schema)
+    fresh: dict[str, Any] | None = None
+    if settings.features.fresh_behaviour:
+        from components.serving.behaviour_state import add_fresh_columns
+
+        table, fresh = add_fresh_columns(settings, table, behaviour)
 
     similarity_seconds = 0.0
     if adds_similarities(settings, representations):
@@ -223,6 +235,7 @@ def online_feature_rows(
         "seconds": round(time.perf_counter() - started, 4),
         "seconds_feast": round(fetch_seconds, 4),
         "seconds_similarity": round(similarity_seconds, 4),
+        "fresh_behaviour": fresh,
     })
 
 
