@@ -30,10 +30,12 @@ from components.schemas import TIMESTAMP
 from components.store.features import PAD_AD_ID, PAD_CATEGORY, behaviour_task
 from components.store.fresh import (
     ads_relation,
+    fresh_behaviour,
     fresh_lookback,
     fresh_types,
     impressions_relation,
     recent_columns,
+    with_fresh_behaviour,
 )
 from components.training.field_encoders import SEQUENCE_CATEGORIES, SEQUENCE_ITEMS, SEQUENCE_LENGTH, SEQUENCE_TIMES
 
@@ -119,7 +121,7 @@ class BehaviourState:
         state._set_ads(ads)
         users = log.column("user_id").to_numpy()
         t = log.column("event_time").cast("int64").to_numpy()
-        rid = np.asarray(log.column("request_id").to_pylist(), dtype=object)
+        rid = log.column("request_id").to_numpy().astype(object)
         ad = log.column("ad_id").to_numpy()
         click = log.column("is_click").combine_chunks().to_numpy(zero_copy_only=False)
         bounds = np.flatnonzero(np.diff(users)) + 1
@@ -313,13 +315,14 @@ class BehaviourState:
 
 
 def add_fresh_columns(settings: "Settings", table: "pa.Table", behaviour: BehaviourState | None
-                      ) -> tuple["pa.Table", dict[str, Any]]:
-    """``table`` (online rows with ``user_id`` and ``event_time``) with the fresh columns (from
-    ``behaviour``, else from the offline log), and what the summary records (source, seconds)."""
+                      ) -> tuple["pa.Table", dict[str, Any] | None]:
+    """With ``features.fresh_behaviour``: ``table`` (online rows with ``user_id`` and ``event_time``) with
+    the fresh columns (from ``behaviour``, else from the offline log), and what the summary records
+    (source, seconds); unchanged and None when it is off."""
     import pyarrow as pa
 
-    from components.store.fresh import fresh_behaviour, with_fresh_behaviour
-
+    if not settings.features.fresh_behaviour:
+        return table, None
     started = time.perf_counter()
     if behaviour is not None:
         n = table.num_rows

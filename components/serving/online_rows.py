@@ -176,15 +176,14 @@ def online_feature_rows(
     (unknown entities, values withheld by the point-in-time rule, seconds) is in the schema metadata
     (:func:`serving_summary`). Raises :class:`OnlineStoreMissing` before the first materialisation.
 
-    With ``features.fresh_behaviour`` the ``user_sequence__*`` columns are replaced, and the
-    ``user_recent__*`` counters appended, before the similarities: from ``behaviour`` (a
-    components.serving.behaviour_state.BehaviourState) when given, else from the offline impressions log
-    (``fresh_behaviour``, what batch scoring uses)."""
+    With ``features.fresh_behaviour`` the click sequence and ``user_recent__*`` counters come from
+    ``behaviour`` (a :class:`BehaviourState`) when given, else from the offline impressions log."""
     import pyarrow as pa
 
     state = online_state(settings)  # fails fast, before loading Feast, when nothing was materialised
     import feast  # noqa: F401  - loaded before the clock starts: the summary times the work, not the import
 
+    from components.serving.behaviour_state import add_fresh_columns
     from components.store.feast_store import feature_store
     from components.training.training_set import adds_similarities, feature_row_schema
 
@@ -209,11 +208,7 @@ def online_feature_rows(
         fetch_seconds += got.seconds
     fetch_seconds += _interest_columns(store, specs, columns, event_us, withheld)
     table = pa.Table.from_arrays([as_chunked(columns[f.name]).cast(f.type) for f in schema], schema=schema)
-    fresh: dict[str, Any] | None = None
-    if settings.features.fresh_behaviour:
-        from components.serving.behaviour_state import add_fresh_columns
-
-        table, fresh = add_fresh_columns(settings, table, behaviour)
+    table, fresh = add_fresh_columns(settings, table, behaviour)  # before the similarities, as in training
 
     similarity_seconds = 0.0
     if adds_similarities(settings, representations):
