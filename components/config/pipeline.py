@@ -85,3 +85,15 @@ class FeatureConfig(Section):
     direct_join_min_rows: int = Field(
         200_000, ge=0, description="training sets at least this big use the DuckDB ASOF join, smaller ones Feast"
     )
+    fresh_behaviour: bool = Field(
+        True, description="click sequence and user_recent__ counters point-in-time to the microsecond, from the "
+                          "impression log itself (components/store/fresh.py), instead of the daily sequence view")
+    fresh_windows_hours: list[int] = Field(
+        [1, 24], min_length=1, description="windows, in hours, of the user_recent__ impression and click counters")
+
+    @field_validator("fresh_windows_hours")
+    @classmethod
+    def _fresh_windows(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError(f"features.fresh_windows_hours must be >= 1, got {v}")
+        return sorted(set(v))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+    from components.serving.behaviour_state import BehaviourState
 
 USER_KNOWN = "user_known"
 AD_KNOWN = "ad_known"
@@ -132,6 +133,7 @@ def online_feature_rows(
     representations: bool | None = None,
     reader: Any = None,
     similarity: Any = None,
+    behaviour: "BehaviourState | None" = None,
 ) -> "pa.Table":
     """Online feature rows for ``requests`` (see :func:`normalize_requests` for their columns).
 
@@ -146,9 +148,12 @@ def online_feature_rows(
 
     ``reader``: where the entity features come from (components/serving/readers.py): Feast's online read
     per call when None (``FeastReader.open``), or a ``WarmReader`` held by a service. ``similarity``: the
-    similarity inputs already loaded (``similarity_inputs.load_similarity_inputs``), loaded here when None."""
+    similarity inputs already loaded (``similarity_inputs.load_similarity_inputs``), loaded here when None.
+    With ``features.fresh_behaviour`` the click sequence and ``user_recent__*`` counters come from
+    ``behaviour`` (a :class:`BehaviourState`) when given, else from the offline impressions log."""
     import pyarrow as pa
 
+    from components.serving.behaviour_state import add_fresh_columns
     from components.serving.readers import FeastReader
     from components.training.training_set import adds_similarities, feature_row_schema
 
@@ -177,6 +182,7 @@ def online_feature_rows(
     arrays = [as_chunked(columns[f.name]) for f in schema]
     table = pa.Table.from_arrays([a if a.type == f.type else a.cast(f.type) for a, f in zip(arrays, schema)],
                                  schema=schema)
+    table, fresh = add_fresh_columns(settings, table, behaviour)  # before the similarities, as in training
 
     similarity_seconds = 0.0
     if adds_similarities(settings, representations):
@@ -191,14 +197,21 @@ def online_feature_rows(
         "rows": n,
         "unknown_users": int((~known["user"]).sum()),
         "unknown_ads": int((~known["ad"]).sum()),
-        "distinct_users": int(np.unique(base.column("user_id").to_numpy()).size) if n else 0,
-        "distinct_ads": int(np.unique(base.column("ad_id").to_numpy()).size) if n else 0,
+        **distinct_entities(base),
         "withheld": withheld,
         "online_as_of": state.get("as_of"),
         "seconds": round(time.perf_counter() - started, 4),
         "seconds_feast": round(fetch_seconds, 4),
         "seconds_similarity": round(similarity_seconds, 4),
+        "fresh_behaviour": fresh,
     })
+
+
+def distinct_entities(base: "pa.Table") -> dict[str, int]:
+    """Distinct users and ads among the requests (for the summary)."""
+    n = base.num_rows
+    return {f"distinct_{kind}s": int(np.unique(base.column(key).to_numpy()).size) if n else 0
+            for kind, key in (("user", "user_id"), ("ad", "ad_id"))}
 
 
 def serving_summary(table: "pa.Table") -> dict[str, Any]:

@@ -25,6 +25,7 @@ SEQUENCE_ITEMS = f"{SEQUENCE_PREFIX}ad_ids"
 SEQUENCE_CATEGORIES = f"{SEQUENCE_PREFIX}categories"
 SEQUENCE_TIMES = f"{SEQUENCE_PREFIX}click_times"
 SEQUENCE_LENGTH = f"{SEQUENCE_PREFIX}length"
+RECENT_PREFIX = "user_recent__"  # the fresh behaviour counters (components/store/fresh.py)
 ITEM_FIELD = "ad_id"
 # Columns of the training set that identify the impression or would hand the model its label.
 IDENTIFIERS = ("event_time", "request_id")
@@ -39,7 +40,7 @@ GroupName = Literal["user", "ad", "context"]
 
 def field_group(column: str) -> GroupName:
     """The GwPFM field group of a column: the entity it describes, else the impression's context."""
-    if column == "user_id" or column.startswith(("user_profile__", "user_stats__", SEQUENCE_PREFIX)):
+    if column == "user_id" or column.startswith(("user_profile__", "user_stats__", SEQUENCE_PREFIX, RECENT_PREFIX)):
         return "user"
     if column == "ad_id" or column.startswith(("ad_profile__", "ad_stats__", SEMANTIC_ID_PREFIX)):
         return "ad"

@@ -16,6 +16,11 @@ Feature columns are named ``<view>__<feature>``. The user x attribute interest v
 ``'<user_id>|<value>'`` of the impression's ad as of its time (:func:`add_interest_keys`, a first join of
 ``ad_profile``); the key columns are join inputs, not columns of the output.
 
+With ``features.fresh_behaviour`` (default on) the joined ``user_sequence__*`` columns are then replaced
+by the fresh sequence, and ``user_recent__*`` counters appended, computed from the impression log
+strictly before each ``event_time`` (:func:`add_fresh_behaviour`, components/store/fresh.py); this
+happens before the similarities, so SEE reads the fresh sequence.
+
 Output: ``<training_dir>/<end_day>/train.parquet`` sorted by (event_time, request_id), and
 ``meta.json`` beside it (window, rows, label rates, features, view versions, join path).
 """
@@ -219,6 +224,20 @@ def add_interest_keys(settings: "Settings", entities: "pa.Table", specs: list[An
     return with_interest_keys(entities, profile, specs)
 
 
+def add_fresh_behaviour(settings: "Settings", table: "pa.Table") -> tuple["pa.Table", dict[str, Any] | None]:
+    """With ``features.fresh_behaviour``: ``table`` with the fresh click sequence replacing the daily
+    view's and the ``user_recent__`` counters appended (components/store/fresh.py), and a summary for
+    meta.json (None when off)."""
+    if not settings.features.fresh_behaviour:
+        return table, None
+    from components.store.fresh import fresh_behaviour, recent_summary, with_fresh_behaviour
+
+    started = time.perf_counter()
+    columns = fresh_behaviour(settings, table)
+    summary = {**recent_summary(columns), "seconds": round(time.perf_counter() - started, 3)}
+    return with_fresh_behaviour(table, columns), summary
+
+
 def _view_versions(specs: list[Any]) -> dict[str, dict[str, Any]]:
     """A view's version: the newest partition it was read with and a hash of its fields and TTL."""
     out = {}
@@ -272,6 +291,7 @@ def build_training_set(
     else:
         raise ValueError(f"join_path must be auto, feast or duckdb, got {join_path!r}")
 
+    table, fresh = add_fresh_behaviour(settings, table)  # before the similarities: SEE reads the sequence
     similarity: dict[str, Any] | None = None
     if adds_similarities(settings, representations):
         from components.representations.similarity import add_similarity_features, similarity_summary
@@ -299,6 +319,7 @@ def build_training_set(
         "feature_service": views_module().FEATURE_SERVICE,
         "join_path": join_path,
         "representations": similarity,
+        "fresh_behaviour": fresh,
         "seconds": round(time.perf_counter() - started, 3),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }

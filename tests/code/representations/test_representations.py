@@ -206,7 +206,18 @@ def test_feast_registers_the_views_and_serves_codes_and_vectors(world: dict[str,
     from components.representations.views import REPRESENTATION_VIEWS
     from components.representations.semantic_ids import load_codes
 
-    settings, days, table = world["settings"], world["days"], world["table"]
+    from components.representations.similarity import add_similarity_features
+    from components.training.training_set import build_training_set
+
+    settings, days = world["settings"], world["days"]
+    # The user interest vectors are means over the DAILY click sequence: compare them with a training set
+    # whose see_text comes from that sequence (the default fresh sequence is newer, docs/features.md).
+    settings.features.fresh_behaviour = False
+    try:
+        path = build_training_set(settings, days[-1], days=DAYS - 1, join_path="duckdb")
+    finally:
+        settings.features.fresh_behaviour = True
+    table = add_similarity_features(settings, pq.read_table(path))
     store = feature_store(settings, apply=True)
     names = {v.name for v in store.list_feature_views()}
     assert set(REPRESENTATION_VIEWS) <= names

@@ -5,7 +5,8 @@ for three days.
 The central check is online/offline consistency: the online store materialised as of the end of day 2 serves,
 for the impressions of day 3, the same feature values as the training set's point-in-time join, and the
 ranker scores both the same; the only differences are the ones docs/serving.md states (entities created
-during day 3, click times at Feast's one-second precision)."""
+during day 3); the fresh click sequence and counters come from the impression log, or from a BehaviourState
+fed day 3's events, and are equal to the microsecond."""
 
 from __future__ import annotations
 
@@ -90,14 +91,6 @@ def materialized(world: dict[str, Any]) -> dict[str, Any]:
     return materialize_online(world["settings"], world["days"][-2])
 
 
-def _truncate_to_seconds(column: pa.ChunkedArray) -> pa.Array:
-    """A list<timestamp> column with every time cut to whole seconds (what Feast's online store keeps)."""
-    col = column.combine_chunks()
-    flat = pc.list_flatten(col).cast(pa.int64())
-    seconds = pc.multiply(pc.divide(flat, 1_000_000), 1_000_000).cast(TIMESTAMP)
-    return pa.ListArray.from_arrays(col.offsets, seconds, mask=col.is_null())
-
-
 def test_materialize_writes_every_view_as_of_the_day_end(world: dict[str, Any], materialized: dict[str, Any]) -> None:
     from components.serving.online_store import online_state
 
@@ -143,13 +136,12 @@ def test_online_rows_match_the_point_in_time_join(world: dict[str, Any], materia
     assert summary["unknown_users"] == int((~user_known).sum())
     assert all(v["after_request"] == 0 and v["expired"] == 0 for v in summary["withheld"].values())
 
-    # Feature values: equal on every row of existing entities; click times equal at one-second precision.
-    truncated = offline.set_column(offline.column_names.index("user_sequence__click_times"),
-                                   "user_sequence__click_times",
-                                   _truncate_to_seconds(offline["user_sequence__click_times"]))
+    # Feature values: equal on every row of existing entities. The click sequence and the user_recent__
+    # counters come from the impression log (features.fresh_behaviour), not Feast: click times keep their µs.
     mask = pa.array(known)
     for c in columns:
-        assert online[c].filter(mask).to_pylist() == truncated[c].filter(mask).to_pylist(), c
+        assert online[c].filter(mask).to_pylist() == offline[c].filter(mask).to_pylist(), c
+    assert any(c.startswith("user_recent__") for c in columns)
     # The interest columns (keyed on the ad's taxonomy) are served, and equal, on most rows.
     interest = [c for c in columns if c.startswith("user_sub_category_interest__")]
     assert interest and pc.sum(pc.is_valid(online[interest[0]]).cast(pa.int64())).as_py() > 0.5 * len(known)
@@ -157,16 +149,27 @@ def test_online_rows_match_the_point_in_time_join(world: dict[str, Any], materia
     # the interest columns keyed on a new ad's profile (docs/features.md, "Interest views").
     for c in columns:
         if not c.startswith(("user_profile__", "ad_profile__")) and "_interest__" not in c:
-            assert online[c].filter(pc.invert(mask)).to_pylist() == truncated[c].filter(pc.invert(mask)).to_pylist(), c
+            assert online[c].filter(pc.invert(mask)).to_pylist() == offline[c].filter(pc.invert(mask)).to_pylist(), c
     moved = [r for r in offline["user_sequence__click_times"].to_pylist() if r and any(t.microsecond for t in r)]
-    assert moved, "the simulator's click times have sub-second parts: the truncation above is exercised"
+    assert moved, "the simulator's click times have sub-second parts: their exact equality above is exercised"
+
+    # The service's path: a BehaviourState seeded up to day 3 and pushed day 3's events serves the same rows.
+    from components.serving.behaviour_state import BehaviourState
+
+    state = BehaviourState.from_log(world["settings"], cutoff)
+    assert state.push(offline) == offline.num_rows
+    via_state = online_feature_rows(world["settings"], offline, behaviour=state)
+    assert serving_summary(via_state)["fresh_behaviour"]["source"] == "state"
+    assert serving_summary(online)["fresh_behaviour"]["source"] == "log"
+    for c in columns:
+        assert via_state[c].to_pylist() == online[c].to_pylist(), c
 
     # The model's inputs and scores: identical for existing entities (same encoded batch), close elsewhere.
     model = world["model"]
     enc_on = model.encoders.encode_numpy(model_input(online), with_labels=False)
-    enc_trunc = model.encoders.encode_numpy(truncated, with_labels=False)
+    enc_off = model.encoders.encode_numpy(offline, with_labels=False)
     for key, values in enc_on.items():
-        np.testing.assert_array_equal(values[known], enc_trunc[key][known], err_msg=key)
+        np.testing.assert_array_equal(values[known], enc_off[key][known], err_msg=key)
     p_online, p_offline = model.score(model_input(online)), model.score(offline)
     for task in model.tasks:
         assert np.abs(p_online[task] - p_offline[task])[known].max() <= 1e-6, task
