@@ -83,6 +83,7 @@ class BehaviourState:
 
     def __init__(self, settings: "Settings", category_column: str | None = None) -> None:
         cfg = settings.features
+        self.settings = settings
         self.click_task = behaviour_task(settings)
         self.category_column = category_column
         self._L = cfg.sequence_length
@@ -129,6 +130,29 @@ class BehaviourState:
             if hi > lo:
                 state._users[int(users[lo])] = _History(t[lo:hi], rid[lo:hi], ad[lo:hi], click[lo:hi])
         return state
+
+    def catch_up(self, since: dt.datetime, until: dt.datetime) -> int:
+        """Merge the offline log's impressions with ``event_time`` in ``[since, until)`` (a day that landed
+        after the seeding: events the service was not pushed, from another server or a backfill; those it
+        was pushed are recognised by (request_id, ad_id) and not counted twice) and re-read the ads
+        catalogue (categories of ads created since). Returns the events added."""
+        import pyarrow as pa
+
+        from components.store.sql import connect
+
+        con = connect()
+        try:
+            impressions_relation(con, self.settings, since, until)
+            log = con.execute("SELECT event_time, request_id, user_id, ad_id, is_click::INTEGER AS click "
+                              "FROM log").arrow().read_all()
+            ads_relation(con, self.settings, None)
+            ads = con.execute("SELECT ad_id, created_at, category FROM ad_categories").arrow().read_all()
+        finally:
+            con.close()
+        with self._lock:
+            self._set_ads(ads)
+        log = log.rename_columns(["event_time", "request_id", "user_id", "ad_id", self.click_task])
+        return self.push(log)
 
     def add_ads(self, ads: "pa.Table") -> int:
         """Add ads rows (``ad_id``, ``created_at`` and the category column when there is one) to the

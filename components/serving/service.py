@@ -117,6 +117,11 @@ class ScoringService:
             reader = _refresh_reader(self.settings, warm.reader, errors, changed)
             similarity = _refresh_similarity(self.settings, warm.similarity, errors, changed)
             behaviour = _refresh_behaviour(self.settings, warm.behaviour, reader, errors, changed)
+            if behaviour is not None and "online_store" in changed and "behaviour" not in changed:
+                # A new day landed: its events (pushed ones are not counted twice) and its new ads.
+                old, new = (dt.datetime.fromisoformat(r.state["as_of"]) for r in (warm.reader, reader))
+                if new > old:
+                    changed["behaviour_caught_up"] = behaviour.catch_up(old, new)
             self.warm = Warm(reader=reader, similarity=similarity, behaviour=behaviour, errors=errors)
             try:
                 self.models.get(self.alias)
@@ -313,13 +318,14 @@ def _refresh_similarity(settings: "Settings", current: Any, errors: dict[str, st
 
 def _refresh_behaviour(settings: "Settings", current: Any, reader: Any, errors: dict[str, str],
                        changed: dict[str, Any]) -> Any:
-    """The fresh behaviour state, seeded once from the offline log (pushes keep it current afterwards)."""
-    if current is not None or not getattr(settings.features, "fresh_behaviour", False):
+    """The fresh behaviour state, seeded once from the offline log up to the online store's ``as_of`` (what
+    ingestion has landed); pushed events keep it current, and each new day catches up from the log."""
+    if current is not None or reader is None or not settings.features.fresh_behaviour:
         return current
     try:
         from components.serving.behaviour_state import BehaviourState
 
-        state = BehaviourState.from_log(settings, dt.datetime.now(dt.timezone.utc))
+        state = BehaviourState.from_log(settings, dt.datetime.fromisoformat(reader.state["as_of"]))
     except Exception as exc:
         errors["behaviour"] = f"{type(exc).__name__}: {exc}"
         return None

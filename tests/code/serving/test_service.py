@@ -217,3 +217,35 @@ def test_not_ready_without_an_online_store(served: Any, tmp_path: Path) -> None:
     assert ready.status_code == 503 and {"online_store", "model"} <= set(ready.json()["reasons"])
     got = client.post("/score", json=_request(served))
     assert got.status_code == 503 and "materialize" in got.text
+
+
+def test_pushed_events_reach_the_next_request(served: Any) -> None:
+    """A click pushed to /events is in the very next request's behaviour features (sequence and counters);
+    pushing it again changes nothing."""
+    from components.serving.service import ScoreRequest
+
+    service, client = served["service"], served["client"]
+    body = _request(served)
+    when = dt.datetime.fromisoformat(body["event_time"])
+    request = ScoreRequest(user_id=body["user_id"], ads=body["ads"], slot=1, event_time=when)
+    before = service.rows(request)
+    clicked = body["ads"][3]
+    events = [{"event_time": (when - dt.timedelta(seconds=s)).isoformat(), "request_id": f"push-{s}",
+               "user_id": body["user_id"], "ad_id": ad, "slot": 1, "position": 1, "exposure_index": 1,
+               "click": click, "conversion": 0}
+              for s, ad, click in ((90, body["ads"][5], 0), (30, clicked, 1))]
+    got = client.post("/events", json={"events": events})
+    assert got.status_code == 200 and got.json() == {"received": 2, "accepted": 2}, got.text
+    after = service.rows(request)
+    assert after["user_sequence__ad_ids"][0].as_py()[0] == clicked  # the newest click first
+    assert after["user_sequence__length"][0].as_py() == min(before["user_sequence__length"][0].as_py() + 1,
+                                                            served["settings"].features.sequence_length)
+    assert after["user_recent__click_1h"][0].as_py() == before["user_recent__click_1h"][0].as_py() + 1
+    assert after["user_recent__impressions_1h"][0].as_py() == before["user_recent__impressions_1h"][0].as_py() + 2
+    scored = client.post("/score", json=body).json()
+    assert scored["ranked"]  # the service scores with them
+    again = client.post("/events", json={"events": events})
+    assert again.json()["accepted"] == 0
+    assert service.rows(request)["user_recent__click_1h"].to_pylist() == after["user_recent__click_1h"].to_pylist()
+    bad = client.post("/events", json={"events": [{"user_id": 1}]})
+    assert bad.status_code == 422 and "lack columns" in bad.text
