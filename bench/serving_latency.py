@@ -6,7 +6,7 @@ champion and a materialised online store (by default ``./.adsrec``, what ``adsre
 - **cold**: for each candidate count, a fresh service process; the time until ``/ready`` and the latency of
   its first request;
 - **warm**: sequential requests (one user drawn at random, candidates drawn at random from the online
-  store's ads, slot 1), after a warm-up; client-side p50 / p95 / p99 and the service's own breakdown
+  store's ads, slot 'feed'), after a warm-up; client-side p50 / p95 / p99 and the service's own breakdown
   (median of ``timings_ms``: feature lookup, request-time features, row building, model);
 - **throughput**: ``--concurrency`` client threads sending 100-candidate requests for ``--seconds``
   seconds: requests per second and the latency percentiles under that load.
@@ -124,7 +124,7 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def body(rng: Any, users: list[int], ads: list[int], n: int) -> dict[str, Any]:
     return {"user_id": int(rng.choice(users)), "ads": [int(a) for a in rng.choice(ads, n, replace=False)],
-            "slot": 1}
+            "slot": "feed"}
 
 
 def warm_run(port: int, users: list[int], ads: list[int], n: int, requests: int, seed: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,7 +43,8 @@ class ScoreBody(BaseModel):
 
     user_id: int = Field(description="the user the ads are shown to (an unknown user scores as in training)")
     ads: list[int] = Field(description="candidate ad ids, at most serving.max_candidates")
-    slot: Optional[int] = Field(None, description="the ad slot; null uses the model's unknown-slot row")
+    slot: Optional[Union[str, int]] = Field(None, description="the ad slot (as in the log, e.g. 'feed'); null "
+                                             "uses the model's unknown-slot row")
     positions: Optional[list[int]] = Field(None, description="one position per ad (default 1)")
     event_time: Optional[dt.datetime] = Field(None, description="the impression time (default now, UTC)")
     request_id: Optional[str] = Field(None, description="echoed back; default serve-<row>")

@@ -48,7 +48,7 @@ class ScoreRequest:
 
     user_id: int
     ads: list[int]
-    slot: int | None = None
+    slot: str | int | None = None
     positions: list[int] | None = None
     event_time: dt.datetime | None = None
     request_id: str | None = None
@@ -261,7 +261,7 @@ def request_table(request: ScoreRequest) -> "pa.Table":
     cols: dict[str, Any] = {
         "user_id": pa.array(np.full(n, request.user_id, dtype=np.int64)),
         "ad_id": pa.array(np.asarray(request.ads, dtype=np.int64)),
-        "slot": pa.array([request.slot] * n, pa.int64()),
+        "slot": pa.array([None if request.slot is None else str(request.slot)] * n, pa.string()),
     }
     if request.positions is not None:
         cols["position"] = pa.array(np.asarray(request.positions, dtype=np.int64))

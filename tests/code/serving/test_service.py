@@ -93,7 +93,8 @@ def _request(served: Any, n: int = 20, **extra: Any) -> dict[str, Any]:
     user = int(table["user_id"][0].as_py())
     ads = list(dict.fromkeys(table["ad_id"].to_pylist()))[:n - 1] + [10**12]  # + an ad nobody knows
     when = day_window(served["days"][-1])[1] + dt.timedelta(hours=3)
-    return {"user_id": user, "ads": ads, "slot": 1, "event_time": when.isoformat(), **extra}
+    slot = table["slot"][0].as_py()  # a slot of the log (a string)
+    return {"user_id": user, "ads": ads, "slot": slot, "event_time": when.isoformat(), **extra}
 
 
 def test_ready_and_scores_equal_adsrec_score(served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +118,7 @@ def test_ready_and_scores_equal_adsrec_score(served: Any, tmp_path: Path, monkey
 
     # The same pairs through `adsrec score --alias champion` (Feast's online read, the pyfunc, a new process' path).
     pairs = pa.table({"user_id": [body["user_id"]] * len(body["ads"]), "ad_id": body["ads"],
-                      "slot": [1] * len(body["ads"]), "event_time": [body["event_time"]] * len(body["ads"])})
+                      "slot": [body["slot"]] * len(body["ads"]), "event_time": [body["event_time"]] * len(body["ads"])})
     pq.write_table(pairs, tmp_path / "pairs.parquet")
     monkeypatch.setenv("ADSREC_HOME", str(served["settings"].home))
     monkeypatch.setenv("ADSREC_PIPELINE__SHARED_DATA", str(served["settings"].pipeline.shared_data))
@@ -136,7 +137,7 @@ def test_warm_reader_serves_what_feast_serves(served: Any) -> None:
     from components.serving.service import ScoreRequest, request_table
 
     body = _request(served, n=30)
-    request = ScoreRequest(user_id=body["user_id"], ads=body["ads"], slot=1,
+    request = ScoreRequest(user_id=body["user_id"], ads=body["ads"], slot=body["slot"],
                            event_time=dt.datetime.fromisoformat(body["event_time"]))
     warm = served["service"].rows(request)
     cold = online_feature_rows(served["settings"], request_table(request))
@@ -227,11 +228,11 @@ def test_pushed_events_reach_the_next_request(served: Any) -> None:
     service, client = served["service"], served["client"]
     body = _request(served)
     when = dt.datetime.fromisoformat(body["event_time"])
-    request = ScoreRequest(user_id=body["user_id"], ads=body["ads"], slot=1, event_time=when)
+    request = ScoreRequest(user_id=body["user_id"], ads=body["ads"], slot=body["slot"], event_time=when)
     before = service.rows(request)
     clicked = body["ads"][3]
     events = [{"event_time": (when - dt.timedelta(seconds=s)).isoformat(), "request_id": f"push-{s}",
-               "user_id": body["user_id"], "ad_id": ad, "slot": 1, "position": 1, "exposure_index": 1,
+               "user_id": body["user_id"], "ad_id": ad, "slot": body["slot"], "position": 1, "exposure_index": 1,
                "click": click, "conversion": 0}
               for s, ad, click in ((90, body["ads"][5], 0), (30, clicked, 1))]
     got = client.post("/events", json={"events": events})
