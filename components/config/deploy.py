@@ -34,5 +34,7 @@ class ServingConfig(Section):
     max_candidates: int = Field(1000, ge=1, description="candidates one request may send; more is a 413")
     poll_seconds: float = Field(5.0, gt=0, description="how often the service checks the registry alias, the "
                                 "online store and the representations for a newer version to swap in")
+    fast_path: bool = Field(True, description="score from store rows encoded in advance (components/serving/"
+                            "encoded.py; the same inputs as the generic path, faster); false: always the generic path")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads of the service (requests run on "
                                "a thread pool: one thread each keeps concurrent requests from fighting for cores)")

@@ -304,7 +304,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     r_init = mean_std(per["tim"].get("init_r_cells", []))
     notes = [
         f"Data: the simulator through the full pipeline: {market.split_text()}; simulator {simulator}; "
-        "sequence categories = article types.",
+        "sequence categories = article types; "
+        + ("click sequences fresh to the second (every click strictly before the impression, features."
+           "fresh_behaviour, docs/features.md)." if market.extra["settings"].features.fresh_behaviour else
+           "click sequences as of the previous midnight (features.fresh_behaviour off)."),
         f"Planted temporal effect ({strength} strength): {knobs}.",
         f"Model: {MODEL} with only sequence_encoder changing; training {train_cfg}, last epoch kept (nothing is "
         "chosen, so the validation day is only held out).",

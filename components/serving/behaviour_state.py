@@ -136,7 +136,6 @@ class BehaviourState:
         after the seeding: events the service was not pushed, from another server or a backfill; those it
         was pushed are recognised by (request_id, ad_id) and not counted twice) and re-read the ads
         catalogue (categories of ads created since). Returns the events added."""
-        import pyarrow as pa
 
         from components.store.sql import connect
 

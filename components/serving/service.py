@@ -18,18 +18,21 @@ import datetime as dt
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.serving.encoded import Unsupported
 from components.serving.model_slots import ModelSlots, UnknownAlias
 from components.serving.objective import Objective, ObjectiveError, parse_objective, rank_order
+from components.serving.warm import Warm, refresh_behaviour, refresh_reader, refresh_similarity
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from components.config import Settings
+    from components.serving.encoded import EncodedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +60,6 @@ class ScoreRequest:
     top: int | None = None
 
 
-@dataclass
-class Warm:
-    """What the service reads per request; replaced as a whole by :meth:`ScoringService.refresh`."""
-
-    reader: Any = None
-    similarity: Any = None
-    behaviour: Any = None
-    errors: dict[str, str] = field(default_factory=dict)
-
-
 class ScoringService:
     """See the module docstring. ``start()`` loads everything; ``score()`` is safe from many threads."""
 
@@ -83,6 +76,8 @@ class ScoringService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
+        self._snapshots: dict[tuple[int, int, int], Any] = {}  # (model, store, representations) -> fast path
+        self._snapshot_lock = threading.Lock()
         self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     # ----- loading ------------------------------------------------------------------------------------
@@ -114,9 +109,9 @@ class ScoringService:
             changed: dict[str, Any] = {}
             warm = self.warm
             errors = dict(warm.errors)
-            reader = _refresh_reader(self.settings, warm.reader, errors, changed)
-            similarity = _refresh_similarity(self.settings, warm.similarity, errors, changed)
-            behaviour = _refresh_behaviour(self.settings, warm.behaviour, reader, errors, changed)
+            reader = refresh_reader(self.settings, warm.reader, errors, changed)
+            similarity = refresh_similarity(self.settings, warm.similarity, errors, changed)
+            behaviour = refresh_behaviour(self.settings, warm.behaviour, reader, errors, changed)
             if behaviour is not None and "online_store" in changed and "behaviour" not in changed:
                 # A new day landed: its events (pushed ones are not counted twice) and its new ads.
                 old, new = (dt.datetime.fromisoformat(r.state["as_of"]) for r in (warm.reader, reader))
@@ -186,11 +181,16 @@ class ScoringService:
         if warm.reader is None:
             raise NotReady(f"no online store loaded: {warm.errors.get('online_store', 'run adsrec materialize')}")
         model = self.models.get(request.alias or self.alias)
-        rows = self.rows(request, warm)
-        return self._ranked(request, rows, model, objective, started)
+        fast = self.fast_path(model, warm)
+        if fast is not None:
+            try:
+                return self._fast_answer(request, fast, warm, model, objective, started)
+            except Unsupported as exc:  # e.g. an objective column the fast path does not build
+                log.debug("generic path for this request: %s", exc)
+        return self._generic_answer(request, warm, model, objective, started)
 
     def rows(self, request: ScoreRequest, warm: Warm | None = None) -> "pa.Table":
-        """The online rows of ``request`` (one per candidate, in request order)."""
+        """The online rows of ``request`` (one per candidate, in request order): the generic path."""
         from components.serving.online_rows import online_feature_rows
 
         warm = warm or self.warm
@@ -198,50 +198,109 @@ class ScoringService:
         extra = {"behaviour": warm.behaviour} if warm.behaviour is not None else {}
         return online_feature_rows(self.settings, table, reader=warm.reader, similarity=warm.similarity, **extra)
 
-    def _ranked(self, request: ScoreRequest, rows: "pa.Table", model: Any, objective: Objective,
-                started: float) -> dict[str, Any]:
+    def fast_path(self, model: Any, warm: Warm | None = None) -> "EncodedSnapshot | None":
+        """The warm store encoded for ``model`` (components/serving/encoded.py), built on first use per
+        (model, store, representations); None when ``serving.fast_path`` is off or the model reads a column
+        the fast path does not build."""
+        from components.serving.encoded import EncodedSnapshot
+
+        warm = warm or self.warm
+        if not self.settings.serving.fast_path or warm.reader is None:
+            return None
+        key = (id(model.trained), id(warm.reader), id(warm.similarity))
+        cached = self._snapshots.get(key)
+        if cached is None:
+            with self._snapshot_lock:
+                cached = self._snapshots.get(key)
+                if cached is None:
+                    try:
+                        cached = EncodedSnapshot(self.settings, model.trained, warm.reader, warm.similarity)
+                    except Unsupported as exc:
+                        log.warning("version %s is scored by the generic path: %s", model.version, exc)
+                        cached = False
+                    if len(self._snapshots) >= 4:
+                        self._snapshots.clear()  # old models or stores: swapped out
+                    self._snapshots[key] = cached
+        return cached or None
+
+    def _fast_answer(self, request: ScoreRequest, fast: Any, warm: Warm, model: Any, objective: Objective,
+                     started: float) -> dict[str, Any]:
+        import pyarrow as pa
+
+        from components.training.device import predict
+
+        rows = fast.rows(request, warm.behaviour)
+        t = time.perf_counter()
+        import torch
+
+        probs = predict(model.trained.model, {k: torch.from_numpy(v) for k, v in rows.batch.items()}, model.tasks)
+        model_seconds = time.perf_counter() - t
+        probs = {f"p_{task}": np.asarray(p, dtype=np.float32) for task, p in probs.items()}
+        values = {name: arr.astype(np.float64) for name, arr in probs.items()}
+        for name in set(objective.columns(model.tasks).values()) - set(values):
+            values[name] = fast.raw_column(rows, name)
+        when = request.event_time or dt.datetime.now(dt.timezone.utc)
+        when = pa.scalar(when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc),
+                         pa.timestamp("us", tz="UTC")).as_py()
+        timings = {"feature_lookup": rows.seconds_lookup, "request_features": rows.seconds_request,
+                   "rows": rows.seconds_lookup + rows.seconds_request, "model": model_seconds}
+        return self._answer(request, model, objective, probs, values, np.asarray(request.ads, np.int64),
+                            rows.ad_known, rows.user_known, request.request_id or "serve-0", when,
+                            warm.reader.state.get("as_of"), timings, started, path="fast")
+
+    def _generic_answer(self, request: ScoreRequest, warm: Warm, model: Any, objective: Objective,
+                        started: float) -> dict[str, Any]:
         from components.serving.online_rows import serving_summary
         from components.serving.scoring import probabilities
 
+        rows = self.rows(request, warm)
         t = time.perf_counter()
         probs = probabilities(model.trained, rows)
         model_seconds = time.perf_counter() - t
-        tasks = model.tasks
         values = {name: arr.astype(np.float64) for name, arr in probs.items()}
-        for name in set(objective.columns(tasks).values()) - set(values):
+        for name in set(objective.columns(model.tasks).values()) - set(values):
             if name in rows.column_names:
                 values[name] = _as_float(rows.column(name))
-        scores = objective.evaluate(values, tasks, rows.num_rows)
+        summary = serving_summary(rows)
+        fresh = (summary.get("fresh_behaviour") or {}).get("seconds", 0.0)
+        timings = {"feature_lookup": summary.get("seconds_feast", 0.0),
+                   "request_features": summary.get("seconds_similarity", 0.0) + fresh,
+                   "rows": summary.get("seconds", 0.0), "model": model_seconds}
+        return self._answer(request, model, objective, probs, values, rows.column("ad_id").to_numpy(),
+                            rows.column("ad_known").to_numpy(zero_copy_only=False),
+                            bool(rows.column("user_known")[0].as_py()), rows.column("request_id")[0].as_py(),
+                            rows.column("event_time")[0].as_py(), summary.get("online_as_of"), timings, started,
+                            path="generic")
+
+    def _answer(self, request: ScoreRequest, model: Any, objective: Objective, probs: dict[str, np.ndarray],
+                values: dict[str, np.ndarray], ads: np.ndarray, ad_known: np.ndarray, user_known: bool,
+                request_id: str, event_time: dt.datetime, as_of: str | None, timings: dict[str, float],
+                started: float, path: str) -> dict[str, Any]:
+        """The response: candidates ranked by the objective (see docs/serving.md)."""
+        tasks = model.tasks
+        scores = objective.evaluate(values, tasks, len(ads))
         order = rank_order(scores)
         if request.top:
             order = order[:request.top]
-        summary = serving_summary(rows)
-        ad_known = rows.column("ad_known").to_numpy(zero_copy_only=False)
-        ads = rows.column("ad_id").to_numpy()
+        columns = [probs[f"p_{t}"].tolist() for t in tasks]
         ranked = [
             {"ad_id": int(ads[i]), "rank": r + 1, "score": _finite(scores[i]),
-             **{f"p_{t}": float(probs[f"p_{t}"][i]) for t in tasks}, "ad_known": bool(ad_known[i])}
+             **{f"p_{t}": columns[k][i] for k, t in enumerate(tasks)}, "ad_known": bool(ad_known[i])}
             for r, i in enumerate(order)
         ]
-        feature_ms = 1000 * summary.get("seconds_feast", 0.0)
-        request_ms = 1000 * (summary.get("seconds_similarity", 0.0) + summary.get("seconds_behaviour", 0.0))
         return {
-            "request_id": rows.column("request_id")[0].as_py(),
+            "request_id": request_id,
             "user_id": request.user_id,
-            "user_known": bool(rows.column("user_known")[0].as_py()),
-            "event_time": rows.column("event_time")[0].as_py().isoformat(),
+            "user_known": user_known,
+            "event_time": event_time.isoformat(),
             "model": model.describe(),
             "objective": objective.text,
             "ranked": ranked,
             "unknown_ads": int((~ad_known).sum()),
-            "online_as_of": summary.get("online_as_of"),
-            "timings_ms": {
-                "feature_lookup": round(feature_ms, 3),
-                "request_features": round(request_ms, 3),
-                "rows": round(1000 * summary.get("seconds", 0.0), 3),
-                "model": round(1000 * model_seconds, 3),
-                "total": round(1000 * (time.perf_counter() - started), 3),
-            },
+            "online_as_of": as_of,
+            "path": path,
+            "timings_ms": {**{k: round(1000 * v, 3) for k, v in timings.items()},
+                           "total": round(1000 * (time.perf_counter() - started), 3)},
         }
 
     def push_events(self, events: "pa.Table") -> int:
@@ -281,57 +340,6 @@ def _as_float(column: Any) -> np.ndarray:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
-
-def _refresh_reader(settings: "Settings", current: Any, errors: dict[str, str], changed: dict[str, Any]) -> Any:
-    from components.serving.readers import WarmReader, online_stamp
-
-    if current is not None and current.stamp == online_stamp(settings):
-        return current
-    try:
-        reader = WarmReader.load(settings)
-    except Exception as exc:  # OnlineStoreMissing, a store Feast cannot read: keep the old one
-        errors["online_store"] = f"{type(exc).__name__}: {exc}"
-        return current
-    errors.pop("online_store", None)
-    changed["online_store"] = {"as_of": reader.state.get("as_of"), "seconds": reader.seconds}
-    return reader
-
-
-def _refresh_similarity(settings: "Settings", current: Any, errors: dict[str, str], changed: dict[str, Any]) -> Any:
-    from components.representations.similarity_inputs import inputs_fingerprint, load_similarity_inputs
-    from components.training.training_set import adds_similarities
-
-    if not adds_similarities(settings, None):
-        return None
-    if current is not None and current.fingerprint == inputs_fingerprint(settings):
-        return current
-    try:
-        loaded = load_similarity_inputs(settings, fingerprint=True)
-    except Exception as exc:
-        errors["representations"] = f"{type(exc).__name__}: {exc}"
-        return current
-    errors.pop("representations", None)
-    changed["representations"] = True
-    return loaded
-
-
-def _refresh_behaviour(settings: "Settings", current: Any, reader: Any, errors: dict[str, str],
-                       changed: dict[str, Any]) -> Any:
-    """The fresh behaviour state, seeded once from the offline log up to the online store's ``as_of`` (what
-    ingestion has landed); pushed events keep it current, and each new day catches up from the log."""
-    if current is not None or reader is None or not settings.features.fresh_behaviour:
-        return current
-    try:
-        from components.serving.behaviour_state import BehaviourState
-
-        state = BehaviourState.from_log(settings, dt.datetime.fromisoformat(reader.state["as_of"]))
-    except Exception as exc:
-        errors["behaviour"] = f"{type(exc).__name__}: {exc}"
-        return None
-    errors.pop("behaviour", None)
-    changed["behaviour"] = True
-    return state
 
 
 __all__ = ["NotReady", "ObjectiveError", "ScoreRequest", "ScoringService", "TooManyCandidates", "UnknownAlias",

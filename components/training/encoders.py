@@ -184,7 +184,7 @@ class FeatureEncoders:
             num[:, j] = nenc.encode(table.column(nenc.name))
         out["num"] = num
         if self.sequence is not None:
-            out.update(self._encode_sequence(table))
+            out.update(self.encode_sequence(table))
         if with_labels is None:
             with_labels = all(t in table.column_names for t in self.tasks)
         if with_labels:
@@ -223,7 +223,9 @@ class FeatureEncoders:
 
         return {k: torch.from_numpy(v) for k, v in self.encode_numpy(table, weights, with_labels).items()}
 
-    def _encode_sequence(self, table: "pa.Table") -> dict[str, np.ndarray]:
+    def encode_sequence(self, table: "pa.Table") -> dict[str, np.ndarray]:
+        """``seq_items`` / ``seq_gaps`` [/ ``seq_cats``] of every row of ``table`` (the sequence part of
+        :meth:`encode_numpy`; the scoring service calls it on its one user's row)."""
         import pyarrow as pa
 
         seq = self.sequence

@@ -110,6 +110,7 @@ def test_ready_and_scores_equal_adsrec_score(served: Any, tmp_path: Path, monkey
     got = client.post("/score", json=body)
     assert got.status_code == 200, got.text
     out = got.json()
+    assert out["path"] == "fast"  # components/serving/encoded.py; the generic path's scores are compared below
     assert out["model"]["version"] == 1 and len(out["ranked"]) == len(body["ads"])
     assert [r["rank"] for r in out["ranked"]] == list(range(1, len(body["ads"]) + 1))
     scores = [r["score"] for r in out["ranked"]]
@@ -144,6 +145,45 @@ def test_warm_reader_serves_what_feast_serves(served: Any) -> None:
     assert warm.column_names == cold.column_names
     for name in warm.column_names:
         assert warm[name].to_pylist() == cold[name].to_pylist(), name
+
+
+@pytest.mark.parametrize("case", ["known", "unknown user", "expired", "before the store", "other slot"])
+def test_fast_path_gives_the_generic_paths_inputs(served: Any, case: str) -> None:
+    """The fast path's batch equals FeatureEncoders.encode_numpy of the generic online rows, value for value."""
+    from components.serving.online_rows import model_input
+    from components.serving.service import ScoreRequest
+
+    service = served["service"]
+    body = _request(served, n=40)
+    when = dt.datetime.fromisoformat(body["event_time"])
+    user, slot = body["user_id"], body["slot"]
+    if case == "unknown user":
+        user = 10**12
+    elif case == "expired":  # past every TTL: stats, sequence and interest rows are withheld
+        when += dt.timedelta(days=served["settings"].features.ttl_days + 1)
+    elif case == "before the store":  # stats stamped after the request are withheld
+        when -= dt.timedelta(days=1)
+    elif case == "other slot":
+        slot = None
+    request = ScoreRequest(user_id=user, ads=body["ads"], slot=slot, event_time=when,
+                           positions=list(range(1, len(body["ads"]) + 1)))
+    model = service.models.get("champion")
+    fast = service.fast_path(model)
+    assert fast is not None
+    got = fast.rows(request, service.warm.behaviour)
+    rows = service.rows(request)
+    want = model.trained.encoders.encode_numpy(model_input(rows), with_labels=False)
+    assert set(got.batch) == set(want)
+    for key, values in want.items():
+        np.testing.assert_array_equal(got.batch[key], values, err_msg=key)
+    np.testing.assert_array_equal(got.ad_known, rows["ad_known"].to_numpy(zero_copy_only=False))
+    assert got.user_known == rows["user_known"][0].as_py()
+    if case == "known":
+        assert got.user_known and got.ad_known[:-1].all() and not got.ad_known[-1]
+    bid = fast.raw_column(got, "ad_profile__bid")  # what an objective reads
+    served_bid = rows["ad_profile__bid"].cast(pa.float64()).fill_null(float("nan")).to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(np.isnan(bid), np.isnan(served_bid))
+    np.testing.assert_array_equal(bid[~np.isnan(bid)], served_bid[~np.isnan(served_bid)])
 
 
 def test_objective_ranks_by_expected_value(served: Any) -> None:
