@@ -36,5 +36,7 @@ class ServingConfig(Section):
                                 "online store and the representations for a newer version to swap in")
     fast_path: bool = Field(True, description="score from store rows encoded in advance (components/serving/"
                             "encoded.py; the same inputs as the generic path, faster); false: always the generic path")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads of the service (requests run on "
-                               "a thread pool: one thread each keeps concurrent requests from fighting for cores)")
+    concurrency: int = Field(1, ge=1, description="requests scored at the same time; more wait their turn. "
+                             "Scoring is mostly Python holding the GIL, so 1 gives the most requests/s and the "
+                             "lowest tail (docs/benchmarks.md, 'Serving latency')")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads of the service's forward passes")

@@ -280,7 +280,8 @@ class EncodedSnapshot:
         """``see_*`` as add_similarity_features computes them (float32, null where undefined), encoded."""
         import pyarrow as pa
 
-        from components.representations.similarity import graph_similarity, interest_similarity, sequence_matrix
+        from components.representations.similarity import (gather_rows, graph_similarity, mean_vectors,
+                                                             rowwise_cosine, sequence_matrix)
 
         if not self.see_num:
             return
@@ -288,9 +289,15 @@ class EncodedSnapshot:
         sims: dict[str, np.ndarray] = {}
         if SEQUENCE_ITEMS in user_row.column_names:
             one = user_row.select([c for c in (SEQUENCE_ITEMS, SEQUENCE_LENGTH) if c in user_row.column_names])
-            seq = np.repeat(sequence_matrix(one, self.settings.representations.interest_last_n), n, axis=0)
+            seq = sequence_matrix(one, self.settings.representations.interest_last_n)  # the one user's row
+            same = np.zeros(n, dtype=np.int64)
             for space, store in self.similarity.stores.items():
-                sims[f"see_{space}"] = interest_similarity(seq, ads, store)[0]
+                # similarity.interest_similarity for n rows sharing one sequence: its unique step gives this row
+                means, defined = mean_vectors(seq, store)
+                ad_pos, ad_ok = gather_rows(store, ads)
+                vectors = store.vectors if store.vectors.ndim == 2 and store.vectors.shape[0] else \
+                    np.zeros((1, means.shape[1]), np.float32)
+                sims[f"see_{space}"] = rowwise_cosine(means, same, vectors, ad_pos, defined[same] & ad_ok)
         if "see_graph" not in self.similarity.skipped:
             day = np.full(n, event_us // (86_400 * US), dtype=np.int64)
             sims["see_graph"] = graph_similarity(self.settings, np.full(n, user_id, np.int64), ads, day,

@@ -78,6 +78,7 @@ class ScoringService:
         self._refresh_lock = threading.Lock()
         self._snapshots: dict[tuple[int, int, int], Any] = {}  # (model, store, representations) -> fast path
         self._snapshot_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(cfg.concurrency)  # requests scored at once (serving.concurrency)
         self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     # ----- loading ------------------------------------------------------------------------------------
@@ -181,6 +182,11 @@ class ScoringService:
         if warm.reader is None:
             raise NotReady(f"no online store loaded: {warm.errors.get('online_store', 'run adsrec materialize')}")
         model = self.models.get(request.alias or self.alias)
+        with self._slots:
+            return self._score(request, warm, model, objective, started)
+
+    def _score(self, request: ScoreRequest, warm: Warm, model: Any, objective: Objective,
+               started: float) -> dict[str, Any]:
         fast = self.fast_path(model, warm)
         if fast is not None:
             try:
@@ -227,15 +233,10 @@ class ScoringService:
                      started: float) -> dict[str, Any]:
         import pyarrow as pa
 
-        from components.training.device import predict
-
         rows = fast.rows(request, warm.behaviour)
         t = time.perf_counter()
-        import torch
-
-        probs = predict(model.trained.model, {k: torch.from_numpy(v) for k, v in rows.batch.items()}, model.tasks)
+        probs = forward(model.trained.model, rows.batch, model.tasks)
         model_seconds = time.perf_counter() - t
-        probs = {f"p_{task}": np.asarray(p, dtype=np.float32) for task, p in probs.items()}
         values = {name: arr.astype(np.float64) for name, arr in probs.items()}
         for name in set(objective.columns(model.tasks).values()) - set(values):
             values[name] = fast.raw_column(rows, name)
@@ -310,6 +311,17 @@ class ScoringService:
             raise NotReady("fresh behaviour features are off (features.fresh_behaviour: false) or not loaded: "
                            f"{self.warm.errors.get('behaviour', 'nothing to update')}")
         return int(behaviour.push(events))
+
+
+def forward(model: Any, batch: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``{p_<task>: float32}`` of one request's batch: the model called once, as
+    ``components.training.device.predict`` does for a batch that fits in one chunk (no grad, eval mode,
+    sigmoid of the float logits), without its copy of the batch into a device buffer."""
+    import torch
+
+    with torch.no_grad():
+        logits = model({k: torch.from_numpy(v) for k, v in batch.items()})
+    return {f"p_{t}": torch.sigmoid(logits[t].float()).numpy() for t in tasks}
 
 
 def request_table(request: ScoreRequest) -> "pa.Table":
