@@ -59,10 +59,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, torch_on
     as of the end of day 2, and a started service with its HTTP client."""
     from fastapi.testclient import TestClient
 
-    from components import steps
+    from tests.code.serving.worlds import pipeline_days
     from components.registry.aliases import promote
     from components.registry.register import register_model
-    from components.representations.refresh import refresh_representations
     from components.serving.api import create_app
     from components.serving.online_store import materialize_online
     from components.serving.service import ScoringService
@@ -70,12 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, torch_on
 
     base = tmp_path_factory.mktemp("service")
     settings = _settings(base / "home", shared_data)
-    days = steps.demo_window(settings, DAYS)
-    for day in days:
-        steps.deliver_day(settings, day)
-        steps.ingest(settings, day)
-        steps.features(settings, day)
-        refresh_representations(settings, day, progress=False)
+    days = pipeline_days(settings, DAYS)
     table = pq.read_table(build_training_set(settings, days[-1], days=DAYS, join_path="duckdb"))
     for version, seed in ((1, 0), (2, 1)):
         model_dir = _train(table, seed, base / f"model-{version}")

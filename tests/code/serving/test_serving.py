@@ -48,8 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[s
     ranker trained on days 1-2, saved and loaded back."""
     import torch
 
-    from components import steps
-    from components.representations.refresh import refresh_representations
+    from tests.code.serving.worlds import pipeline_days
     from components.training.artefact import load_trained
     from components.training.loop import train_ranker
     from components.training.train_config import TrainConfig
@@ -58,12 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[s
 
     base = tmp_path_factory.mktemp("serving")
     settings = _settings(base / "home", shared_data)
-    days = steps.demo_window(settings, DAYS)
-    for day in days:
-        steps.deliver_day(settings, day)
-        steps.ingest(settings, day)
-        steps.features(settings, day)
-        refresh_representations(settings, day, progress=False)
+    days = pipeline_days(settings, DAYS)
     train_table = pq.read_table(build_training_set(settings, days[-1], days=DAYS, join_path="duckdb"))
     start, _ = day_window(days[-1])
     newest = pc.greater_equal(train_table["event_time"], pa.scalar(start, TIMESTAMP))
