@@ -207,13 +207,7 @@ class BehaviourState:
         (request_id, ad_id) and an event older than the look-back are not counted or kept)."""
         import pyarrow as pa
 
-        needed = ["event_time", "request_id", "user_id", "ad_id", self.click_task]
-        missing = [c for c in needed if c not in events.column_names]
-        if missing:
-            raise ValueError(f"push: the events lack columns {missing} (the impressions contract columns and the "
-                             f"behaviour task {self.click_task!r})")
-        if any(events.column(c).null_count for c in needed[:4]):
-            raise ValueError("push: event_time, request_id, user_id and ad_id must not be null")
+        self.check_events(events)
         if events.num_rows == 0:
             return 0
         t = events.column("event_time").cast(TIMESTAMP).cast(pa.int64()).to_numpy()
@@ -233,6 +227,16 @@ class BehaviourState:
             if self._watermark - self._swept >= SWEEP_EVERY_US:
                 self._sweep(cutoff)
         return added
+
+    def check_events(self, events: "pa.Table") -> None:
+        """Raise ``ValueError`` naming the problem when :meth:`push` would refuse ``events``."""
+        needed = ["event_time", "request_id", "user_id", "ad_id", self.click_task]
+        missing = [c for c in needed if c not in events.column_names]
+        if missing:
+            raise ValueError(f"push: the events lack columns {missing} (the impressions contract columns and the "
+                             f"behaviour task {self.click_task!r})")
+        if any(events.column(c).null_count for c in needed[:4]):
+            raise ValueError("push: event_time, request_id, user_id and ad_id must not be null")
 
     def _merge(self, user: int, t: np.ndarray, rid: np.ndarray, ad: np.ndarray, click: np.ndarray,
                cutoff: int) -> int:

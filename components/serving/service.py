@@ -79,6 +79,9 @@ class ScoringService:
         self._snapshots: dict[tuple[int, int, int], Any] = {}  # (model, store, representations) -> fast path
         self._snapshot_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(cfg.concurrency)  # requests scored at once (serving.concurrency)
+        from components.serving.journal import EventJournal, journal_dir
+
+        self.journal = EventJournal(journal_dir(settings))
         self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     # ----- loading ------------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ class ScoringService:
             errors = dict(warm.errors)
             reader = refresh_reader(self.settings, warm.reader, errors, changed)
             similarity = refresh_similarity(self.settings, warm.similarity, errors, changed)
-            behaviour = refresh_behaviour(self.settings, warm.behaviour, reader, errors, changed)
+            behaviour = refresh_behaviour(self.settings, warm.behaviour, reader, errors, changed, self.journal)
             if behaviour is not None and "online_store" in changed and "behaviour" not in changed:
                 # A new day landed: its events (pushed ones are not counted twice) and its new ads.
                 old, new = (dt.datetime.fromisoformat(r.state["as_of"]) for r in (warm.reader, reader))
@@ -310,6 +313,8 @@ class ScoringService:
         if behaviour is None:
             raise NotReady("fresh behaviour features are off (features.fresh_behaviour: false) or not loaded: "
                            f"{self.warm.errors.get('behaviour', 'nothing to update')}")
+        behaviour.check_events(events)
+        self.journal.append(events)  # written ahead: a restarted service re-pushes it (components/serving/journal.py)
         return int(behaviour.push(events))
 
 

@@ -57,15 +57,21 @@ def refresh_similarity(settings: "Settings", current: Any, errors: dict[str, str
 
 
 def refresh_behaviour(settings: "Settings", current: Any, reader: Any, errors: dict[str, str],
-                       changed: dict[str, Any]) -> Any:
+                       changed: dict[str, Any], journal: Any = None) -> Any:
     """The fresh behaviour state, seeded once from the offline log up to the online store's ``as_of`` (what
-    ingestion has landed); pushed events keep it current, and each new day catches up from the log."""
+    ingestion has landed) plus the events journal since then (``journal.replay``: what a previous process was
+    pushed); pushed events keep it current, and each new day catches up from the log."""
     if current is not None or reader is None or not settings.features.fresh_behaviour:
         return current
     try:
         from components.serving.behaviour_state import BehaviourState
 
-        state = BehaviourState.from_log(settings, dt.datetime.fromisoformat(reader.state["as_of"]))
+        as_of = dt.datetime.fromisoformat(reader.state["as_of"])
+        state = BehaviourState.from_log(settings, as_of)
+        if journal is not None:
+            from components.serving.journal import replay
+
+            changed["journal"] = replay(journal, state, as_of)
     except Exception as exc:
         errors["behaviour"] = f"{type(exc).__name__}: {exc}"
         return None

@@ -284,3 +284,27 @@ def test_pushed_events_reach_the_next_request(served: Any) -> None:
     assert service.rows(request)["user_recent__click_1h"].to_pylist() == after["user_recent__click_1h"].to_pylist()
     bad = client.post("/events", json={"events": [{"user_id": 1}]})
     assert bad.status_code == 422 and "lack columns" in bad.text
+
+
+def test_pushed_events_survive_a_restart(served: Any) -> None:
+    """POST /events is journaled before the state changes: a new service on the same home (a restart) has the
+    pushed click in its behaviour features; a line cut short by a kill is skipped."""
+    from components.serving.journal import journal_dir
+    from components.serving.service import ScoreRequest, ScoringService
+
+    client = served["client"]
+    body = _request(served)
+    when = dt.datetime.fromisoformat(body["event_time"]) + dt.timedelta(minutes=5)
+    clicked = body["ads"][7]
+    event = {"event_time": (when - dt.timedelta(seconds=10)).isoformat(), "request_id": "journal-1",
+             "user_id": body["user_id"], "ad_id": clicked, "slot": body["slot"], "position": 1,
+             "exposure_index": 1, "click": 1, "conversion": 0}
+    assert client.post("/events", json={"events": [event]}).json()["accepted"] == 1
+    files = sorted(journal_dir(served["settings"]).glob("date=*.jsonl"))
+    assert files and "journal-1" in files[-1].read_text()
+    with open(files[-1], "a") as fh:
+        fh.write('{"event_time": "2026-')  # a kill in the middle of a write
+    restarted = ScoringService(served["settings"]).start(watch=False)
+    request = ScoreRequest(user_id=body["user_id"], ads=body["ads"], slot=body["slot"], event_time=when)
+    assert restarted.rows(request)["user_sequence__ad_ids"][0].as_py()[0] == clicked
+    assert restarted.status()["ready"]
