@@ -8,6 +8,8 @@ target and renames it into place in one step:
 - :func:`replace_partition` swaps a whole folder (``<table>/date=D/``): ``write(tmp_dir)`` fills a
   temp folder, which then replaces the old one (``renameat2(RENAME_EXCHANGE)`` on Linux, two renames
   elsewhere). If ``write`` fails the previous partition is untouched and the temp folder removed.
+- Folders and files get the process umask's mode (``home_umask``, applied by the CLI), so a second
+  account of the home's group can read the store (docs/state.md).
 - :func:`write_file_atomic` (and :func:`write_parquet_atomic`, :func:`write_json_atomic`) replaces a
   single file with ``os.replace``.
 
@@ -25,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -85,6 +86,19 @@ def _sweep_stale(parent: Path, name: str, older_than_s: float = STALE_AFTER_S) -
             pass
 
 
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder ``parent/<prefix><hex>`` created with the process umask's mode (e.g.
+    0750 under ``home_umask`` 027, components/config/settings.py), not ``mkdtemp``'s 0700: a partition
+    folder is this temp folder renamed, and a second account of the group must be able to read the store."""
+    while True:
+        path = parent / f"{prefix}{uuid.uuid4().hex}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 def replace_partition(final_dir: Path, write: Callable[[Path], None]) -> None:
     """Atomically replace the folder ``final_dir`` with what ``write(tmp_dir)`` puts in a temp folder
     beside it. If ``write`` fails, the previous partition is untouched and the temp folder removed.
@@ -92,7 +106,7 @@ def replace_partition(final_dir: Path, write: Callable[[Path], None]) -> None:
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(parent, final_dir.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=parent))
+    tmp = make_temp_dir(parent, f".{final_dir.name}.tmp-")
     try:
         write(tmp)
         if not final_dir.exists():
@@ -100,7 +114,7 @@ def replace_partition(final_dir: Path, write: Callable[[Path], None]) -> None:
         elif _exchange(tmp, final_dir):
             shutil.rmtree(tmp)  # tmp now holds the previous partition
         else:
-            old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=parent))
+            old = make_temp_dir(parent, f".{final_dir.name}.old-")
             os.rename(final_dir, old / "p")
             try:
                 os.rename(tmp, final_dir)

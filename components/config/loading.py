@@ -72,14 +72,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _environment_values(env: dict[str, str]) -> dict[str, Any]:
-    """``ADSREC_HOME`` and ``ADSREC_<SECTION>__<FIELD>`` (any depth) as a nested mapping."""
+    """``ADSREC_HOME``, ``ADSREC_HOME_UMASK`` and ``ADSREC_<SECTION>__<FIELD>`` (any depth) as a nested mapping."""
     out: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
             continue
         name = key[len(ENV_PREFIX):].lower()
-        if name == "home":
-            out["home"] = value
+        if name in ("home", "home_umask"):
+            out[name] = value
         elif "__" in name:
             _set_path(out, name.split("__"), value)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.config.deploy import DeployConfig, ServingConfig
 from components.config.pipeline import FeatureConfig, IngestConfig, PipelineConfig
@@ -23,6 +23,9 @@ class Settings(Section):
     """Every setting of the platform, by section; the paths below ``home`` derive from it."""
 
     home: Path = Field(DEFAULT_HOME, description="the state folder: everything adsrec writes lives under it")
+    home_umask: str = Field("027", description="the umask (octal) adsrec commands write the home with: 027 "
+                                               "makes folders and files group-readable, 077 private, 022 "
+                                               "world-readable (docs/state.md)")
     pipeline: PipelineConfig = Field(PipelineConfig(), description="the source, dates and window sizes")
     simulator: SimulatorConfig = Field(SimulatorConfig(), description="the demo marketplace")
     ingest: IngestConfig = Field(IngestConfig(), description="validated ingestion")
@@ -56,6 +59,21 @@ class Settings(Section):
             if task is not None and task not in self.tasks:
                 raise ValueError(f"{key} is {task!r}, which is not one of the source's tasks {list(self.tasks)}")
         return self
+
+    @field_validator("home_umask", mode="before")
+    @classmethod
+    def _octal_umask(cls, value: object) -> str:
+        if not isinstance(value, str):  # YAML reads 027 as the number 23 and 27 as 27: only text is unambiguous
+            raise ValueError(f"home_umask {value!r} must be quoted octal text, e.g. home_umask: '027'")
+        text = str(value).strip().lower().removeprefix("0o")
+        if not text or len(text) > 4 or any(c not in "01234567" for c in text):
+            raise ValueError(f"home_umask {value!r} is not an octal umask such as '027' or '0o022'")
+        return text.rjust(3, "0")
+
+    @property
+    def umask(self) -> int:
+        """home_umask as a number (``os.umask``)."""
+        return int(self.home_umask, 8)
 
     # --- the state layout under home (all derived; see docs/state.md) ---------------------------
     @property

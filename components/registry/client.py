@@ -66,6 +66,56 @@ def local_sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+# Where MLflow's SQLite store keeps artifact locations: absolute URIs, fixed when each row was written.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "source"),
+                     ("model_versions", "storage_location"))
+
+
+def follow_home(settings: Settings) -> int:
+    """Re-point a copied or moved home's MLflow store at its own artifacts; returns the rows rewritten.
+
+    Why a SQL UPDATE: MLflow stores every artifact location as an absolute URI (the experiment's
+    ``artifact_location``, each run's ``artifact_uri``, each logged model's and model version's location),
+    resolves a relative one against the working directory, and has no API to change an experiment's
+    location. So a copy of ``<home>`` would read and write the original home's artifacts. When the
+    experiment's stored location is the configured home-relative location of *another* folder (same
+    suffix below the home, e.g. ``/mlflow/artifacts``), every location under that old root is rewritten to
+    the same path under this home, in one transaction, before MLflow opens the database. Nothing happens for
+    a server, a store outside the home, a location set to an absolute path or URI elsewhere, or a store
+    already pointing here (the common case: one indexed query)."""
+    import sqlite3
+
+    db = local_sqlite_path(settings.mlflow_tracking_uri)
+    new_root = artifact_root_uri(settings)
+    home_uri = settings.home.resolve().as_uri()
+    if db is None or not db.is_file() or new_root is None or not new_root.startswith(home_uri + "/"):
+        return 0
+    suffix = new_root[len(home_uri):]
+    con = sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?",
+                          (settings.registry.experiment,)).fetchone()
+        old_root = row[0] if row else None
+        if not old_root or old_root == new_root or not old_root.endswith(suffix) or not old_root.startswith("file:"):
+            return 0
+        con.execute("BEGIN IMMEDIATE")  # two commands opening the copy at once: one rewrites, one finds it done
+        changed = 0
+        for table, column in _LOCATION_COLUMNS:
+            if table in tables and column in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                changed += con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (new_root, len(old_root) + 1, old_root, len(old_root) + 1, old_root + "/")).rowcount
+        con.execute("COMMIT")
+        return changed
+    finally:
+        con.close()
+
+
 def store_exists(settings: Settings) -> bool:
     """False only for a local SQLite store whose file does not exist yet (nothing registered)."""
     path = local_sqlite_path(settings.mlflow_tracking_uri)
@@ -92,6 +142,7 @@ def mlflow_client(settings: Settings) -> Iterator["mlflow.MlflowClient"]:
     sqlite = local_sqlite_path(uri)
     if sqlite is not None:
         sqlite.parent.mkdir(parents=True, exist_ok=True)
+        follow_home(settings)
     with _URI_LOCK:
         saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
                                                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from components.schemas import ADS, USERS, day_dir, day_window
 from components.storage import replace_partition, write_json_atomic
 from components.store.interest import interest_attributes, interest_key, interest_query, interest_view
-from components.store.sql import connect, day_partitions, partition_globs, sql_ident, sql_list, sql_ts
+from components.store.sql import connect, day_partitions, partition_globs, sql_ident, sql_list, sql_str, sql_ts
 
 if TYPE_CHECKING:
     import duckdb
@@ -95,8 +95,8 @@ def _write_partition(con: "duckdb.DuckDBPyConnection", query: str, target: Path)
     rows: list[int] = []
 
     def write(tmp: Path) -> None:
-        con.execute(f"COPY ({query}) TO '{tmp / 'part-0.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
-        rows.append(con.execute(f"SELECT count(*) FROM read_parquet('{tmp / 'part-0.parquet'}')").fetchone()[0])
+        con.execute(f"COPY ({query}) TO {sql_str(tmp / 'part-0.parquet')} (FORMAT parquet, COMPRESSION zstd)")
+        rows.append(con.execute(f"SELECT count(*) FROM read_parquet({sql_str(tmp / 'part-0.parquet')})").fetchone()[0])
 
     replace_partition(target, write)
     return int(rows[0])

@@ -75,8 +75,12 @@ def run_flow(flow_call: Callable[[], str]) -> str:
     """Run a flow; any failure exits 1 with ONE line on stderr. Data errors (``ValueError``, e.g. a
     failed ingest day, whose message names the file, the reason, the counts and the JSON report; a
     missing file) print their message; anything else its type too (Prefect's log above has the
-    traceback, and the run summary under <home>/runs/ the error)."""
+    traceback, and the run summary under <home>/runs/ the error). The local Prefect database is migrated
+    first, once, under a lock (flows/runtime.py), so two commands on a fresh home do not both migrate it."""
+    from flows.runtime import ensure_prefect_database
+
     try:
+        ensure_prefect_database()
         return flow_call()
     except (ValueError, FileNotFoundError) as exc:
         raise fail(one_line(str(exc))) from None

@@ -68,6 +68,19 @@ def test_bad_values_name_the_key(tmp_path: Path) -> None:
         load_settings(bad, environ={})
 
 
+def test_home_umask_is_quoted_octal_from_yaml_or_env(tmp_path: Path) -> None:
+    assert load_settings(environ={}).umask == 0o027  # group-readable by default (docs/state.md)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("home_umask: '0o077'\n")
+    assert load_settings(cfg, environ={}).umask == 0o077
+    assert load_settings(cfg, environ={"ADSREC_HOME_UMASK": "022"}).home_umask == "022"  # env beats YAML
+    cfg.write_text("home_umask: 027\n")  # YAML 1.1 reads this as the number 23: refused, not guessed
+    with pytest.raises(ValueError, match="home_umask.*quoted"):
+        load_settings(cfg, environ={})
+    with pytest.raises(ValueError, match="home_umask '0o8' is not an octal umask"):
+        load_settings(environ={"ADSREC_HOME_UMASK": "0o8"})
+
+
 def test_representation_switches_and_task_settings() -> None:
     s = load_settings(environ={"ADSREC_REPRESENTATIONS__SEMANTIC_IDS": "false", "ADSREC_REPRESENTATIONS__SEE": "no"})
     rep = s.representations

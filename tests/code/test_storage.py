@@ -152,3 +152,27 @@ def test_write_json_atomic_format(tmp_path) -> None:
         {"a": {"when": "2026-11-01", "where": "/x"}, "b": 1}, indent=2, sort_keys=True
     )
     assert (tmp_path / "ordered.json").read_text() == json.dumps({"b": 1, "a": 2}, indent=2)
+
+
+# --- permissions (docs/state.md: a second account of the group reads the store) -----------------------------
+
+
+@EXCHANGE
+@pytest.mark.parametrize("umask", [0o027, 0o077])
+def test_partition_folders_and_files_follow_the_umask(tmp_path, monkeypatch, exchange: bool, umask: int) -> None:
+    import stat
+
+    _no_exchange(monkeypatch, exchange)
+    target = tmp_path / "t" / "date=2026-11-01"
+    before = os.umask(umask)
+    try:
+        for text in ("one", "two"):  # a new partition, then a replacement
+            storage.replace_partition(target, lambda d: pq.write_table(pa.table({"x": [text]}), d / "part-0.parquet"))
+            storage.write_json_atomic(tmp_path / "t" / "manifest.json", {"x": text})
+    finally:
+        os.umask(before)
+    expected_dir, expected_file = 0o777 & ~umask, 0o666 & ~umask
+    assert stat.S_IMODE(target.stat().st_mode) == expected_dir  # not mkdtemp's 0700
+    assert stat.S_IMODE((target / "part-0.parquet").stat().st_mode) == expected_file
+    assert stat.S_IMODE((tmp_path / "t" / "manifest.json").stat().st_mode) == expected_file
+    assert pq.read_table(target / "part-0.parquet")["x"].to_pylist() == ["two"]
