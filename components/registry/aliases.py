@@ -17,11 +17,12 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import Settings
+from components.registry.checks import artifacts_problem, refusal, version_problems
 from components.registry.client import (CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_PASSED_TAG, PREVIOUS,
                                         PromotionError, RegistryError, mlflow_client, require_store,
                                         store_exists, version_by_alias)
@@ -61,6 +62,7 @@ class VersionInfo:
     tasks: tuple[str, ...] = ()
     model_uri: str = ""
     failed_gates: tuple[str, ...] = field(default=())
+    artifacts_problem: str | None = None  # set by list_versions when the logged model is not all there
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
         """``{task: {metric: value}}`` from the ``<task>/<metric>`` run metrics."""
@@ -76,6 +78,7 @@ class VersionInfo:
                 "gates_passed": self.gates_passed, "failed_gates": list(self.failed_gates),
                 "gates": list(self.gates), "metrics": self.metrics, "tasks": list(self.tasks),
                 "created": self.created.isoformat(), "model_uri": self.model_uri,
+                "artifacts_problem": self.artifacts_problem,
                 "data_window": [d.isoformat() for d in self.data_window] if self.data_window else None}
 
 
@@ -142,7 +145,8 @@ def champion(settings: Settings) -> VersionInfo | None:
 
 
 def list_versions(settings: Settings) -> list[VersionInfo]:
-    """Every version of ``registry.model_name``, newest first (gates from the version tags)."""
+    """Every version of ``registry.model_name``, newest first (gates from the version tags; a version
+    whose logged model is not all there has ``artifacts_problem`` set)."""
     if not store_exists(settings):
         return []
     name = settings.registry.model_name
@@ -154,7 +158,9 @@ def list_versions(settings: Settings) -> list[VersionInfo]:
         except MlflowException:
             return []  # no such registered model yet
         found = client.search_model_versions(f"name = '{name}'")
-        infos = [_version_info(client, mv, full_gates=False, aliases=aliases) for mv in found]
+        problems = version_problems(client, name, found)
+        infos = [replace(_version_info(client, mv, full_gates=False, aliases=aliases),
+                         artifacts_problem=problems.get(int(mv.version))) for mv in found]
     return sorted(infos, key=lambda v: v.version, reverse=True)
 
 
@@ -173,6 +179,8 @@ def load_champion(settings: Settings, alias: str = CHAMPION) -> Any:
         if version is None:
             raise RegistryError(f"no version of {name!r} has the alias {alias!r}"
                                 + (" (promote one: adsrec promote --version V)" if alias == CHAMPION else ""))
+        if (problem := artifacts_problem(client, name, version.version)) is not None:
+            raise RegistryError(refusal(name, version.version, problem, f"cannot load {name}@{alias}"))
         try:
             return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
         except ImportError as exc:
@@ -239,6 +247,8 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
             mv = client.get_model_version(name, str(int(version)))
         except MlflowException:
             raise RegistryError(f"{name!r} has no version {version}") from None
+        if (problem := artifacts_problem(client, name, version)) is not None:
+            raise RegistryError(refusal(name, version, problem, "not promoting"))
         tags = dict(mv.tags or {})
         gates_ok = tags.get(GATES_PASSED_TAG) == "true"
         if not gates_ok:
@@ -293,6 +303,8 @@ def rollback(settings: Settings, *, by: str | None = None) -> dict[str, Any]:
         if prev is None:
             raise RegistryError(f"{name!r} has no previous champion (alias {PREVIOUS!r}): nothing to roll back to")
         current_v, prev_v = int(current.version), int(prev.version)
+        if (problem := artifacts_problem(client, name, prev_v)) is not None:
+            raise RegistryError(refusal(name, prev_v, problem, "not rolling back onto it"))
         history = _history(client, name)
         # The history is the chain of champions, newest last; make it agree with the aliases, then pop.
         if not history or int(history[-1]["version"]) != current_v:
@@ -325,17 +337,18 @@ def maybe_auto_promote(settings: Settings, registered: RegisteredVersion) -> dic
 
 # ----- display -----------------------------------------------------------------------------------------------
 def versions_table(versions: Sequence[VersionInfo]) -> str:
-    """A fixed-width table: version, aliases, gates, AUC per task, data window, created (UTC)."""
+    """A fixed-width table: version, aliases, gates, AUC per task, data window, created (UTC), artifacts
+    ("ok", or "MISSING" when the logged model is not all there: promote and rollback refuse it)."""
     tasks: list[str] = []
     for v in versions:
         tasks += [t for t in v.tasks if t not in tasks]
-    head = ["version", "aliases", "gates"] + [f"{t} AUC" for t in tasks] + ["window", "created (UTC)"]
+    head = ["version", "aliases", "gates"] + [f"{t} AUC" for t in tasks] + ["window", "created (UTC)", "artifacts"]
     rows = [head]
     for v in versions:
         gates = "passed" if v.gates_passed else "FAILED: " + (",".join(v.failed_gates) or "none evaluated")
         aucs = [f"{v.metrics[f'{t}/auc']:.4f}" if f"{t}/auc" in v.metrics else "-" for t in tasks]
         window = f"{v.data_window[0]}..{v.data_window[1]}" if v.data_window else "-"
         rows.append([str(v.version), ",".join(v.aliases) or "-", gates, *aucs, window,
-                     v.created.strftime("%Y-%m-%d %H:%M")])
+                     v.created.strftime("%Y-%m-%d %H:%M"), "MISSING" if v.artifacts_problem else "ok"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
