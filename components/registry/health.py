@@ -58,7 +58,7 @@ def _version_rows(client: "mlflow.MlflowClient", name: str, versions: list[Any],
         v = int(version)
         if v not in known:
             rows.append((AREA, f"alias {alias}", False, f"points at version {v}, which does not exist",
-                         f"point it at a version with artifacts (adsrec promote --version V) or delete the alias"))
+                         "point it at a version with artifacts (adsrec promote --version V) or delete the alias"))
         elif v in problems:
             rows.append((AREA, f"alias {alias}", False, f"points at version {v}, whose artifacts are missing",
                          "adsrec rollback, or adsrec promote --version V (a version with artifacts)"))
