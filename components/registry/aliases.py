@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import Settings
+from components.faults import declare, fault_point
 from components.registry.checks import artifacts_problem, refusal, version_problems
 from components.registry.client import (CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_PASSED_TAG, PREVIOUS,
                                         PromotionError, RegistryError, mlflow_client, require_store,
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list, oldest first, the last is the champion
 HISTORY_LIMIT = 100
+declare("promote.after_champion")
 
 
 @dataclass(frozen=True)
@@ -233,8 +235,9 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
     Refuses (``PromotionError`` naming the failed gates) a version whose ``gates_passed`` tag is not
     "true", unless ``force`` with a non-empty ``reason``; a forced promotion records
     ``forced_promotion_reason`` on the version. Every promotion records ``promoted_by``/``promoted_at``
-    tags and appends to the registered model's ``champion_history``. Promoting the current champion
-    changes nothing. Returns ``{model, champion, previous, forced, reason, by, at, changed}``.
+    tags and appends to the registered model's ``champion_history`` (saved last). Promoting the current
+    champion changes nothing, unless the history does not end with it: then a promotion was killed after
+    moving ``champion`` and this one finishes it (``previous`` <- the history's last champion). Returns ``{model, champion, previous, forced, reason, by, at, changed}``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -263,15 +266,20 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
         at = _now()
         result = {"model": name, "champion": int(version), "forced": bool(force and not gates_ok),
                   "reason": reason, "by": by, "at": at, "changed": current_v != int(version)}
-        if current_v == int(version):
-            prev = version_by_alias(client, name, PREVIOUS)
-            result["previous"] = int(prev.version) if prev is not None else None
-            return result
         history = _history(client, name)
+        if current_v == int(version):
+            if not history or int(history[-1]["version"]) == current_v:
+                prev = version_by_alias(client, name, PREVIOUS)
+                result["previous"] = int(prev.version) if prev is not None else None
+                return result
+            # A promotion killed after moving champion (the history is saved last): finish it.
+            current_v = int(history[-1]["version"])
+            result["changed"] = True
         if current_v is not None and (not history or int(history[-1]["version"]) != current_v):
             history.append({"version": current_v, "at": None, "by": None, "note": "champion found without history"})
         history.append({"version": int(version), "at": at, "by": by, "forced": result["forced"], "reason": reason})
         client.set_registered_model_alias(name, CHAMPION, str(version))
+        fault_point("promote.after_champion")
         set_or_clear_alias(client, name, PREVIOUS, current_v)
         challenger = version_by_alias(client, name, CHALLENGER)
         if challenger is not None and int(challenger.version) == int(version):

@@ -114,10 +114,8 @@ def check_store_opens(settings: Settings) -> None:
 
 def _is_store_failure(exc: BaseException) -> bool:
     """A SQLAlchemy database error, or MLflow's wrapping of one, that says the SQLite file is bad or locked."""
-    text = str(exc).lower()
-    if type(exc).__module__.startswith("sqlalchemy"):
-        return True
-    return type(exc).__name__ == "MlflowException" and any(t in text for t in _SQLITE_TROUBLE)
+    wrapped = type(exc).__module__.startswith("sqlalchemy") or type(exc).__name__ == "MlflowException"
+    return wrapped and any(t in str(exc).lower() for t in _SQLITE_TROUBLE)
 
 
 @contextlib.contextmanager

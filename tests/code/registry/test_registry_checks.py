@@ -224,3 +224,49 @@ def test_doctor_on_a_corrupt_registry_and_an_empty_home(tmp_path: Path) -> None:
     bad = [c for c in json.loads(res.stdout)["checks"] if not c["ok"]]
     assert res.returncode == 1 and [c["area"] for c in bad] == ["registry"], res.stdout
     assert "mlflow.db is unreadable (file is not a database)" in bad[0]["detail"]
+
+
+# ----- a promotion killed half way ---------------------------------------------------------------------------
+def _state(settings: Any) -> tuple[dict[str, int], list[int], dict[str, str]]:
+    """Aliases, the champion history's versions, and the promoted version's promotion tags."""
+    from components.registry.aliases import HISTORY_TAG
+    from components.registry.client import mlflow_client
+
+    name = settings.registry.model_name
+    with mlflow_client(settings) as client:
+        history = [int(h["version"]) for h in json.loads(client.get_registered_model(name).tags[HISTORY_TAG])]
+        tags = client.get_model_version(name, str(history[-1])).tags
+    return _aliases(settings), history, {k: v for k, v in tags.items() if k == "promoted_by"}
+
+
+def test_a_promotion_killed_after_moving_champion_is_finished_by_the_rerun(fresh_aliases: Any) -> None:  # noqa: F811
+    from components.registry.aliases import promote
+
+    settings = fresh_aliases
+    promote(settings, 1, by="tester")
+    promote(settings, 3, by="tester")
+    uninterrupted = _state(settings)
+    assert uninterrupted == ({"champion": 3, "previous": 1}, [1, 3], {"promoted_by": "tester"})
+
+    from components.registry.aliases import HISTORY_TAG
+    from components.registry.client import mlflow_client
+
+    name = settings.registry.model_name
+    with mlflow_client(settings) as client:  # the same start again: champion 1, challenger 3, history [1]
+        client.set_registered_model_alias(name, "champion", "1")
+        client.delete_registered_model_alias(name, "previous")
+        client.set_registered_model_alias(name, "challenger", "3")
+        client.delete_model_version_tag(name, "3", "promoted_by")
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([{"version": 1}]))
+    driver = ("from components.config import load_settings; from components.registry.aliases import promote; "
+              f"promote(load_settings(environ={{}}, overrides={{'home': {str(settings.home)!r}}}).resolved(), 3, "
+              "by='tester')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADSREC_", "MLFLOW_TRACKING"))}
+    killed = subprocess.run([sys.executable, "-c", driver], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env={**env, "ADSREC_FAULT": "promote.after_champion"}, timeout=180)
+    assert killed.returncode == -9, killed.stderr
+    assert _aliases(settings) == {"champion": 3, "challenger": 3}  # half done: previous not moved yet
+    rerun = subprocess.run([sys.executable, "-c", driver], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                           env=env, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _state(settings) == uninterrupted
