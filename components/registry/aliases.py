@@ -17,11 +17,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import Settings
+from components.faults import declare, fault_point
+from components.registry.checks import artifacts_problem, refusal, version_problems
 from components.registry.client import (CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_PASSED_TAG, PREVIOUS,
                                         PromotionError, RegistryError, mlflow_client, require_store,
                                         store_exists, version_by_alias)
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list, oldest first, the last is the champion
 HISTORY_LIMIT = 100
+declare("promote.after_champion")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class VersionInfo:
     tasks: tuple[str, ...] = ()
     model_uri: str = ""
     failed_gates: tuple[str, ...] = field(default=())
+    artifacts_problem: str | None = None  # set by list_versions when the logged model is not all there
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
         """``{task: {metric: value}}`` from the ``<task>/<metric>`` run metrics."""
@@ -76,6 +80,7 @@ class VersionInfo:
                 "gates_passed": self.gates_passed, "failed_gates": list(self.failed_gates),
                 "gates": list(self.gates), "metrics": self.metrics, "tasks": list(self.tasks),
                 "created": self.created.isoformat(), "model_uri": self.model_uri,
+                "artifacts_problem": self.artifacts_problem,
                 "data_window": [d.isoformat() for d in self.data_window] if self.data_window else None}
 
 
@@ -142,7 +147,8 @@ def champion(settings: Settings) -> VersionInfo | None:
 
 
 def list_versions(settings: Settings) -> list[VersionInfo]:
-    """Every version of ``registry.model_name``, newest first (gates from the version tags)."""
+    """Every version of ``registry.model_name``, newest first (gates from the version tags; a version
+    whose logged model is not all there has ``artifacts_problem`` set)."""
     if not store_exists(settings):
         return []
     name = settings.registry.model_name
@@ -154,7 +160,9 @@ def list_versions(settings: Settings) -> list[VersionInfo]:
         except MlflowException:
             return []  # no such registered model yet
         found = client.search_model_versions(f"name = '{name}'")
-        infos = [_version_info(client, mv, full_gates=False, aliases=aliases) for mv in found]
+        problems = version_problems(client, name, found)
+        infos = [replace(_version_info(client, mv, full_gates=False, aliases=aliases),
+                         artifacts_problem=problems.get(int(mv.version))) for mv in found]
     return sorted(infos, key=lambda v: v.version, reverse=True)
 
 
@@ -173,6 +181,8 @@ def load_champion(settings: Settings, alias: str = CHAMPION) -> Any:
         if version is None:
             raise RegistryError(f"no version of {name!r} has the alias {alias!r}"
                                 + (" (promote one: adsrec promote --version V)" if alias == CHAMPION else ""))
+        if (problem := artifacts_problem(client, name, version.version)) is not None:
+            raise RegistryError(refusal(name, version.version, problem, f"cannot load {name}@{alias}"))
         try:
             return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
         except ImportError as exc:
@@ -225,8 +235,9 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
     Refuses (``PromotionError`` naming the failed gates) a version whose ``gates_passed`` tag is not
     "true", unless ``force`` with a non-empty ``reason``; a forced promotion records
     ``forced_promotion_reason`` on the version. Every promotion records ``promoted_by``/``promoted_at``
-    tags and appends to the registered model's ``champion_history``. Promoting the current champion
-    changes nothing. Returns ``{model, champion, previous, forced, reason, by, at, changed}``.
+    tags and appends to the registered model's ``champion_history`` (saved last). Promoting the current
+    champion changes nothing, unless the history does not end with it: then a promotion was killed after
+    moving ``champion`` and this one finishes it (``previous`` <- the history's last champion). Returns ``{model, champion, previous, forced, reason, by, at, changed}``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -239,6 +250,8 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
             mv = client.get_model_version(name, str(int(version)))
         except MlflowException:
             raise RegistryError(f"{name!r} has no version {version}") from None
+        if (problem := artifacts_problem(client, name, version)) is not None:
+            raise RegistryError(refusal(name, version, problem, "not promoting"))
         tags = dict(mv.tags or {})
         gates_ok = tags.get(GATES_PASSED_TAG) == "true"
         if not gates_ok:
@@ -253,15 +266,20 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
         at = _now()
         result = {"model": name, "champion": int(version), "forced": bool(force and not gates_ok),
                   "reason": reason, "by": by, "at": at, "changed": current_v != int(version)}
-        if current_v == int(version):
-            prev = version_by_alias(client, name, PREVIOUS)
-            result["previous"] = int(prev.version) if prev is not None else None
-            return result
         history = _history(client, name)
+        if current_v == int(version):
+            if not history or int(history[-1]["version"]) == current_v:
+                prev = version_by_alias(client, name, PREVIOUS)
+                result["previous"] = int(prev.version) if prev is not None else None
+                return result
+            # A promotion killed after moving champion (the history is saved last): finish it.
+            current_v = int(history[-1]["version"])
+            result["changed"] = True
         if current_v is not None and (not history or int(history[-1]["version"]) != current_v):
             history.append({"version": current_v, "at": None, "by": None, "note": "champion found without history"})
         history.append({"version": int(version), "at": at, "by": by, "forced": result["forced"], "reason": reason})
         client.set_registered_model_alias(name, CHAMPION, str(version))
+        fault_point("promote.after_champion")
         set_or_clear_alias(client, name, PREVIOUS, current_v)
         challenger = version_by_alias(client, name, CHALLENGER)
         if challenger is not None and int(challenger.version) == int(version):
@@ -293,6 +311,8 @@ def rollback(settings: Settings, *, by: str | None = None) -> dict[str, Any]:
         if prev is None:
             raise RegistryError(f"{name!r} has no previous champion (alias {PREVIOUS!r}): nothing to roll back to")
         current_v, prev_v = int(current.version), int(prev.version)
+        if (problem := artifacts_problem(client, name, prev_v)) is not None:
+            raise RegistryError(refusal(name, prev_v, problem, "not rolling back onto it"))
         history = _history(client, name)
         # The history is the chain of champions, newest last; make it agree with the aliases, then pop.
         if not history or int(history[-1]["version"]) != current_v:
@@ -325,17 +345,18 @@ def maybe_auto_promote(settings: Settings, registered: RegisteredVersion) -> dic
 
 # ----- display -----------------------------------------------------------------------------------------------
 def versions_table(versions: Sequence[VersionInfo]) -> str:
-    """A fixed-width table: version, aliases, gates, AUC per task, data window, created (UTC)."""
+    """A fixed-width table: version, aliases, gates, AUC per task, data window, created (UTC), artifacts
+    ("ok", or "MISSING" when the logged model is not all there: promote and rollback refuse it)."""
     tasks: list[str] = []
     for v in versions:
         tasks += [t for t in v.tasks if t not in tasks]
-    head = ["version", "aliases", "gates"] + [f"{t} AUC" for t in tasks] + ["window", "created (UTC)"]
+    head = ["version", "aliases", "gates"] + [f"{t} AUC" for t in tasks] + ["window", "created (UTC)", "artifacts"]
     rows = [head]
     for v in versions:
         gates = "passed" if v.gates_passed else "FAILED: " + (",".join(v.failed_gates) or "none evaluated")
         aucs = [f"{v.metrics[f'{t}/auc']:.4f}" if f"{t}/auc" in v.metrics else "-" for t in tasks]
         window = f"{v.data_window[0]}..{v.data_window[1]}" if v.data_window else "-"
         rows.append([str(v.version), ",".join(v.aliases) or "-", gates, *aucs, window,
-                     v.created.strftime("%Y-%m-%d %H:%M")])
+                     v.created.strftime("%Y-%m-%d %H:%M"), "MISSING" if v.artifacts_problem else "ok"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

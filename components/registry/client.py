@@ -36,6 +36,9 @@ GATES_PASSED_TAG = "gates_passed"
 GATES_ARTIFACT = "gates.json"
 
 _URI_LOCK = threading.RLock()
+LOCK_WAIT_S = 5.0  # how long the registry database may stay locked by another process before a command gives up
+_SQLITE_TROUBLE = ("file is not a database", "database disk image is malformed", "database is locked",
+                   "unable to open database", "disk i/o error", "no such table")
 
 
 class RegistryError(RuntimeError):
@@ -123,9 +126,46 @@ def store_exists(settings: Settings) -> bool:
 
 
 def require_store(settings: Settings) -> None:
-    """Raise ``RegistryError`` when :func:`store_exists` is false (nothing can be read or changed)."""
+    """Raise ``RegistryError`` when :func:`store_exists` is false (nothing can be read or changed), or when
+    the store cannot be read (:func:`check_store_opens`)."""
     if not store_exists(settings):
         raise RegistryError(f"no MLflow registry at {settings.mlflow_tracking_uri}: nothing registered yet")
+    check_store_opens(settings)
+
+
+def store_problem(path: Path, exc: BaseException) -> str:
+    """One line naming the registry database ``path``, what is wrong with it and what to do."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+    if "locked" in text.lower():
+        return (f"the registry database {path} is locked by another process ({text}): wait for that command to "
+                "finish, or stop it, and retry")
+    return (f"the registry database {path} is unreadable ({text}): restore it from a backup, or move it aside "
+            "to start an empty registry (its versions are then lost); `adsrec doctor` checks the rest of the home")
+
+
+def check_store_opens(settings: Settings) -> None:
+    """Raise ``RegistryError`` (one line, :func:`store_problem`) when the local SQLite registry exists but
+    cannot be read: not a database, corrupt, or locked for longer than ``LOCK_WAIT_S``. Reads only the
+    schema table; any other store passes."""
+    import sqlite3
+
+    path = local_sqlite_path(settings.mlflow_tracking_uri)
+    if path is None or not path.is_file():
+        return
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise RegistryError(store_problem(path, exc)) from None
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """A SQLAlchemy database error, or MLflow's wrapping of one, that says the SQLite file is bad or locked."""
+    wrapped = type(exc).__module__.startswith("sqlalchemy") or type(exc).__name__ == "MlflowException"
+    return wrapped and any(t in str(exc).lower() for t in _SQLITE_TROUBLE)
 
 
 @contextlib.contextmanager
@@ -133,7 +173,10 @@ def mlflow_client(settings: Settings) -> Iterator["mlflow.MlflowClient"]:
     """An ``MlflowClient`` on the settings' tracking and registry URI, with MLflow's fluent API (runs,
     ``log_model``, ``register_model``, ``pyfunc.load_model``) pointed at the same URI for the duration of
     the block; the previous URIs and ``MLFLOW_*`` environment variables are restored afterwards.
-    Blocks in different threads are serialised (the fluent URI is process-wide)."""
+    Blocks in different threads are serialised (the fluent URI is process-wide).
+
+    A local SQLite registry that is corrupt or locked raises ``RegistryError`` with one line naming the
+    file and what to do (:func:`check_store_opens` before the block, and any database failure inside it)."""
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -142,6 +185,7 @@ def mlflow_client(settings: Settings) -> Iterator["mlflow.MlflowClient"]:
     sqlite = local_sqlite_path(uri)
     if sqlite is not None:
         sqlite.parent.mkdir(parents=True, exist_ok=True)
+        check_store_opens(settings)  # a corrupt or locked database: one line, before anything touches it
         follow_home(settings)
     with _URI_LOCK:
         saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
@@ -155,6 +199,10 @@ def mlflow_client(settings: Settings) -> Iterator["mlflow.MlflowClient"]:
         mlflow.set_registry_uri(uri)
         try:
             yield mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except Exception as exc:
+            if sqlite is not None and _is_store_failure(exc):
+                raise RegistryError(store_problem(sqlite, exc)) from None
+            raise
         finally:
             mlflow.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]
             mlflow.set_registry_uri(saved_registry)  # type: ignore[arg-type]

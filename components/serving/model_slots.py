@@ -66,14 +66,18 @@ def alias_version(settings: "Settings", alias: str) -> Any:
 
 
 def load_version(settings: "Settings", alias: str, version: Any) -> LoadedModel:
-    """Load registered ``version`` (a ``ModelVersion``) through ``mlflow.pyfunc`` and unwrap its ranker."""
+    """Load registered ``version`` (a ``ModelVersion``) through ``mlflow.pyfunc`` and unwrap its ranker;
+    a version whose artifacts are missing raises ``RegistryError`` with one line (components/registry/checks.py)."""
     import mlflow
 
-    from components.registry.client import mlflow_client
+    from components.registry.checks import artifacts_problem, refusal
+    from components.registry.client import RegistryError, mlflow_client
 
     started = time.perf_counter()
     name = settings.registry.model_name
-    with mlflow_client(settings):
+    with mlflow_client(settings) as client:
+        if (problem := artifacts_problem(client, name, version.version)) is not None:
+            raise RegistryError(refusal(name, version.version, problem, f"cannot serve {name}@{alias}"))
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     trained = pyfunc.unwrap_python_model().trained
     return LoadedModel(name=name, alias=alias, version=int(version.version), run_id=version.run_id,

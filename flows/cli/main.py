@@ -17,6 +17,7 @@ import typer
 from flows.cli import (
     analyze,
     config,
+    doctor,
     experiments,
     pipeline,
     registry,
@@ -53,6 +54,8 @@ serving.register(app)
 services.register(app)
 # experiment NAME, experiment --list
 experiments.register(app)
+# doctor
+doctor.register(app)
 
 
 def main() -> None:

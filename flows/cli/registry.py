@@ -54,7 +54,7 @@ def rollback() -> None:
 
 
 def models() -> None:
-    """The registered versions: aliases, gates, per-task AUC, data window, creation time."""
+    """The registered versions: aliases, gates, per-task AUC, data window, creation time, artifacts present."""
     from components.registry.aliases import list_versions, versions_table
 
     settings = prepare_settings()
@@ -65,6 +65,9 @@ def models() -> None:
         return
     typer.echo(f"{settings.registry.model_name} ({settings.mlflow_tracking_uri})")
     typer.echo(versions_table(versions))
+    for v in versions:
+        if v.artifacts_problem:
+            typer.secho(f"version {v.version}: {v.artifacts_problem} (promote and rollback refuse it)", fg="yellow")
 
 
 def register(app: typer.Typer) -> None:
