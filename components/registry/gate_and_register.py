@@ -4,7 +4,9 @@ quality gates, register the version in MLflow and (by config) promote it.
 
 ``assess_and_register`` is what ``flows/daily.py`` calls after training. It is idempotent like the other
 steps: the same model, gate configuration and champion give the same verdict, so a re-run finds the
-version it registered before (``manifests/register/<day>.json``) instead of registering a duplicate.
+version it registered before (``manifests/register/<day>.json``) instead of registering a duplicate;
+without that manifest (a kill after the version was created, a retry) the registration itself adopts
+the version with the same fingerprint (components/registry/idempotence.py).
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ the run (or re-open the one opened when training started: components/registry/tr
 everything (components/registry/run_logging.py), log the pyfunc model
 (components/registry/packaged.py), register it as a version with its tags and description, and alias it
 ``challenger`` only when every gate passed.
+
+It is idempotent (issue 14, docs/reliability/registration.md): before creating anything it computes the
+registration's fingerprint (components/registry/idempotence.py), looks for a version tagged with it and,
+when there is one, adopts it (finishes its description, run tag and challenger alias) instead of
+registering the same model again; a retry or a re-run after a kill never makes a second version. It
+also ends ``KILLED`` the runs of the same day that a dead process left ``RUNNING``.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import Settings
-from components.registry.client import (CHALLENGER, GATES_PASSED_TAG, RegistryError, ensure_experiment,
+from components.registry.client import (GATES_PASSED_TAG, RegistryError, ensure_experiment,
                                         ensure_registered_model, mlflow_client)
+from components.faults import declare, fault_point
+from components.registry.idempotence import (FINGERPRINT_TAG, adopt_version, challenger_rule,
+                                             registered_with, registration_fingerprint)
 from components.registry.run_logging import (ModelFolder, code_revision, finite_or_none, log_run_contents,
                                              metric_key, pip_requirements, read_model_folder,
                                              training_curves_plot)
-from components.registry.training_run import REGISTERED_TAG
+from components.registry.training_run import REGISTERED_TAG, close_orphan_runs, day_run_tags
 
 if TYPE_CHECKING:
     import mlflow
@@ -43,6 +52,8 @@ SAMPLE_ARTIFACT = "scoring_sample.parquet"
 SAMPLE_SCORES_ARTIFACT = "scoring_sample_scores.parquet"
 SAMPLE_MAX_ROWS = 4096
 MAX_TAG_LENGTH = 5000  # below MLflow's run-tag limit (8000)
+
+declare("register.before_version", "register.after_version")
 
 
 @dataclass(frozen=True)
@@ -209,7 +220,8 @@ def run_to_open(model_name: str, experiment_id: str, end: dt.date,
     run_id = (training_run or {}).get("run_id")
     if run_id:
         return {"run_id": str(run_id)}, int((training_run or {}).get("epochs_logged") or 0)
-    return {"experiment_id": experiment_id, "run_name": f"{model_name}-{end.isoformat()}"}, 0
+    return {"experiment_id": experiment_id, "run_name": f"{model_name}-{end.isoformat()}",
+            "tags": day_run_tags(end)}, 0
 
 
 def log_packaged_model(tmp: Path, staged: StagedModel) -> "mlflow.models.model.ModelInfo":
@@ -248,6 +260,27 @@ def log_packaged_model(tmp: Path, staged: StagedModel) -> "mlflow.models.model.M
         )
 
 
+def find_and_adopt(settings: Settings, fingerprint: str, end: dt.date, description: str, passed: bool,
+                   training_run: Mapping[str, Any] | None) -> RegisteredVersion | None:
+    """The registration's first registry step: end the orphan runs of ``end`` (components/registry/
+    training_run.py), then look for a version with ``fingerprint`` and adopt it
+    (components/registry/idempotence.py). Returns it, or None when the model is not registered yet."""
+    cfg = settings.registry
+    current_run = (training_run or {}).get("run_id")
+    with mlflow_client(settings) as client:
+        experiment_id = ensure_experiment(client, settings)
+        ensure_registered_model(client, cfg.model_name)
+        close_orphan_runs(client, experiment_id, end, keep=current_run)
+        mv = registered_with(client, cfg.model_name, fingerprint)
+        if mv is None:
+            return None
+        aliases, logged_uri = adopt_version(client, mv, description, passed, current_run)
+    version = int(mv.version)
+    return RegisteredVersion(name=cfg.model_name, version=version, run_id=str(mv.run_id),
+                             model_uri=f"models:/{cfg.model_name}/{version}", logged_model_uri=logged_uri,
+                             gates_passed=passed, aliases=aliases, experiment_id=experiment_id)
+
+
 def register_model(
     settings: Settings,
     model_dir: str | Path,
@@ -261,28 +294,26 @@ def register_model(
     training_set: str | Path | None = None,
     training_run: Mapping[str, Any] | None = None,
 ) -> RegisteredVersion:
-    """Log one trained model to MLflow and register it as a new version of ``registry.model_name``.
+    """Log one trained model to MLflow and register it as a new version of ``registry.model_name``, or
+    adopt the version that already holds it (:func:`find_and_adopt`).
 
     Args:
         settings: resolved settings (tracking URI, experiment, model name; logged as the run's config).
-        model_dir: the folder ``TrainResult.save`` wrote (``model.pt``, ``encoders.json``, ``spec.json``,
-            ``ranker_config.json``, ``train_config.json``, ``history.json``; ``evaluation.json`` if present).
+        model_dir: the folder ``TrainResult.save`` wrote (weights, encoders, spec, configs, history, evaluation).
         summary: the train step's JSON-able result (components/training/train_day.py ``train_and_evaluate``).
-        gates: gate results ``{name, value, threshold, passed, details}`` (dicts or ``GateResult``).
-            The version is aliased ``challenger`` only when there is at least one gate and all passed.
+        gates: gate results ``{name, value, threshold, passed, details}`` (dicts or ``GateResult``); the
+            version is aliased ``challenger`` only when there is at least one gate and all passed.
         plots: image files logged under ``plots/`` (a training-curve plot is added from ``history.json``).
         data_window: first and last day of the data the model was trained and evaluated on.
         feature_views: feature-view name -> version/fingerprint (a run tag as JSON and ``feature_views.json``).
-        sample_rows: rows to score (e.g. 256 of the validation day, with the feature columns); logged as
-            ``scoring_sample.parquet`` with this process's scores as ``scoring_sample_scores.parquet``
-            (columns ``p_<task>``, same row order), so a later process can check it reproduces them.
-            At most ``SAMPLE_MAX_ROWS`` rows are kept; they give the signature's inputs and the input example.
+        sample_rows: rows to score (e.g. 256 validation rows), logged as ``scoring_sample.parquet`` with
+            this process's scores (``scoring_sample_scores.parquet``, ``p_<task>``, same order) so a later
+            process can check it reproduces them; at most ``SAMPLE_MAX_ROWS``; the signature's inputs.
         training_set: the training set's parquet path, logged as the run's input dataset (by reference).
-        training_run: the train step's ``mlflow_run`` (components/registry/training_run.py): that run is
-            re-opened, its live curves and input not logged again. None: a new run (curves from history).
+        training_run: the train step's ``mlflow_run`` (components/registry/training_run.py), re-opened
+            (its live curves and input not logged again). None: a new run (curves from history).
 
-    Returns:
-        The version number, run id, ``models:/<name>/<version>`` URI and the aliases it set.
+    Returns the version number, run id, ``models:/<name>/<version>`` URI and the aliases it set.
     """
     import mlflow
 
@@ -295,14 +326,19 @@ def register_model(
     folder = read_model_folder(Path(model_dir), summary)
     plot_paths = existing_plots(plots)
     arch = str(folder.ranker_config.get("arch", summary.get("arch", "unknown")))
+    fingerprint = registration_fingerprint(folder.path, start, end, feature_views, training_set, gate_rows,
+                                           code_revision()[0])
+    description = version_description(summary, arch, start, end, gate_rows)
+    if (adopted := find_and_adopt(settings, fingerprint, end, description, passed, training_run)) is not None:
+        return adopted
 
     with tempfile.TemporaryDirectory(prefix="adsrec-register-") as tmp_name:
         tmp = Path(tmp_name)
         staged = stage_model(tmp, folder, sample_rows)
-        common_tags = version_tags(gate_rows, staged.scorer.tasks, arch, start, end)
+        common_tags = {**version_tags(gate_rows, staged.scorer.tasks, arch, start, end),
+                       FINGERPRINT_TAG: fingerprint}
         with mlflow_client(settings) as client:
             experiment_id = ensure_experiment(client, settings)
-            ensure_registered_model(client, cfg.model_name)
             run_args, epochs_logged = run_to_open(cfg.model_name, experiment_id, end, training_run)
             with mlflow.start_run(**run_args, nested=mlflow.active_run() is not None) as run:
                 run_id = run.info.run_id
@@ -313,16 +349,13 @@ def register_model(
                                  sample_files=staged.sample_files, epochs_logged=epochs_logged,
                                  training_set=training_set if "run_id" not in run_args else None)
                 info = log_packaged_model(tmp, staged)
+                fault_point("register.before_version")
                 mv = mlflow.register_model(info.model_uri, cfg.model_name,
                                            tags={**common_tags, "run_id": run_id})
+                fault_point("register.after_version")
                 mlflow.set_tag(REGISTERED_TAG, "true")
-            version = int(mv.version)
-            client.update_model_version(cfg.model_name, str(version), description=version_description(
-                summary, arch, start, end, gate_rows))
-            aliases: tuple[str, ...] = ()
-            if passed:
-                client.set_registered_model_alias(cfg.model_name, CHALLENGER, str(version))
-                aliases = (CHALLENGER,)
+            client.update_model_version(cfg.model_name, str(version := int(mv.version)), description=description)
+            aliases = challenger_rule(client, cfg.model_name, version, passed)
     log.info("registered %s version %d (run %s); gates %s", cfg.model_name, version, run_id,
              "passed: aliased challenger" if passed else f"failed: {failed or 'none evaluated'}")
     return RegisteredVersion(name=cfg.model_name, version=version, run_id=run_id,

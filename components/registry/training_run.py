@@ -13,6 +13,11 @@ ends a run whose model is not registered.
 No global active run is kept: the callback writes with an ``MlflowClient`` and the run id, so it is
 safe in a Prefect task's thread. Logging never fails training: the first MLflow error while logging
 is a warning, live logging stops, and the registration logs the remaining epochs from ``history.json``.
+
+Orphans (issue 14, docs/reliability/registration.md): every run of a day is tagged ``end_day`` and
+``adsrec.process`` (``<host>:<pid>``). A process killed with its run open leaves it ``RUNNING``;
+:func:`close_orphan_runs`, called whenever a run of that day starts or a registration of it adopts an
+existing version, ends such runs ``KILLED`` with the reason in ``last_failure``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Settings
+from components.faults import declare, fault_point
 from components.registry.run_logging import epoch_values, finite_or_none, metric_key
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,10 @@ log = logging.getLogger(__name__)
 REGISTERED_TAG = "registered"  # "false" while training and for a model never registered, else "true"
 FAILURE_TAG = "last_failure"  # "<stage>: <error type>: <message>" of the last failure
 NOT_REGISTERED_TAG = "not_registered"  # why a finished run's model was not registered
+END_DAY_TAG = "end_day"  # the day the run's model is trained for
+PROCESS_TAG = "adsrec.process"  # "<host>:<pid>" of the process that opened the run
+
+declare("train.after_run_start")
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -107,8 +119,11 @@ def start_training_run(settings: Settings, end_day: dt.date, training_set: str |
         with mlflow_client(settings) as client:
             experiment_id = ensure_experiment(client, settings)
             run = client.create_run(experiment_id, run_name=f"{settings.registry.model_name}-{end_day.isoformat()}",
-                                    tags={REGISTERED_TAG: "false", "end_day": end_day.isoformat(),
+                                    tags={REGISTERED_TAG: "false", **day_run_tags(end_day),
                                           "training_set": str(training_set)})
+            fault_point("train.after_run_start")
+            close_orphan_runs(client, experiment_id, end_day, keep=run.info.run_id,
+                              started_before=run.info.start_time)
             dataset = Dataset(**training_dataset(training_set).to_dict())
             client.log_inputs(run.info.run_id, datasets=[DatasetInput(
                 dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
@@ -118,6 +133,58 @@ def start_training_run(settings: Settings, end_day: dt.date, training_set: str |
     uri = settings.mlflow_tracking_uri
     log.info("MLflow run %s tracks the training of %s", run.info.run_id, end_day)
     return TrainingRun(run.info.run_id, experiment_id, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri))
+
+
+def day_run_tags(end_day: dt.date) -> dict[str, str]:
+    """The tags that make a run of ``end_day`` findable as an orphan: the day and this process."""
+    return {END_DAY_TAG: end_day.isoformat(), PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def process_gone(tag: str | None) -> bool | None:
+    """Whether the process of a ``adsrec.process`` tag has ended: True/False on this host, None when the
+    tag is absent or names another host (unknowable from here)."""
+    host, _, pid = (tag or "").rpartition(":")
+    if not pid.isdigit() or host != socket.gethostname():
+        return None
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def close_orphan_runs(client: Any, experiment_id: str, end_day: dt.date, *, keep: str | None = None,
+                      started_before: int | None = None) -> list[str]:
+    """End ``KILLED`` every ``RUNNING`` run of ``end_day`` in the experiment (but ``keep``) whose process
+    is gone (same host, pid no longer running) or, when that cannot be known (another host, no process
+    tag), that started before ``started_before`` (ms; None: now); the reason goes to ``last_failure``.
+    A run whose process still runs is left alone. Returns the ids closed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                  f"tags.{END_DAY_TAG} = '{end_day.isoformat()}'")
+    except (MlflowException, OSError) as exc:  # never a reason for training or registration to fail
+        log.warning("could not look for orphan MLflow runs of %s: %s", end_day, exc)
+        return []
+    cutoff = started_before if started_before is not None else int(time.time() * 1000)
+    closed = []
+    for r in runs:
+        gone = process_gone(r.data.tags.get(PROCESS_TAG))
+        if r.info.run_id == keep or gone is False or (gone is None and r.info.start_time >= cutoff):
+            continue
+        why = "its process is gone" if gone else "it is older than the run that replaces it"
+        client.set_tag(r.info.run_id, FAILURE_TAG, f"orphan: left RUNNING by a process that died ({why}); "
+                       f"closed by a later run of {end_day} ({keep or 'a registration'})")
+        client.set_terminated(r.info.run_id, "KILLED")
+        closed.append(r.info.run_id)
+    if closed:
+        log.warning("closed %d orphan MLflow run(s) of %s as KILLED: %s", len(closed), end_day, ", ".join(closed))
+    return closed
 
 
 def end_unregistered(settings: Settings, training_run: Mapping[str, Any] | None, reason: str, *,
