@@ -64,22 +64,16 @@ def sql_ts(value: dt.datetime) -> str:
     return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
-def committed_days(root: Path) -> set[dt.date] | None:
-    """The days of the store ``root`` with a commit marker (one ``scandir`` of ``<root>/_days``); None when
-    the store has no marker folder (never written with markers: every day counts as committed)."""
+def committed_days(root: Path) -> set[str] | None:
+    """The days (``YYYY-MM-DD``) of the store ``root`` with a commit marker (one ``scandir`` of
+    ``<root>/_days``); None when the store has no marker folder (never written with markers: every day
+    counts as committed)."""
     try:
         entries = os.scandir(root / MARKER_DIR)
     except (FileNotFoundError, NotADirectoryError):
         return None
     with entries:
-        names = [e.name[:-5] for e in entries if e.name.endswith(".json") and not e.name.startswith(".")]
-    out = set()
-    for name in names:
-        try:
-            out.add(dt.date.fromisoformat(name))
-        except ValueError:
-            continue
-    return out
+        return {e.name[:-5] for e in entries if e.name.endswith(".json") and not e.name.startswith(".")}
 
 
 def half_written_message(root: Path, day: dt.date) -> str:
@@ -118,7 +112,7 @@ def day_partitions(folder: Path, start: dt.date | None = None, end: dt.date | No
                 continue  # date=2026-13-40
             if (start and day < start) or (end and day > end):
                 continue
-            if committed is not None and day not in committed:
+            if committed is not None and m.group(1) not in committed:
                 if (str(folder.parent), day) not in _warned:
                     _warned.add((str(folder.parent), day))
                     log.warning(half_written_message(folder.parent, day))
