@@ -2,7 +2,8 @@
 
 Each day-step is idempotent: it fingerprints its inputs and configuration, skips when the day's last
 run had the same fingerprint (changing nothing on disk), and otherwise replaces that day's outputs.
-``force=True`` runs it regardless.
+``force=True`` runs it regardless. ``ingest`` and ``features`` never skip a day without its commit
+marker (components/store/days.py): a run killed half-way through the day is re-done.
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ def _landed_up_to(settings: Settings, table: str, day: dt.date) -> list[Path]:
     return [p for _, part in day_partitions(settings.offline_dir / table, end=day) for p in files_under(part)]
 
 
+def _committed(root: Path, day: dt.date) -> bool:
+    """Whether ``day`` of the store ``root`` has its commit marker (or the store has none yet); logs a
+    half-written day that the step is about to re-do."""
+    from components.store.days import is_committed
+    from components.store.sql import half_written_message
+
+    if is_committed(root, day):
+        return True
+    import logging
+
+    logging.getLogger(__name__).warning("%s; re-doing it", half_written_message(root, day))
+    return False
+
+
 def _source(settings: Settings):
     from components.sources import get_source
 
@@ -108,7 +123,7 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
     config = {"tasks": list(source.tasks), "ingest": settings.ingest.model_dump(mode="json")}
     fp = fingerprint_files(raw_files, config)
     manifest = StageManifest(settings, "ingest")
-    if not force and manifest.is_current(day, fp):
+    if not force and manifest.is_current(day, fp) and _committed(settings.offline_dir, day):
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
     report = ingest_day(settings, source.name, day, source.tasks)
     if report.failed:
@@ -124,9 +139,11 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
 
 def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str, Any]:
     """Compute the day's feature partitions from the offline store (looks back over the rolling windows)."""
+    from components.store.days import require_day
     from components.store.features import build_features, impressions_landed, lookback_days
 
     source = _source(settings)
+    require_day(settings.offline_dir, day, f"`adsrec ingest --date {day}` again")
     lookback = lookback_days(settings) + 1  # the build reads days [day - lookback_days, day]
     inputs = [p for d in window_days(day, lookback) for p in files_under(day_dir(settings.offline_dir, "impressions", d))]
     if not impressions_landed(settings, day):
@@ -137,7 +154,7 @@ def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str,
               "sequence_task": settings.representations.behaviour_task}
     fp = fingerprint_files(inputs, config)
     manifest = StageManifest(settings, "features")
-    if not force and manifest.is_current(day, fp):
+    if not force and manifest.is_current(day, fp) and _committed(settings.features_dir, day):
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
     rows = build_features(settings, day, source.tasks)
     result = {"rows": rows}

@@ -121,7 +121,12 @@ def _spec(features: Path, name: str, entity: str, ttl: dt.timedelta | None, part
 
 
 def _partitions(features: Path, name: str) -> list[Path]:
-    return sorted(p for p in (features / name).glob("date=*") if any(p.glob("*.parquet")))
+    """The view's day partitions holding parquet, of committed days only: with a ``_days/`` folder (commit
+    markers, components/store/days.py), a day without ``_days/<day>.json`` is half-written and left out."""
+    markers = features / "_days"
+    check = markers.is_dir()
+    return sorted(p for p in (features / name).glob("date=*") if any(p.glob("*.parquet"))
+                  and (not check or (markers / f"{p.name[5:]}.json").is_file()))
 
 
 def view_specs(home: Path, ttl_days: int, representations: bool = False) -> list[ViewSpec]:

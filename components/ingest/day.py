@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components import storage
+from components.faults import declare, fault_point
 from components.ingest.checks import check_rows, ingest_window
 from components.ingest.conform import conform_file, raw_files, read_raw, unify_extras
 from components.ingest.quarantine import reject_delivery, split_rows, write_landed, write_quarantine
@@ -53,6 +54,7 @@ from components.ingest.report import IngestReport, TableReport, single_line
 from components.ingest.table_run import TableRun, fail_day
 from components.schemas import CONTRACTS, TABLES, TableContract, day_dir, impressions_schema
 from components.store.offline import PART_FILE, REPORTS_TABLE
+from components.store.days import begin_day, commit_day
 from components.store.sql import connect
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from components.ingest.index import IngestIndex
 
 log = logging.getLogger(__name__)
+declare("ingest.after_impressions", "ingest.before_marker")
 
 
 def _label_bounds(settings: "Settings", tasks: Sequence[str], n_rows: int) -> dict[str, tuple[float, float]]:
@@ -295,7 +298,10 @@ def _validate_expectations(settings: "Settings", runs: dict[str, TableRun],
 def _write_day(settings: "Settings", runs: dict[str, TableRun], outputs: dict[str, tuple[pa.Table, pa.Table]],
                index: "IngestIndex", day: dt.date, report: IngestReport) -> None:
     """Replace the day's partitions of every table, quarantine first so rejects are never lost, then the
-    offline one, and re-index its keys (called only after every table validated)."""
+    offline one, and re-index its keys (called only after every table validated). The day's commit
+    marker is removed first and written last (components/store/days.py): a crash in between leaves the
+    day invisible to readers until the next run re-does it."""
+    begin_day(settings.offline_dir, day, TABLES)
     for table, (landed, quarantine) in outputs.items():
         q_dir = day_dir(settings.quarantine_dir, table, day)
         o_dir = day_dir(settings.offline_dir, table, day)
@@ -307,6 +313,10 @@ def _write_day(settings: "Settings", runs: dict[str, TableRun], outputs: dict[st
             index.index_partition(table, day, o_dir / PART_FILE, rows=landed)
         report.tables[table].landed_path = str(o_dir / PART_FILE)
         report.tables[table].quarantine_path = str(q_dir / PART_FILE)
+        if table == "impressions":
+            fault_point("ingest.after_impressions")
+    fault_point("ingest.before_marker")
+    commit_day(settings.offline_dir, day, TABLES)
 
 
 def _write_report(report: IngestReport) -> None:

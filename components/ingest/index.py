@@ -124,7 +124,7 @@ class IngestIndex:
         from components.store.sql import day_partitions
 
         out: dict[str, tuple[str, tuple[int, int]]] = {}
-        for day, folder in day_partitions(self.settings.offline_dir / table):
+        for day, folder in day_partitions(self.settings.offline_dir / table, all_days=True):
             path = os.path.join(folder, PART_FILE)
             try:
                 st = os.stat(path)

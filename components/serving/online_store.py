@@ -72,8 +72,12 @@ def newest_feature_day(settings: "Settings") -> dt.date:
 
 # ----- materialisation steps ---------------------------------------------------------------------------------
 def check_feature_partitions(settings: "Settings", specs: list[Any], end_day: dt.date) -> None:
-    """Raise ``FileNotFoundError`` naming the core views without a feature partition for ``end_day``."""
+    """Raise ``FileNotFoundError`` naming the core views without a feature partition for ``end_day`` (or
+    ``HalfWrittenDay`` when the day's features are half-written, components/store/days.py)."""
+    from components.store.days import require_day
+
     features_dir = settings.features_dir
+    require_day(features_dir, end_day, f"`adsrec features --date {end_day}` again")
     partition = f"date={end_day.isoformat()}"
     missing = [s.name for s in specs if not any((features_dir / s.name / partition).glob("*.parquet"))]
     if missing:

@@ -31,8 +31,10 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from components.faults import declare, fault_point
 from components.schemas import ADS, USERS, day_dir, day_window
 from components.storage import replace_partition, write_json_atomic
+from components.store.days import begin_day, commit_day, is_committed, require_day
 from components.store.interest import interest_attributes, interest_key, interest_query, interest_view
 from components.store.sql import connect, day_partitions, partition_globs, sql_ident, sql_list, sql_str, sql_ts
 
@@ -50,6 +52,7 @@ PAD_AD_ID = -1
 PAD_CATEGORY = ""
 PAD_CLICK_TIME = "1970-01-01 00:00:00+00"
 MANIFEST = "_views.json"
+declare("features.after_first_view", "features.before_marker")
 
 # Required ads/users columns that are not profile features: ids and timestamps are keys, the title
 # and image are the text/visual engineers' inputs, not categorical features.
@@ -161,9 +164,9 @@ def behaviour_task(settings: "Settings", tasks: Sequence[str] | None = None) -> 
 
 
 def impressions_landed(settings: "Settings", day: dt.date) -> bool:
-    """Whether ingestion landed ``day``'s impressions partition: its folder exists, with a parquet file
-    or, for a day without impressions, possibly none (an empty day is a day, not a missing one)."""
-    return day_dir(settings.offline_dir, "impressions", day).is_dir()
+    """Whether ingestion landed and committed ``day`` (components/store/days.py): the impressions folder exists,
+    with a parquet file or, for a day without impressions, possibly none (an empty day is still a day)."""
+    return day_dir(settings.offline_dir, "impressions", day).is_dir() and is_committed(settings.offline_dir, day)
 
 
 def lookback_days(settings: "Settings") -> int:
@@ -178,7 +181,8 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
 
     Reads the offline store's ``impressions`` partitions of the look-back window (the largest rolling
     window, and ``ttl_days`` for the click sequence) and every ``ads`` / ``users`` partition up to ``day``.
-    Idempotent: re-running a day replaces that day's partitions."""
+    Idempotent: re-running a day replaces that day's partitions. Its commit marker (components/store/days.py)
+    is removed first and written last; a half-ingested offline day raises ``HalfWrittenDay`` naming it."""
     cfg = settings.features
     tasks, windows = _tasks_and_windows(settings, tasks)
     click_task = behaviour_task(settings, tasks)
@@ -187,20 +191,22 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     # One extra partition at the start: with a late-event tolerance, a partition may hold events a
     # little past its own day, so the first day of a window can start in the partition before it.
     imp_globs = partition_globs(offline, "impressions", day - dt.timedelta(days=lookback_days(settings)), day)
+    require_day(offline, day, f"`adsrec ingest --date {day}` again")
     if not impressions_landed(settings, day):
-        raise FileNotFoundError(
-            f"no impressions partition for {day} under {offline / 'impressions'}; ingest the day first"
-        )
+        raise FileNotFoundError(f"no impressions partition for {day} under {offline / 'impressions'}; "
+                                "ingest the day first")
     built_at = dt.datetime.now(dt.timezone.utc)
 
     con = connect()
     _impressions_view(con, imp_globs, tasks, day)
     rows: dict[str, int] = {}
     features = settings.features_dir
+    begin_day(features, day, VIEWS)
     # --- rolling stats ------------------------------------------------------------------------------
     for view, key in (("user_stats", "user_id"), ("ad_stats", "ad_id")):
         query = _stats_query(key, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
         rows[view] = _write_partition(con, query, day_dir(features, view, day))
+        fault_point("features.after_first_view")
     # --- profiles and behaviour sequence --------------------------------------------------------------
     category_col = _write_profiles(con, settings, day, built_at, rows)
     # --- user x ad-attribute interest (components/store/interest.py) ----------------------------------
@@ -213,7 +219,10 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     con.close()
 
     _write_manifest(settings, tasks, windows, category_col, click_task, interest)
-    return {v: rows[v] for v in (*VIEWS, *map(interest_view, interest))}
+    fault_point("features.before_marker")
+    views = (*VIEWS, *map(interest_view, interest))
+    commit_day(features, day, views)
+    return {v: rows[v] for v in views}
 
 
 def _tasks_and_windows(settings: "Settings", tasks: Sequence[str] | None) -> tuple[list[str], list[int]]:

@@ -7,12 +7,20 @@ paths and names with :func:`sql_str` / :func:`sql_ident`, and finds its day part
 :func:`partition_globs` (DuckDB ``*.parquet`` globs of the days that hold parquet). Temp folders of a
 write in progress start with a dot (components/storage.py) and never match ``date=YYYY-MM-DD``.
 
+A day is complete or invisible (docs/state.md, "Day commit markers"): under a store root with a
+``_days/`` folder (the offline store, the features), :func:`day_partitions` lists a day only when its
+commit marker ``<root>/_days/<day>.json`` exists (written last by components/store/days.py, after every
+table or view of the day); a day with partitions but no marker is half-written: left out, with a warning
+naming it. A root without ``_days/`` (a home written before the markers, or another folder) lists every day.
+
 Light on purpose: DuckDB is imported inside :func:`connect`, so the CLI can import this module cheaply.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -22,6 +30,9 @@ if TYPE_CHECKING:
     import duckdb
 
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")  # a day partition's folder name
+MARKER_DIR = "_days"  # <root>/_days/<YYYY-MM-DD>.json: the day's commit marker
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, dt.date]] = set()  # half-written days already reported by this process
 
 
 def connect() -> "duckdb.DuckDBPyConnection":
@@ -53,11 +64,39 @@ def sql_ts(value: dt.datetime) -> str:
     return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
-def day_partitions(folder: Path, start: dt.date | None = None,
-                   end: dt.date | None = None) -> list[tuple[dt.date, Path]]:
+def committed_days(root: Path) -> set[str] | None:
+    """The days (``YYYY-MM-DD``) of the store ``root`` with a commit marker (one ``scandir`` of
+    ``<root>/_days``); None when the store has no marker folder (never written with markers: every day
+    counts as committed)."""
+    try:
+        entries = os.scandir(root / MARKER_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with entries:
+        return {e.name[:-5] for e in entries if e.name.endswith(".json") and not e.name.startswith(".")}
+
+
+def half_written_message(root: Path, day: dt.date) -> str:
+    """One line on a day of ``root`` with partitions but no commit marker: which parts it has and which
+    ones the newest committed day has that it lacks."""
+    present = sorted(p.name for p in root.iterdir() if not p.name.startswith(("_", "."))
+                     and (p / f"date={day.isoformat()}").is_dir()) if root.is_dir() else []
+    markers = sorted((root / MARKER_DIR).glob("[0-9]*.json"))
+    expected = list(json.loads(markers[-1].read_text()).get("parts", {})) if markers else []
+    missing = [p for p in expected if p not in present]
+    return (f"day {day} of {root} is half-written (no commit marker {MARKER_DIR}/{day}.json; has "
+            f"{', '.join(present) or 'nothing'}{'; missing ' + ', '.join(missing) if missing else ''}): "
+            "readers leave it out until its step (ingest or features) re-runs the day")
+
+
+def day_partitions(folder: Path, start: dt.date | None = None, end: dt.date | None = None,
+                   all_days: bool = False) -> list[tuple[dt.date, Path]]:
     """(day, folder) of every ``date=YYYY-MM-DD`` folder directly under ``folder`` with
-    ``start <= day <= end`` (either bound None: open), oldest first; [] when ``folder`` does not exist."""
+    ``start <= day <= end`` (either bound None: open), oldest first; [] when ``folder`` does not exist.
+    Days without a commit marker in ``folder.parent/_days`` (when that exists) are left out, with a
+    warning, unless ``all_days`` (the writer's own bookkeeping, e.g. the ingest index)."""
     out = []
+    committed = None if all_days else committed_days(folder.parent)
     try:
         entries = os.scandir(folder)
     except (FileNotFoundError, NotADirectoryError):
@@ -72,6 +111,11 @@ def day_partitions(folder: Path, start: dt.date | None = None,
             except ValueError:
                 continue  # date=2026-13-40
             if (start and day < start) or (end and day > end):
+                continue
+            if committed is not None and m.group(1) not in committed:
+                if (str(folder.parent), day) not in _warned:
+                    _warned.add((str(folder.parent), day))
+                    log.warning(half_written_message(folder.parent, day))
                 continue
             out.append((day, Path(entry.path)))
     return sorted(out)
