@@ -156,12 +156,12 @@ class WarmReader:
 def materialised_keys(spec: Any, as_of: dt.datetime) -> np.ndarray:
     """The keys of ``spec``'s parquet with a row the materialisation as of ``as_of`` read (event timestamp in
     ``[read_start, as_of]``), sorted."""
-    from components.store.sql import connect, sql_str, sql_ts
+    from components.store.sql import connect, sql_list, sql_ts, view_globs
 
     con = connect()
     try:
         rows = con.execute(
-            f"SELECT DISTINCT {spec.join_key} AS k FROM read_parquet({sql_str(spec.path)}, hive_partitioning = false, "
+            f"SELECT DISTINCT {spec.join_key} AS k FROM read_parquet({sql_list(view_globs(spec.path))}, hive_partitioning = false, "
             f"union_by_name = true) WHERE event_timestamp >= {sql_ts(read_start(spec, as_of))} "
             f"AND event_timestamp <= {sql_ts(as_of)} AND {spec.join_key} IS NOT NULL ORDER BY k"
         ).fetchnumpy()["k"]

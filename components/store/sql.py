@@ -132,3 +132,11 @@ def partition_globs(root: Path, table: str, first: dt.date | None, last: dt.date
     open) that hold a parquet file (DuckDB errors on a glob that matches nothing, so such days are left out)."""
     return [str(part / "*.parquet") for _, part in day_partitions(root / table, first, last)
             if any(part.glob("*.parquet"))]
+
+
+def view_globs(spec_path: str) -> list[str]:
+    """The committed day partitions' globs of a feature view whose spec path is the glob
+    ``<features>/<view>/date=*/*.parquet`` (Feast's FileSource reads that glob as a whole; the DuckDB readers
+    read only committed days, see :func:`day_partitions`)."""
+    view = Path(spec_path).parents[1]
+    return partition_globs(view.parent, view.name, None, None)

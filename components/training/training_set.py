@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from components.store.sql import connect, partition_globs, sql_list, sql_str, sql_ts
+from components.store.sql import connect, partition_globs, sql_list, sql_ts, view_globs
 from components.schemas import IMPRESSIONS, TIMESTAMP, day_window
 from components.storage import write_json_atomic, write_parquet_atomic
 
@@ -174,7 +174,7 @@ def join_duckdb(settings: "Settings", entities: "pa.Table", specs: list[Any] | N
             # Ties on (key, event_timestamp) go to the newest created_timestamp, as in Feast's dedup.
             rows = con.execute(
                 f"SELECT {spec.join_key}, event_timestamp, {cols} "
-                f"FROM read_parquet({sql_str(spec.path)}, hive_partitioning = false, union_by_name = true) "
+                f"FROM read_parquet({sql_list(view_globs(spec.path))}, hive_partitioning = false, union_by_name = true) "
                 f"QUALIFY row_number() OVER (PARTITION BY {spec.join_key}, event_timestamp "
                 "ORDER BY created_timestamp DESC) = 1"
             ).arrow().read_all()
