@@ -9,14 +9,16 @@ marker (components/store/days.py): a run killed half-way through the day is re-d
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from components.config import Settings
+from components.faults import declare, fault_point
 from components.runs import StageManifest, files_under, fingerprint_files
 from components.schemas import TABLES, day_dir
+
+declare("representations.before_manifest")
 
 
 def window_days(end_day: dt.date, days: int) -> list[dt.date]:
@@ -96,7 +98,8 @@ def deliver_day(settings: Settings, day: dt.date, force: bool = False) -> dict[s
     }
     raw_root = settings.raw_dir / source.name
     raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]
-    if not force and raw_files and manifest.is_current(day, fingerprint_files(raw_files, config)):
+    if (not force and raw_files and manifest.is_current(day, fingerprint_files(raw_files, config))
+            and _committed(raw_root, day)):
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
     rows = source.deliver(day)
     raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]
@@ -112,9 +115,11 @@ def ingest(settings: Settings, day: dt.date, force: bool = False) -> dict[str, A
     one-line message when the day fails (docs/ingestion.md, 'When a day fails'); a failed day is never
     recorded as done, so the next run ingests it again."""
     from components.ingest.day import ingest_day
+    from components.store.days import require_day
 
     source = _source(settings)
     raw_root = settings.raw_dir / source.name
+    require_day(raw_root, day, f"`adsrec deliver --date {day}` again")  # a delivery cut short: not half a day
     raw_files = [p for t in TABLES for p in files_under(day_dir(raw_root, t, day))]
     if not raw_files:
         raise FileNotFoundError(
@@ -164,13 +169,12 @@ def features(settings: Settings, day: dt.date, force: bool = False) -> dict[str,
 
 def training_set(settings: Settings, end_day: dt.date, days: int | None = None) -> dict[str, Any]:
     """Point-in-time training set for the window ending ``end_day``."""
-    from components.training.training_set import build_training_set
+    from components.training.training_set import build_training_set, training_set_meta
 
     source = _source(settings)
     n = days or settings.pipeline.training_days
     path = build_training_set(settings, end_day, n, source.tasks)
-    meta_path = path.with_name("meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = training_set_meta(path)
     return {"path": str(path), "days": n, "meta": meta}
 
 
@@ -199,9 +203,11 @@ def representations(settings: Settings, day: dt.date, force: bool = False) -> di
         return {**manifest.read(day)["result"], "skipped": True}  # type: ignore[index]
     import sys
 
+    manifest.forget(day)  # a run cut short (even a forced re-run of a done day) is re-done, never skipped
     # Encoding the first day's catalogue takes a minute on 2 cores: show bars when a person is watching.
     report = refresh_representations(settings, day, progress=sys.stderr.isatty())
     report["stage_seconds"] = report.pop("seconds", {})  # "seconds" is the step's wall time in summaries
+    fault_point("representations.before_manifest")
     manifest.record(day, fp, report)
     return {**report, "skipped": False}
 

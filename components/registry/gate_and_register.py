@@ -12,7 +12,6 @@ the version with the same fingerprint (components/registry/idempotence.py).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -173,8 +172,9 @@ def register_and_promote(settings: Settings, model_dir: Path, train_result: dict
     from components.registry.aliases import maybe_auto_promote
     from components.registry.register import register_model
 
-    meta_path = Path(training_set_path).with_name("meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    from components.training.training_set import training_set_meta
+
+    meta = training_set_meta(training_set_path)  # a parquet without its meta.json: a build cut short
     version = register_model(
         settings, model_dir, train_result, gates, plots,
         data_window=(min(days), max(days)), feature_views=meta.get("feature_views"),

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.faults import declare, fault_point
 from components.representations.similarity import SEQUENCE_IDS, SEQUENCE_LENGTH, gather_rows
 from components.representations.views import (
     ad_vector_view,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from components.config import Settings
 
 log = logging.getLogger(__name__)
+declare("representations.after_vectors")
 
 TEXT_SEPARATOR = ". "  # between the text columns of one ad
 
@@ -192,6 +194,7 @@ def refresh_representations(
             stores[space] = store
             seconds[f"{space}_vectors"] = time.perf_counter() - t0
 
+    fault_point("representations.after_vectors")  # vector stores updated, codes and views not yet
     t0 = time.perf_counter()
     sid_table = _refresh_semantic_ids(settings, ads, ad_ids, stores, report, built_at, refit_codebook)
     seconds["semantic_ids"] = time.perf_counter() - t0

@@ -5,7 +5,9 @@ the END of ``end_day`` (``end_day + 1`` 00:00 UTC, inclusive, the point-in-time 
 SQLite online store. The store is rebuilt into a new file and swapped in (rename), so re-running a day
 gives the same store, going back to an earlier day gives exactly that day's store (no entity or value
 from a later day survives), and a reader never sees a half-written store. A record of what was
-materialised is kept in ``<feast_dir>/online_store.json`` (:func:`online_state`).
+materialised is kept in ``<feast_dir>/online_store.json`` (:func:`online_state`) and, so that the rename swaps
+the store and its record together, inside the SQLite file (table ``adsrec_materialization``): after a
+materialise killed between the rename and the JSON, :func:`online_state` returns the file's own record.
 
 Feast is imported inside the functions.
 """
@@ -20,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.faults import declare, fault_point
 from components.schemas import day_window
 from components.storage import write_json_atomic
 
@@ -28,7 +31,9 @@ if TYPE_CHECKING:
 
 STATE_FILE = "online_store.json"
 ONLINE_DB = "online_store.db"
+STATE_TABLE = "adsrec_materialization"  # inside the SQLite file: the record of what it holds
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+declare("materialize.after_rename")
 
 
 class OnlineStoreMissing(FileNotFoundError):
@@ -56,12 +61,37 @@ def online_state(settings: "Settings") -> dict[str, Any]:
 
     Raises :class:`OnlineStoreMissing` (a ``FileNotFoundError``) when nothing was materialised yet."""
     path, db = _state_path(settings), online_db_path(settings)
-    if not path.is_file() or not db.is_file():
+    if not db.is_file() or (not path.is_file() and embedded_state(db) is None):
         raise OnlineStoreMissing(
             f"no online store materialised under {settings.feast_dir}: run `adsrec materialize` "
             "(or components.serving.online_store.materialize_online) first"
         )
-    return json.loads(path.read_text())
+    state = json.loads(path.read_text()) if path.is_file() else None
+    inside = embedded_state(db)
+    if inside is not None and (state is None or state.get("materialized_at") != inside.get("materialized_at")):
+        # The store was swapped in but its record was not (a materialise cut short): the file's own record wins.
+        import logging
+
+        logging.getLogger(__name__).warning("%s does not describe %s (a materialise was cut short): using the "
+                                            "record inside the store; the next `adsrec materialize` rewrites it",
+                                            path, db)
+        return inside
+    return state  # type: ignore[return-value]
+
+
+def embedded_state(db: Path) -> dict[str, Any] | None:
+    """The record :func:`materialize_online` put inside the SQLite file itself (table ``STATE_TABLE``),
+    swapped in with it by the same rename; None for a store written before the record was embedded."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)  # as_uri: quoted, any path
+    try:
+        row = conn.execute(f"SELECT summary FROM {STATE_TABLE}").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+    return json.loads(row[0]) if row else None
 
 
 def newest_feature_day(settings: "Settings") -> dt.date:
@@ -197,15 +227,28 @@ def materialize_online(settings: "Settings", end_day: dt.date) -> dict[str, Any]
     try:
         fill_online_store(store, specs, as_of)
         counts = entities_written(tmp, config, views)
+        summary = {
+            **materialization_summary(specs, end_day, as_of, counts, live),
+            "seconds": round(time.perf_counter() - started, 3),
+            "seconds_register": round(applied - started, 3),
+            "materialized_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        _embed_state(tmp, summary)  # the record travels with the store: one rename swaps both
         os.replace(tmp, live)  # readers see the old store or the new one, never half of one
     finally:
         tmp.unlink(missing_ok=True)
-
-    summary = {
-        **materialization_summary(specs, end_day, as_of, counts, live),
-        "seconds": round(time.perf_counter() - started, 3),
-        "seconds_register": round(applied - started, 3),
-        "materialized_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
+    fault_point("materialize.after_rename")
     write_json_atomic(_state_path(settings), summary, sort_keys=False)
     return summary
+
+
+def _embed_state(db: Path, summary: dict[str, Any]) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.execute(f"CREATE TABLE {STATE_TABLE} (summary TEXT NOT NULL)")
+            conn.execute(f"INSERT INTO {STATE_TABLE} VALUES (?)", (json.dumps(summary),))
+    finally:
+        conn.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from components.faults import declare, fault_point
 from components.schemas import day_dir
 from components.storage import write_parquet_atomic
 
@@ -29,6 +30,8 @@ _DATA_SUFFIXES = (".parquet", ".csv")
 
 
 DELIVERY_MARKER = ".adsrec-delivery.json"  # in each landing partition: the files the source wrote there
+
+declare("deliver.after_first_table")
 
 
 class ForeignFilesError(ValueError):
@@ -78,9 +81,14 @@ def write_raw_day(
     ``ForeignFilesError`` before anything is written, so a source never overwrites or mixes with files
     it did not write. Each file is written under a temporary dot-name and ``os.replace``d
     (``storage.write_parquet_atomic``); files of the source's earlier delivery other than the new one
-    are removed, so the partition holds exactly this delivery. Returns rows per table.
+    are removed, so the partition holds exactly this delivery. The delivered day is one commit
+    (components/store/days.py under the source's landing root): its marker is removed before the first
+    table and written after the last, so a delivery cut short is invisible to ``ingest`` (which names it)
+    and re-done by the next ``deliver``. Returns rows per table.
     """
     import json
+
+    from components.store.days import begin_day, commit_day
 
     if not _TABLE_NAME.match(source_name):
         raise ValueError(f"source name {source_name!r} is not a plain lower-case identifier")
@@ -94,8 +102,11 @@ def write_raw_day(
                 f"{foreign[0].parent} holds {', '.join(p.name for p in foreign)}, which source {source_name!r} did "
                 f"not write; it will not overwrite or mix with them. Move them away; to ingest a log of your own, "
                 f"use pipeline.source: files (docs/your-own-logs.md)")
+    begin_day(root, day, tables)
     rows: dict[str, int] = {}
     for table_name, table in tables.items():
+        if rows:
+            fault_point("deliver.after_first_table")
         folder = day_dir(root, table_name, day)
         final = folder / "part-0.parquet"
         previous = _owned(folder)
@@ -109,4 +120,5 @@ def write_raw_day(
         tmp.write_text(json.dumps(marker))
         os.replace(tmp, folder / DELIVERY_MARKER)
         rows[table_name] = table.num_rows
+    commit_day(root, day, tables)
     return rows

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
+from components.faults import declare, fault_point
 from components.store.sql import connect, partition_globs, sql_list, sql_ts, view_globs
 from components.schemas import IMPRESSIONS, TIMESTAMP, day_window
 from components.storage import write_json_atomic, write_parquet_atomic
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JoinPath = Literal["auto", "feast", "duckdb"]
+META_FILE = "meta.json"
+BUILDING_FILE = ".building"  # beside train.parquet while a build runs: removed after meta.json is written
+declare("training_set.after_parquet")
 ENTITY_COLUMNS = tuple(IMPRESSIONS.required.names)
 
 
@@ -304,7 +308,14 @@ def build_training_set(
 
     out_dir = settings.training_dir / end_day.isoformat()
     target = out_dir / "train.parquet"
+    # A build in progress is marked first and unmarked last, and meta.json goes before the parquet is replaced:
+    # a build cut short leaves the mark (training_set_meta refuses the set), never a new parquet described by
+    # an older build's meta.json.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / BUILDING_FILE).touch()
+    (out_dir / META_FILE).unlink(missing_ok=True)
     write_parquet_atomic(table, target, compression="zstd")  # a reader sees the old or the new set, never half
+    fault_point("training_set.after_parquet")
 
     import pyarrow.compute as pc
 
@@ -323,5 +334,18 @@ def build_training_set(
         "seconds": round(time.perf_counter() - started, 3),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    write_json_atomic(out_dir / "meta.json", meta, sort_keys=False)
+    write_json_atomic(out_dir / META_FILE, meta, sort_keys=False)
+    (out_dir / BUILDING_FILE).unlink()
     return target
+
+
+def training_set_meta(training_set: "str | Path") -> dict[str, Any]:
+    """The ``meta.json`` beside a training set's parquet ({} for a parquet written by other means). Raises
+    ``FileNotFoundError`` (one line) while the folder is marked as being built: a build was cut short there
+    (components/faults.py, docs/reliability/data-stages.md)."""
+    path = Path(training_set)
+    if path.with_name(BUILDING_FILE).exists():
+        raise FileNotFoundError(f"training set {path} is half-written (its build was cut short): run "
+                                f"`adsrec training-set --date {path.parent.name}` again")
+    meta = path.with_name(META_FILE)
+    return json.loads(meta.read_text()) if meta.is_file() else {}

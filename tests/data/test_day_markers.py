@@ -31,7 +31,8 @@ DRIVER = ("import datetime as dt, json, sys; from components import steps; from 
           "getattr(steps, sys.argv[2])(s, dt.date.fromisoformat(sys.argv[3]), force=sys.argv[4] == '1')")
 
 
-def _overrides(home: Path, shared_data: Path) -> dict[str, Any]:
+def tiny_overrides(home: Path, shared_data: Path) -> dict[str, Any]:
+    """A tiny simulator home (seconds per day), shared with tests/e2e/test_faults_data.py."""
     return {"home": str(home), "pipeline": {"shared_data": str(shared_data)},
             "simulator": {"n_users": 120, "sessions_per_user_day": 2.0, "n_initial_ads": 80, "new_ads_per_day": 8,
                           "new_users_per_day": 5, "n_candidates": 30},
@@ -41,14 +42,14 @@ def _overrides(home: Path, shared_data: Path) -> dict[str, Any]:
 def _settings(home: Path, shared_data: Path):  # noqa: ANN202
     from components.config import load_settings
 
-    return load_settings(environ={}, overrides=_overrides(home, shared_data)).resolved()
+    return load_settings(environ={}, overrides=tiny_overrides(home, shared_data)).resolved()
 
 
 def _kill(home: Path, shared_data: Path, step: str, day: dt.date, point: str, force: bool = False) -> None:
     """Run ``steps.<step>(day)`` in a subprocess with ``ADSREC_FAULT=point``; it must die there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADSREC_")}
     env["ADSREC_FAULT"] = point
-    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(_overrides(home, shared_data)), step,
+    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(tiny_overrides(home, shared_data)), step,
                           day.isoformat(), "1" if force else "0"], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == -9, (point, res.returncode, res.stderr[-2000:])

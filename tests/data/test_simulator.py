@@ -203,7 +203,8 @@ def test_ground_truth_stays_out_of_the_raw_tables(run, shared_data: Path, tmp_pa
     settings = make_settings(shared_data, tmp_path / "h")
     sim.SimulatorSource(settings).deliver(START)
     assert (day_dir(settings.truth_dir, "impressions", START) / "part-0.parquet").is_file()
-    assert sorted(p.name for p in (settings.raw_dir / "simulator").iterdir()) == ["ads", "impressions", "users"]
+    # the three tables and the delivered days' commit markers (components/sources/landing.py)
+    assert sorted(p.name for p in (settings.raw_dir / "simulator").iterdir()) == ["_days", "ads", "impressions", "users"]
     meta = json.loads((settings.truth_dir / "simulator.json").read_text())
     assert meta["simulator"]["n_users"] == SMALL["n_users"]
 
