@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list, oldest first, the last is the champion
 HISTORY_LIMIT = 100
-declare("promote.after_champion")
+declare("promote.after_champion", "rollback.after_champion")
 
 
 @dataclass(frozen=True)
@@ -296,10 +296,27 @@ def promote(settings: Settings, version: int, force: bool = False, reason: str |
     return result
 
 
+def _rollback_chain(history: list[dict[str, Any]], current_v: int, prev_v: int) -> tuple[int, int, int | None]:
+    """``(rolled_back, new champion, new previous)`` from the aliases and the champion history, which it
+    makes agree and pops. A rollback killed after moving ``champion`` (``previous``, the tags and the history
+    come after it) left a champion that the history holds second to last: this one finishes that rollback."""
+    if len(history) >= 2 and int(history[-1]["version"]) != current_v and int(history[-2]["version"]) == current_v:
+        rolled = int(history.pop()["version"])
+        return rolled, current_v, (int(history[-2]["version"]) if len(history) >= 2 else None)
+    # The history is the chain of champions, newest last; make it agree with the aliases, then pop.
+    if not history or int(history[-1]["version"]) != current_v:
+        history.append({"version": current_v, "at": None, "by": None, "note": "champion found without history"})
+    history.pop()
+    if not history or int(history[-1]["version"]) != prev_v:
+        history.append({"version": prev_v, "at": None, "by": None, "note": "previous found without history"})
+    return current_v, prev_v, (int(history[-2]["version"]) if len(history) >= 2 else None)
+
+
 def rollback(settings: Settings, *, by: str | None = None) -> dict[str, Any]:
     """Undo the last promotion: ``champion`` <- ``previous``, and ``previous`` <- the champion before that
     in the history (or removed when there is none). Raises ``RegistryError`` when there is no champion or
-    no ``previous`` to roll back to. Returns ``{model, champion, previous, rolled_back, by, at}``."""
+    no ``previous`` to roll back to. A rollback killed midway is finished by the next one (the history is
+    saved last). Returns ``{model, champion, previous, rolled_back, by, at}``."""
     name = settings.registry.model_name
     require_store(settings)
     by = by or _who()
@@ -310,19 +327,13 @@ def rollback(settings: Settings, *, by: str | None = None) -> dict[str, Any]:
         prev = version_by_alias(client, name, PREVIOUS)
         if prev is None:
             raise RegistryError(f"{name!r} has no previous champion (alias {PREVIOUS!r}): nothing to roll back to")
-        current_v, prev_v = int(current.version), int(prev.version)
+        history = _history(client, name)
+        current_v, prev_v, before = _rollback_chain(history, int(current.version), int(prev.version))
         if (problem := artifacts_problem(client, name, prev_v)) is not None:
             raise RegistryError(refusal(name, prev_v, problem, "not rolling back onto it"))
-        history = _history(client, name)
-        # The history is the chain of champions, newest last; make it agree with the aliases, then pop.
-        if not history or int(history[-1]["version"]) != current_v:
-            history.append({"version": current_v, "at": None, "by": None, "note": "champion found without history"})
-        history.pop()
-        if not history or int(history[-1]["version"]) != prev_v:
-            history.append({"version": prev_v, "at": None, "by": None, "note": "previous found without history"})
-        before = int(history[-2]["version"]) if len(history) >= 2 else None
         at = _now()
         client.set_registered_model_alias(name, CHAMPION, str(prev_v))
+        fault_point("rollback.after_champion")
         set_or_clear_alias(client, name, PREVIOUS, before)
         client.set_model_version_tag(name, str(current_v), "rolled_back_at", at)
         client.set_model_version_tag(name, str(current_v), "rolled_back_by", by)

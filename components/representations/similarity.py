@@ -341,3 +341,12 @@ def similarity_summary(table: "pa.Table") -> dict[str, Any]:
     """The summary ``add_similarity_features`` put in the schema metadata (empty when absent)."""
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+def without_timing(table: "pa.Table", summary: dict[str, Any]) -> "pa.Table":
+    """``table`` whose metadata summary leaves out ``seconds``: a file written from it has the same bytes
+    however long the step took (the registration fingerprint hashes the training set's file, and a re-run
+    after a kill builds it again: docs/reliability/flows.md)."""
+    metadata = dict(table.schema.metadata or {})
+    metadata[METADATA_KEY] = json.dumps({k: v for k, v in summary.items() if k != "seconds"}, default=str).encode()
+    return table.replace_schema_metadata(metadata)

@@ -298,10 +298,12 @@ def build_training_set(
     table, fresh = add_fresh_behaviour(settings, table)  # before the similarities: SEE reads the sequence
     similarity: dict[str, Any] | None = None
     if adds_similarities(settings, representations):
-        from components.representations.similarity import add_similarity_features, similarity_summary
+        from components.representations.similarity import (add_similarity_features, similarity_summary,
+                                                           without_timing)
 
         table = add_similarity_features(settings, table)
         similarity = similarity_summary(table)
+        table = without_timing(table, similarity)
         if similarity.get("skipped"):
             log.info("training set %s: left out %s", end_day,
                      "; ".join(f"{name} ({reason})" for name, reason in similarity["skipped"].items()))
