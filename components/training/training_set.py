@@ -309,15 +309,7 @@ def build_training_set(
                      "; ".join(f"{name} ({reason})" for name, reason in similarity["skipped"].items()))
 
     out_dir = settings.training_dir / end_day.isoformat()
-    target = out_dir / "train.parquet"
-    # A build in progress is marked first and unmarked last, and meta.json goes before the parquet is replaced:
-    # a build cut short leaves the mark (training_set_meta refuses the set), never a new parquet described by
-    # an older build's meta.json.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / BUILDING_FILE).touch()
-    (out_dir / META_FILE).unlink(missing_ok=True)
-    write_parquet_atomic(table, target, compression="zstd")  # a reader sees the old or the new set, never half
-    fault_point("training_set.after_parquet")
+    target = write_training_parquet(table, out_dir)
 
     import pyarrow.compute as pc
 
@@ -338,6 +330,19 @@ def build_training_set(
     }
     write_json_atomic(out_dir / META_FILE, meta, sort_keys=False)
     (out_dir / BUILDING_FILE).unlink()
+    return target
+
+
+def write_training_parquet(table: "pa.Table", out_dir: Path) -> Path:
+    """Write ``out_dir/train.parquet``. A build in progress is marked first (the caller removes the mark after
+    meta.json), and meta.json goes before the parquet is replaced: a build cut short leaves the mark
+    (training_set_meta refuses the set), never a new parquet described by an older build's meta.json."""
+    target = out_dir / "train.parquet"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / BUILDING_FILE).touch()
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    write_parquet_atomic(table, target, compression="zstd")  # a reader sees the old or the new set, never half
+    fault_point("training_set.after_parquet")
     return target
 
 
