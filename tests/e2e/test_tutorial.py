@@ -27,6 +27,7 @@ def test_the_tutorial_has_the_steps_it_promises() -> None:
 
 
 @pytest.mark.flows
+@pytest.mark.slow  # 70 s: make test-slow (the 15-minute suite has no room for it)
 def test_the_tutorial_runs_word_for_word(tmp_path: Path, shared_data: Path) -> None:
     if not (REPO / ".venv" / "bin" / "adsrec").exists():
         pytest.skip("the tutorial runs .venv/bin/adsrec, which `make test` creates")
