@@ -83,6 +83,20 @@ class Metrics:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
 
+    def call(self, endpoint: str, fn: Any) -> Any:
+        """``fn()``, counted and timed under ``endpoint``; a scoring error becomes its HTTP error
+        (:func:`http_error`)."""
+        started = time.perf_counter()
+        status = 200
+        try:
+            return fn()
+        except Exception as exc:
+            error = http_error(exc)
+            status = error.status_code
+            raise error from None
+        finally:
+            self.observe(endpoint, status, time.perf_counter() - started)
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -138,16 +152,7 @@ def create_app(service: "ScoringService") -> "FastAPI":
 
     @app.post("/score", response_class=JSONResponse)
     def score(body: ScoreBody):  # noqa: ANN202 - returns the JSONResponse itself (see below)
-        started = time.perf_counter()
-        status = 200
-        try:
-            out = service.score(ScoreRequest(**body.model_dump()))
-        except Exception as exc:
-            error = http_error(exc)
-            status = error.status_code
-            raise error from None
-        finally:
-            metrics.observe("score", status, time.perf_counter() - started)
+        out = metrics.call("score", lambda: service.score(ScoreRequest(**body.model_dump())))
         timings = out["timings_ms"]
         for stage in ("feature_lookup", "request_features", "model"):
             metrics.stage.labels(stage).observe(timings[stage] / 1000)
@@ -158,16 +163,7 @@ def create_app(service: "ScoringService") -> "FastAPI":
 
     @app.post("/events")
     def events(body: EventsBody) -> dict[str, Any]:
-        started = time.perf_counter()
-        status = 200
-        try:
-            accepted = service.push_events(events_table(body.events))
-        except Exception as exc:
-            error = http_error(exc)
-            status = error.status_code
-            raise error from None
-        finally:
-            metrics.observe("events", status, time.perf_counter() - started)
+        accepted = metrics.call("events", lambda: service.push_events(events_table(body.events)))
         return {"received": len(body.events), "accepted": accepted}
 
     @app.get("/health")

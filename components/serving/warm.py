@@ -28,13 +28,9 @@ def refresh_reader(settings: "Settings", current: Any, errors: dict[str, str], c
 
     if current is not None and current.stamp == online_stamp(settings):
         return current
-    try:
-        reader = WarmReader.load(settings)
-    except Exception as exc:  # OnlineStoreMissing, a store Feast cannot read: keep the old one
-        errors["online_store"] = f"{type(exc).__name__}: {exc}"
-        return current
-    errors.pop("online_store", None)
-    changed["online_store"] = {"as_of": reader.state.get("as_of"), "seconds": reader.seconds}
+    reader = _load("online_store", lambda: WarmReader.load(settings), current, errors, changed)  # OnlineStoreMissing
+    if reader is not current:
+        changed["online_store"] = {"as_of": reader.state.get("as_of"), "seconds": reader.seconds}
     return reader
 
 
@@ -46,14 +42,8 @@ def refresh_similarity(settings: "Settings", current: Any, errors: dict[str, str
         return None
     if current is not None and current.fingerprint == inputs_fingerprint(settings):
         return current
-    try:
-        loaded = load_similarity_inputs(settings, fingerprint=True)
-    except Exception as exc:
-        errors["representations"] = f"{type(exc).__name__}: {exc}"
-        return current
-    errors.pop("representations", None)
-    changed["representations"] = True
-    return loaded
+    return _load("representations", lambda: load_similarity_inputs(settings, fingerprint=True), current, errors,
+                 changed)
 
 
 def refresh_behaviour(settings: "Settings", current: Any, reader: Any, errors: dict[str, str],
@@ -63,7 +53,8 @@ def refresh_behaviour(settings: "Settings", current: Any, reader: Any, errors: d
     pushed); pushed events keep it current, and each new day catches up from the log."""
     if current is not None or reader is None or not settings.features.fresh_behaviour:
         return current
-    try:
+
+    def seed() -> Any:
         from components.serving.behaviour_state import BehaviourState
 
         as_of = dt.datetime.fromisoformat(reader.state["as_of"])
@@ -72,9 +63,19 @@ def refresh_behaviour(settings: "Settings", current: Any, reader: Any, errors: d
             from components.serving.journal import replay
 
             changed["journal"] = replay(journal, state, as_of)
-    except Exception as exc:
-        errors["behaviour"] = f"{type(exc).__name__}: {exc}"
-        return None
-    errors.pop("behaviour", None)
-    changed["behaviour"] = True
-    return state
+        return state
+
+    return _load("behaviour", seed, None, errors, changed)
+
+
+def _load(name: str, load: Any, current: Any, errors: dict[str, str], changed: dict[str, Any]) -> Any:
+    """``load()``, recorded in ``changed``; on failure the reason goes to ``errors[name]`` (what ``/ready``
+    says) and ``current`` keeps serving."""
+    try:
+        loaded = load()
+    except Exception as exc:  # a store or file a refresh cannot read: keep what serves now
+        errors[name] = f"{type(exc).__name__}: {exc}"
+        return current
+    errors.pop(name, None)
+    changed[name] = True
+    return loaded
