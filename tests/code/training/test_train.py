@@ -221,36 +221,43 @@ def test_config_errors_name_the_problem() -> None:
     assert TrainConfig.from_dict(TrainConfig(epochs=2).to_dict()) == TrainConfig(epochs=2)
 
 
-def test_ddp_two_processes_match_one_process(tmp_path: Path, training_set: Path, split) -> None:
+def test_ddp_two_processes_match_one_process(tmp_path: Path, training_set: Path) -> None:
     """torchrun, 2 CPU processes over gloo, each a disjoint half of every global batch. With α = 1 (BCE only)
     the averaged gradient equals the one-process gradient of the same global batch, so the runs differ
-    only by floating-point summation order: after epoch 1, validation AUC within 0.001 and training loss within
-    0.02% (measured: 1e-5 and 1e-10)."""
+    only by floating-point summation order: validation AUC within 0.001 and training loss within 0.02%
+    (measured: 3e-5 and 9e-6).
+
+    The fresh ``user_recent__`` counters are left out of both runs: with them (rarely non-zero) the runs still
+    agree to rounding after epoch 1, but epoch 2 drifts to 2.3e-4 relative loss and 0.003 AUC, Adam turning
+    rounding-level differences of near-zero gradients into full steps. That drift is data conditioning, not
+    the gradient averaging this test checks; the counters are exercised by every other training test."""
+    import pyarrow.parquet as pq
+
     from components.training.loop import train_ranker
     from components.training.train_config import TrainConfig
 
     train_cfg = {"epochs": 2, "batch_size": 512, "lr": 3e-3, "default_alpha": 1.0, "patience": 0,
                  "device": "cpu", "log_every": 0}
     out = tmp_path / "ddp"
+    table = pq.read_table(training_set)
+    table = table.drop_columns([c for c in table.column_names if c.startswith("user_recent__")])
+    pq.write_table(table, tmp_path / "train.parquet")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "components.training",
-         "--training-set", str(training_set), "--out", str(out),
+         "--training-set", str(tmp_path / "train.parquet"), "--out", str(out),
          "--ranker-config", json.dumps(TINY), "--train-config", json.dumps(train_cfg)],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((out / "history.json").read_text())
     assert ddp["world_size"] == 2
-    train, valid = split
+    from components.training.encoders import read_training_set, time_split
+
+    train, valid = time_split(read_training_set(tmp_path / "train.parquet"))
     one = train_ranker(None, train, valid, _ranker(), TrainConfig.from_dict(train_cfg))
-    # Epoch 1 is the check of the averaged gradient: the runs agree to rounding. Later epochs drift further
-    # because Adam turns rounding-level differences of near-zero gradients into full-size steps: with the
-    # fresh user_recent__ counters in the data (rarely non-zero), epoch 2 was measured at 2.3e-4 relative loss
-    # and 0.003 click AUC apart (without those columns 9e-6 and 3e-5), so that epoch gets a looser bound.
-    for epoch, (d, o) in enumerate(zip(ddp["history"], one.history)):
-        rel, auc_tol = (2e-4, 1e-3) if epoch == 0 else (2e-3, 1e-2)
-        assert d["train_loss"] == pytest.approx(o["train_loss"], rel=rel), epoch
+    for d, o in zip(ddp["history"], one.history):
+        assert d["train_loss"] == pytest.approx(o["train_loss"], rel=2e-4)
         for task in ("click", "conversion"):
-            assert abs(d["valid_auc"][task] - o["valid_auc"][task]) < auc_tol, (task, d["valid_auc"], o["valid_auc"])
+            assert abs(d["valid_auc"][task] - o["valid_auc"][task]) < 1e-3, (task, d["valid_auc"], o["valid_auc"])
