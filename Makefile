@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adsrec-installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean postgres postgres-stop test-postgres
 
 install: $(STAMP)
 
@@ -28,6 +28,26 @@ test: $(STAMP)
 # the tests marked slow (whole daily flows killed at fault points: docs/reliability.md), outside make test
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The team stack on a real Postgres (infra/README.md). postgres: install Postgres from the Debian packages when
+# absent (apt-get, as root) and start a local cluster in .adsrec-pg/ with the databases prefect and mlflow.
+postgres:
+	infra/local-postgres.sh start
+
+postgres-stop:
+	infra/local-postgres.sh stop
+
+# MLflow's Postgres driver: the `team` extra of pyproject.toml, the same pin as infra/Dockerfile's MLflow image
+TEAM_STAMP := $(VENV)/.adsrec-team-installed
+$(TEAM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet "psycopg[binary]==3.3.9"
+	@touch $@
+
+# the Prefect server and MLflow on Postgres, flows through a process worker (tests/e2e/test_team_stack_postgres.py);
+# the test starts and removes its own throwaway cluster, so only the packages must be there
+test-postgres: $(TEAM_STAMP)
+	infra/local-postgres.sh install
+	$(BIN)/python -m pytest -q -m postgres
 
 clean:
 	rm -rf .adsrec

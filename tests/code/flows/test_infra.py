@@ -182,3 +182,33 @@ def test_infra_readme_covers_the_scale_out_paths() -> None:
     for command in commands:
         for option in re.findall(r"(?<!\S)(--[a-z-]+)", command):
             assert option in usage.getvalue(), f"components.training (the trainer's command) has no option {option}"
+
+
+def test_the_postgres_driver_pin_is_the_same_everywhere() -> None:
+    """MLflow's Postgres driver: the `team` extra, the Makefile's install and the MLflow image agree."""
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["team"]
+    assert len(extra) == 1 and extra[0].startswith("psycopg[binary]=="), extra
+    pin = extra[0]
+    assert f'"{pin}"' in (INFRA / "Dockerfile").read_text()
+    assert f'"{pin}"' in (REPO / "Makefile").read_text()
+
+
+def test_local_postgres_script_prints_the_urls_the_stack_uses(tmp_path: Any) -> None:
+    """infra/local-postgres.sh without a server: bad input is refused with exit 2, and the URL schemes it
+    prints are the drivers the compose stack uses (asyncpg for Prefect, psycopg for MLflow)."""
+    import subprocess
+
+    script = INFRA / "local-postgres.sh"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    for args, message in ((["frobnicate"], "unknown command 'frobnicate'"), (["--port", "x"], "--port must be a number"),
+                          (["--bogus"], "unknown argument '--bogus'")):
+        res = subprocess.run(["bash", str(script), *args, "--dir", str(tmp_path)], capture_output=True, text=True)
+        assert res.returncode == 2 and message in res.stderr, (args, res.returncode, res.stderr)
+    compose = (INFRA / "docker-compose.yml").read_text()
+    for scheme, database in (("postgresql+asyncpg://", "prefect"), ("postgresql+psycopg://", "mlflow")):
+        assert re.search(re.escape(scheme) + r"[^\n]*/" + database + r"$", compose, re.M)
+        assert re.search(re.escape(scheme) + r"\S*/" + database + "'", text)
+    assert "runuser -u postgres" in text  # Postgres refuses to run as root
