@@ -114,9 +114,18 @@ def marker_checks(area: str, root: Path, repair: str) -> list[Check]:
         return []
     marked = {p.stem for p in markers.glob("*.json")}
     days = set().union(*(_partitions(t) for t in _tables(root))) if _tables(root) else set()
-    return [Check(area, f"day {day}", False, f"half-written day: partitions without a commit marker "
-                                             f"({MARKER_DIR}/{day}.json)", repair.format(day=day))
-            for day in sorted(days - marked)]
+    out = [Check(area, f"day {day}", False, f"half-written day: partitions without a commit marker "
+                                            f"({MARKER_DIR}/{day}.json)", repair.format(day=day))
+           for day in sorted(days - marked)]
+    from components.store.sql import committed_days
+
+    for table in _tables(root):  # parts of a committed day that its (strict) marker does not name
+        uncommitted = sorted((set(_partitions(table)) & marked) - (committed_days(root, table.name) or set()))
+        out += [Check(area, f"{table.name} {day}", False, f"not committed: the day's marker does not name "
+                      f"{table.name} (a step cut short after the day was committed)",
+                      f"re-run the day: adsrec {'representations' if area == 'features' else 'ingest'} "
+                      f"--date {day} --force") for day in uncommitted]
+    return out
 
 
 def offline_checks(settings: "Settings") -> list[Check]:

@@ -63,6 +63,7 @@ from components.representations.views import (
     write_view,
 )
 from components.schemas import day_dir, day_window
+from components.store.days import extending_day
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
     from components.config import Settings
 
 log = logging.getLogger(__name__)
-declare("representations.after_vectors")
+declare("representations.after_vectors", "representations.between_views")
 
 TEXT_SEPARATOR = ". "  # between the text columns of one ad
 
@@ -204,7 +205,9 @@ def refresh_representations(
     seconds["graph"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report["views"] = _write_views(settings, day, ads, sequences, stores, sid_table, graph, built_at)
+    with extending_day(settings.features_dir, day, f"`adsrec features --date {day}`") as views:  # all or none
+        report["views"] = _write_views(settings, day, ads, sequences, stores, sid_table, graph, built_at)
+        views.extend(report["views"])
     seconds["views"] = time.perf_counter() - t0
     if settings.representations.interest_last_n > settings.features.sequence_length:
         report["interest_last_n_capped_at"] = settings.features.sequence_length
@@ -349,6 +352,7 @@ def _write_views(
         view = f"user_{space}_interest"
         rows[view] = write_view(settings, view, day,
                                 interest_view(sequences, store, day_end, built_at, rep.interest_last_n))
+    fault_point("representations.between_views")  # content views written: the day is invisible until the last
     if sid_table is not None:
         rows["ad_semantic_id"] = write_view(settings, "ad_semantic_id", day, sid_table)
     if rep.graph:

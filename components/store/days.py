@@ -10,6 +10,12 @@ out a day without a marker and warns, naming it; :func:`require_day` is the same
 needs one day (``features`` of a half-ingested day stops with a one-line error instead of building
 0 profiles). The step that writes the day re-does it on its next run, even when its inputs are unchanged.
 
+A marker names the parts it commits (``"strict": true``), and readers list a part of a day only when the
+day's marker names it. So a step that adds parts to a committed day (the representations' views, written
+after the feature views) goes through :func:`extending_day`: the marker is removed before the new parts
+and rewritten, naming the old and the new ones, after the last; a crash in between leaves the whole day
+invisible, and a re-done feature day hides its old representation views until they are rebuilt.
+
 Migration: a store written before the markers has no ``_days/`` folder, and readers see every day as
 before. The first :func:`begin_day` on it writes a marker for each day whose every expected part has its
 partition folder (logged), builds ``_days/`` beside the store and renames it into place; from then on the
@@ -20,12 +26,14 @@ per-row work. See docs/state.md and docs/reliability/days.md.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 from components.storage import write_json_atomic
 from components.store.sql import DATE_DIR, MARKER_DIR, half_written_message
@@ -67,9 +75,12 @@ def _part_record(folder: Path) -> dict:
             "bytes": sum(p.stat().st_size for p in files)}
 
 
-def _marker(root: Path, day: dt.date, parts: Iterable[str]) -> dict:
+def _marker(root: Path, day: dt.date, parts: Iterable[str], strict: bool = True) -> dict:
+    """The marker's content. ``strict``: it commits the parts it names and no other (readers check,
+    components/store/sql.py ``committed_days``); a migrated marker is not strict (every part of its day)."""
     folder = f"date={day.isoformat()}"
-    return {"day": day.isoformat(), "parts": {name: _part_record(root / name / folder) for name in parts}}
+    return {"day": day.isoformat(), "strict": strict,
+            "parts": {name: _part_record(root / name / folder) for name in parts}}
 
 
 def ensure_markers(root: Path, parts: Iterable[str]) -> None:
@@ -89,7 +100,7 @@ def ensure_markers(root: Path, parts: Iterable[str]) -> None:
     try:
         for d in complete:
             day = dt.date.fromisoformat(d)
-            write_json_atomic(tmp / f"{d}.json", {**_marker(root, day, parts), "migrated": True})
+            write_json_atomic(tmp / f"{d}.json", {**_marker(root, day, parts, strict=False), "migrated": True})
         os.rename(tmp, root / MARKER_DIR)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -113,6 +124,45 @@ def commit_day(root: Path, day: dt.date, parts: Iterable[str]) -> None:
     """After every part of ``day`` is in place: write its marker (atomically), making the day visible."""
     write_json_atomic(marker_path(root, day), _marker(root, day, parts))
     _fsync_dir(root / MARKER_DIR)
+
+
+@contextmanager
+def day_lock(root: Path, day: dt.date) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<root>/.locks/<day>.lock`` while a day's parts and marker are written:
+    two commands writing the same day at once (a daily beside a backfill) take turns instead of one removing
+    the marker the other is about to rewrite. Readers take no lock (they see the day or nothing)."""
+    import fcntl
+
+    folder = root / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{day.isoformat()}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def extending_day(root: Path, day: dt.date, rerun: str) -> Iterator[list[str]]:
+    """Add parts to a committed day (the representations' views to the feature day): the day's marker is
+    removed first, so a crash between the new parts leaves the whole day invisible, and written again on
+    exit naming its old parts and the ones the caller appended to the yielded list, under :func:`day_lock`. Raises
+    :class:`HalfWrittenDay` (naming ``rerun``) when the day has no marker; a store without markers is
+    written as before."""
+    if not (root / MARKER_DIR).is_dir():
+        yield []
+        return
+    with day_lock(root, day):
+        path = marker_path(root, day)
+        if not path.is_file():
+            raise HalfWrittenDay(f"{half_written_message(root, day)}; run {rerun} first")
+        parts = list(json.loads(path.read_text()).get("parts", {}))
+        path.unlink()
+        _fsync_dir(root / MARKER_DIR)
+        added: list[str] = []
+        yield added
+        commit_day(root, day, dict.fromkeys([*parts, *added]))
 
 
 def _fsync_dir(folder: Path) -> None:

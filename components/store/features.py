@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from components.faults import declare, fault_point
 from components.schemas import ADS, USERS, day_dir, day_window
 from components.storage import replace_partition, write_json_atomic
-from components.store.days import begin_day, commit_day, is_committed, require_day
+from components.store.days import begin_day, commit_day, day_lock, is_committed, require_day
 from components.store.interest import interest_attributes, interest_key, interest_query, interest_view
 from components.store.sql import connect, day_partitions, partition_globs, sql_ident, sql_list, sql_str, sql_ts
 
@@ -201,27 +201,29 @@ def build_features(settings: "Settings", day: dt.date, tasks: Sequence[str] | No
     _impressions_view(con, imp_globs, tasks, day)
     rows: dict[str, int] = {}
     features = settings.features_dir
-    begin_day(features, day, VIEWS)
-    # --- rolling stats ------------------------------------------------------------------------------
-    for view, key in (("user_stats", "user_id"), ("ad_stats", "ad_id")):
-        query = _stats_query(key, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
-        rows[view] = _write_partition(con, query, day_dir(features, view, day))
-        fault_point("features.after_first_view")
-    # --- profiles and behaviour sequence --------------------------------------------------------------
-    category_col = _write_profiles(con, settings, day, built_at, rows)
-    # --- user x ad-attribute interest (components/store/interest.py) ----------------------------------
-    interest = interest_attributes(cfg.interest_attributes, taxonomy_columns(con, "latest_ads"))
-    for attribute in interest:
-        query = interest_query(attribute, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
-        rows[interest_view(attribute)] = _write_partition(con, query, day_dir(features, interest_view(attribute), day))
-    seq_query = _sequence_query(settings, day, click_task, category_col, built_at)
-    rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
-    con.close()
+    with day_lock(features, day):  # a concurrent writer of the day (another command) waits
+        begin_day(features, day, VIEWS)
+        # --- rolling stats ------------------------------------------------------------------------------
+        for view, key in (("user_stats", "user_id"), ("ad_stats", "ad_id")):
+            query = _stats_query(key, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
+            rows[view] = _write_partition(con, query, day_dir(features, view, day))
+            fault_point("features.after_first_view")
+        # --- profiles and behaviour sequence --------------------------------------------------------------
+        category_col = _write_profiles(con, settings, day, built_at, rows)
+        # --- user x ad-attribute interest (components/store/interest.py) ----------------------------------
+        interest = interest_attributes(cfg.interest_attributes, taxonomy_columns(con, "latest_ads"))
+        for attribute in interest:
+            query = interest_query(attribute, tasks, windows, day_end, cfg.rate_prior_strength, built_at)
+            view = interest_view(attribute)
+            rows[view] = _write_partition(con, query, day_dir(features, view, day))
+        seq_query = _sequence_query(settings, day, click_task, category_col, built_at)
+        rows["user_sequence"] = _write_partition(con, seq_query, day_dir(features, "user_sequence", day))
+        con.close()
 
-    _write_manifest(settings, tasks, windows, category_col, click_task, interest)
-    fault_point("features.before_marker")
-    views = (*VIEWS, *map(interest_view, interest))
-    commit_day(features, day, views)
+        _write_manifest(settings, tasks, windows, category_col, click_task, interest)
+        fault_point("features.before_marker")
+        views = (*VIEWS, *map(interest_view, interest))
+        commit_day(features, day, views)
     return {v: rows[v] for v in views}
 
 
@@ -378,7 +380,9 @@ def read_view(settings: "Settings", view: str, days: Sequence[dt.date] | None = 
     if view not in VIEWS and not (settings.features_dir / view).is_dir():
         raise ValueError(f"unknown feature view {view!r}; expected one of {VIEWS} or a built interest view")
     base = settings.features_dir / view
-    dirs = [day_dir(settings.features_dir, view, d) for d in days] if days else [p for _, p in day_partitions(base)]
+    wanted = set(days or ())
+    dirs = [p for d, p in day_partitions(base, min(wanted, default=None), max(wanted, default=None))
+            if not wanted or d in wanted]  # committed days only (components/store/sql.py)
     files = [f for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
     if not files:
         raise FileNotFoundError(f"no partitions of feature view {view} under {base}")

@@ -11,7 +11,8 @@ A day is complete or invisible (docs/state.md, "Day commit markers"): under a st
 ``_days/`` folder (the offline store, the features), :func:`day_partitions` lists a day only when its
 commit marker ``<root>/_days/<day>.json`` exists (written last by components/store/days.py, after every
 table or view of the day); a day with partitions but no marker is half-written: left out, with a warning
-naming it. A root without ``_days/`` (a home written before the markers, or another folder) lists every day.
+naming it. A view added to a committed day later (the representations' views) is listed once the day's
+marker, rewritten by that step, names it. A root without ``_days/`` (a home written before the markers, or another folder) lists every day.
 
 Light on purpose: DuckDB is imported inside :func:`connect`, so the CLI can import this module cheaply.
 """
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")  # a day partition's folder name
 MARKER_DIR = "_days"  # <root>/_days/<YYYY-MM-DD>.json: the day's commit marker
 log = logging.getLogger(__name__)
-_warned: set[tuple[str, dt.date]] = set()  # half-written days already reported by this process
+_warned: set[tuple[str, dt.date]] = set()  # (part folder, day) already reported as half-written by this process
 
 
 def connect() -> "duckdb.DuckDBPyConnection":
@@ -64,21 +65,36 @@ def sql_ts(value: dt.datetime) -> str:
     return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
-def committed_days(root: Path) -> set[str] | None:
+def committed_days(root: Path, part: str | None = None) -> set[str] | None:
     """The days (``YYYY-MM-DD``) of the store ``root`` with a commit marker (one ``scandir`` of
     ``<root>/_days``); None when the store has no marker folder (never written with markers: every day
-    counts as committed)."""
+    counts as committed). With ``part`` (a table or view), only the days whose marker commits it: a marker
+    written with ``"strict": true`` (components/store/days.py) commits the parts it lists, an older or
+    migrated one every part of its day (one small JSON read per marker)."""
     try:
         entries = os.scandir(root / MARKER_DIR)
     except (FileNotFoundError, NotADirectoryError):
         return None
     with entries:
-        return {e.name[:-5] for e in entries if e.name.endswith(".json") and not e.name.startswith(".")}
+        markers = {e.name[:-5]: e.path for e in entries if e.name.endswith(".json") and not e.name.startswith(".")}
+    return set(markers) if part is None else {d for d, path in markers.items() if _commits(path, part)}
 
 
-def half_written_message(root: Path, day: dt.date) -> str:
+def _commits(path: str, part: str) -> bool:
+    try:
+        marker = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # replaced or removed while listing: its day is being re-done
+        return False
+    return not marker.get("strict") or part in marker.get("parts", {})
+
+
+def half_written_message(root: Path, day: dt.date, part: str | None = None) -> str:
     """One line on a day of ``root`` with partitions but no commit marker: which parts it has and which
-    ones the newest committed day has that it lacks."""
+    ones the newest committed day has that it lacks. With ``part``: on a part of a committed day that the
+    day's marker does not name (written after the marker, by a step that was cut short or has not run)."""
+    if part is not None and (root / MARKER_DIR / f"{day.isoformat()}.json").is_file():
+        return (f"{part} of day {day} in {root} is not committed (the day's marker {MARKER_DIR}/{day}.json does "
+                "not name it): readers leave it out until its step (representations) re-runs the day")
     present = sorted(p.name for p in root.iterdir() if not p.name.startswith(("_", "."))
                      and (p / f"date={day.isoformat()}").is_dir()) if root.is_dir() else []
     markers = sorted((root / MARKER_DIR).glob("[0-9]*.json"))
@@ -96,7 +112,7 @@ def day_partitions(folder: Path, start: dt.date | None = None, end: dt.date | No
     Days without a commit marker in ``folder.parent/_days`` (when that exists) are left out, with a
     warning, unless ``all_days`` (the writer's own bookkeeping, e.g. the ingest index)."""
     out = []
-    committed = None if all_days else committed_days(folder.parent)
+    committed = None if all_days else committed_days(folder.parent, folder.name)
     try:
         entries = os.scandir(folder)
     except (FileNotFoundError, NotADirectoryError):
@@ -113,9 +129,9 @@ def day_partitions(folder: Path, start: dt.date | None = None, end: dt.date | No
             if (start and day < start) or (end and day > end):
                 continue
             if committed is not None and m.group(1) not in committed:
-                if (str(folder.parent), day) not in _warned:
-                    _warned.add((str(folder.parent), day))
-                    log.warning(half_written_message(folder.parent, day))
+                if (str(folder), day) not in _warned:
+                    _warned.add((str(folder), day))
+                    log.warning(half_written_message(folder.parent, day, folder.name))
                 continue
             out.append((day, Path(entry.path)))
     return sorted(out)

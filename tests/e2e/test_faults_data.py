@@ -146,7 +146,7 @@ def _representations(s: Any, day: dt.date) -> dict[str, Any]:
     return {"embeddings": _tree(s.embeddings_dir), "views": views}
 
 
-def test_representations_killed_before_the_codes_or_the_manifest_come_back_the_same(world) -> None:  # noqa: ANN001
+def test_representations_killed_before_the_codes_between_the_views_or_before_the_manifest_come_back_the_same(world) -> None:  # noqa: ANN001
     from components import steps
     from components.runs import StageManifest
 
@@ -168,6 +168,22 @@ def test_representations_killed_before_the_codes_or_the_manifest_come_back_the_s
     assert steps.representations(s, d1)["skipped"] is False  # not recorded: re-done, not skipped
     assert steps.representations(s, d1)["skipped"] is True
     assert _representations(s, d1) == expected
+
+    # Killed between its views: the whole feature day is invisible, and the next daily's steps re-do it.
+    from components.store.days import marker_path
+    from components.store.features import read_view
+
+    _kill(home, world["shared"], "components.steps.representations", d1, "representations.between_views", True)
+    assert not marker_path(s.features_dir, d1).exists()
+    assert any((s.features_dir / v / f"date={d1}").exists() for v in ("ad_text_embedding", "user_text_interest"))
+    for view in ("user_stats", "ad_text_embedding"):  # readers see no partition of the day
+        with pytest.raises(FileNotFoundError, match=f"no partitions of feature view {view}"):
+            read_view(s, view, [d1])
+    assert steps.features(s, d1)["skipped"] is False  # the day's marker is missing: re-done
+    assert steps.representations(s, d1)["skipped"] is False
+    assert _representations(s, d1) == expected
+    parts = json.loads(marker_path(s.features_dir, d1).read_text())["parts"]
+    assert {"user_stats", "user_sequence", *expected["views"]} <= set(parts)  # the feature and the new views
 
 
 def test_a_training_set_cut_after_its_parquet_is_refused_then_rebuilt(world) -> None:  # noqa: ANN001
@@ -245,4 +261,5 @@ def test_every_data_stage_has_fault_points() -> None:
     from components.faults import KNOWN_POINTS
 
     assert {"deliver.after_first_table", "representations.after_vectors", "representations.before_manifest",
+            "representations.between_views",
             "training_set.after_parquet", "materialize.after_rename"} <= KNOWN_POINTS

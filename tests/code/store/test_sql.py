@@ -74,3 +74,40 @@ def test_partition_files_and_globs_leave_out_days_without_data(tmp_path: Path) -
         assert con.execute(f"SELECT count(*) FROM read_parquet({sql_list(globs)})").fetchone()[0] == 2
     finally:
         con.close()
+
+
+def test_a_part_added_to_a_committed_day_is_listed_only_once_the_rewritten_marker_names_it(tmp_path: Path) -> None:
+    """components/store/days.py ``extending_day``: the representations' views join a committed feature day.
+    A crash between them hides the whole day; a legacy (non-strict) marker commits every part of its day."""
+    import json
+
+    import pytest
+
+    from components.doctor import marker_checks
+    from components.store.days import HalfWrittenDay, commit_day, extending_day, marker_path
+
+    root = tmp_path / "features"
+    for view in ("user_stats", "ad_stats"):
+        _day(root / view, D1)
+    commit_day(root, D1, ["user_stats", "ad_stats"])
+    _day(root / "ad_text_embedding", D1)  # written after the marker, not named by it
+    assert [d for d, _ in day_partitions(root / "user_stats")] == [D1]
+    assert day_partitions(root / "ad_text_embedding") == []
+    assert [c.subject for c in marker_checks("features", root, "{day}")] == [f"ad_text_embedding {D1}"]
+
+    with pytest.raises(RuntimeError, match="killed"), extending_day(root, D1, "x") as added:
+        assert day_partitions(root / "user_stats") == []  # the whole day is invisible while views are added
+        raise RuntimeError("killed between two views")
+    assert not marker_path(root, D1).exists() and day_partitions(root / "ad_stats") == []
+    with pytest.raises(HalfWrittenDay, match="x first"), extending_day(root, D1, "x"):
+        pass
+    commit_day(root, D1, ["user_stats", "ad_stats"])  # the feature step re-does the day
+    with extending_day(root, D1, "x") as added:
+        added.append("ad_text_embedding")
+    assert [d for d, _ in day_partitions(root / "ad_text_embedding")] == [D1]
+    assert set(json.loads(marker_path(root, D1).read_text())["parts"]) == {"user_stats", "ad_stats", "ad_text_embedding"}
+    assert marker_checks("features", root, "{day}") == []
+
+    legacy = json.loads(marker_path(root, D1).read_text())
+    marker_path(root, D1).write_text(json.dumps({"day": legacy["day"], "parts": {"user_stats": {}}}))
+    assert [d for d, _ in day_partitions(root / "ad_text_embedding")] == [D1]  # a marker before "strict"
