@@ -22,10 +22,11 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/adsrec demo
 
+# --durations: the slowest tests in every CI log, to keep the suite inside its 15 minutes
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
-# the tests marked slow (whole daily flows killed at fault points: docs/reliability.md), outside make test
+# the tests marked slow (the tutorial run word for word), outside make test
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Settings
+from components.faults import declare, fault_point
 
 log = logging.getLogger(__name__)
+declare("gates.after_verdict", "gates.before_manifest")
 
 SAMPLE_ROWS = 256  # validation rows logged with their scores, to check a reloaded model reproduces them
 EXPERT_ROWS = 4096  # validation rows for the inter-expert correlation
@@ -214,6 +216,7 @@ def assess_and_register(settings: Settings, end_day: dt.date, train_result: dict
         return {**done, "skipped": True}
     with ended_on_failure(settings, training_run_of(train_result), "gates and registration"):
         result = _assess(settings, end_day, train_result, training_set_path, days, model_dir)
+    fault_point("gates.before_manifest")  # registered and (by config) promoted, the step's manifest not yet
     manifest.record(end_day, fp, result)
     return {**result, "skipped": False}
 
@@ -246,6 +249,7 @@ def _assess(settings: Settings, end_day: dt.date, train_result: dict[str, Any], 
     passed = all_passed(gates)
     gate_dicts = [g.to_dict() for g in gates]
     write_json_atomic(analysis_dir / "gates.json", {"gates": gate_dicts, "passed": passed})
+    fault_point("gates.after_verdict")  # gates.json written, nothing registered
     log.info("gates for %s:\n%s", end_day, "\n".join(filter(None, [gate_table(gates), *(g.explain() for g in gates)])))
 
     registered = promoted = None

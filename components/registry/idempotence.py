@@ -4,9 +4,12 @@ registered once, however often the register step runs, is retried or is killed h
 **What "the same training result" is.** :func:`registration_fingerprint` hashes what decides both the
 model a version serves and what its tags say about it:
 
-- the files of the saved ranker that the packaged model contains (``model.pt``, ``encoders.json``,
-  ``spec.json``, the configs: components/registry/packaged.py), by name and content: the weights
-  already pin the training data, the seeds and the trainer, and a re-run after a kill is byte-identical;
+- the files of the saved ranker that define the model the packaged model serves (``model.pt``,
+  ``encoders.json``, ``spec.json``, ``ranker_config.json``, ``train_config.json``:
+  components/registry/packaged.py), by name and content: the weights already pin the training data, the
+  seeds and the trainer, and a re-run after a kill is byte-identical. ``history.json`` and
+  ``evaluation.json`` are left out: they follow from the weights and the training set (both hashed) but
+  also hold the run's timings and MLflow run id, which differ between two trainings of the same model;
 - the data window and the feature-view versions (the version's tags and description say them);
 - the training set's content (its identity; a model registered without one hashes as "none");
 - the gate verdict per gate (pass/fail, not the floating values): the version's ``gates_passed`` and
@@ -14,7 +17,8 @@ model a version serves and what its tags say about it:
 - the code revision (``git rev-parse HEAD``), since the packaged model carries the project's code.
 
 Not in it: the run id (a re-run after a kill opens a new run), the scoring sample and the plots (logged
-with the version, they do not define it), the home's path (a copied home is the same registry).
+with the version, they do not define it), the home's path (a copied home is the same registry: paths under the home in the hashed JSON
+files, ``checkpoint_dir``, are hashed relative to it).
 
 The hash is tagged ``adsrec.fingerprint`` on the run and on the version. MLflow writes a version and its
 tags in one transaction, so a version without the tag never exists. :func:`registered_with` finds the
@@ -52,17 +56,45 @@ def _update_file(h: Any, path: Path) -> None:
             h.update(chunk)
 
 
+def _json_bytes(model_dir: Path, name: str) -> bytes:
+    """A JSON file of the saved ranker with every path under its home written relative to it: the daily
+    saves ``checkpoint_dir`` (train_config.json) as an absolute path, which differs between a home and its
+    copy although the model is the same. The home is the folder above
+    ``models/`` (the daily's layout), else the model folder itself. A file that is not JSON hashes as its bytes."""
+    raw = (model_dir / name).read_bytes()
+    try:
+        content = json.loads(raw)
+    except ValueError:
+        return raw
+    roots = {f.parents[1] if f.parent.name == "models" else f for f in (model_dir.absolute(), model_dir.resolve())}
+    prefixes = [f"{r}/" for r in sorted(roots, key=lambda r: -len(str(r)))]
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str):
+            return next((f"<home>/{value[len(p):]}" for p in prefixes if value.startswith(p)), value)
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(relative(content), sort_keys=True).encode()
+
+
 def registration_fingerprint(model_dir: Path, start: "dt.date", end: "dt.date",
                              feature_views: Mapping[str, Any] | None, training_set: str | Path | None,
                              gate_rows: Iterable[Mapping[str, Any]], revision: str) -> str:
     """sha256 of what makes two registrations the same (the module docstring says what and why)."""
-    from components.registry.packaged import OPTIONAL_FILES, REQUIRED_FILES
+    from components.registry.packaged import REQUIRED_FILES
 
     h = hashlib.sha256()
-    for name in sorted(REQUIRED_FILES + OPTIONAL_FILES):
+    for name in sorted((*REQUIRED_FILES, "train_config.json")):
         if (model_dir / name).is_file():
             h.update(f"{name}\0".encode())
-            _update_file(h, model_dir / name)
+            if name.endswith(".json"):
+                h.update(_json_bytes(model_dir, name))
+            else:
+                _update_file(h, model_dir / name)
     h.update(b"training_set\0")
     if training_set is not None:
         _update_file(h, Path(training_set))
@@ -83,8 +115,10 @@ def registered_with(client: "mlflow.MlflowClient", model_name: str, fingerprint:
 def challenger_rule(client: "mlflow.MlflowClient", name: str, version: int, passed: bool) -> tuple[str, ...]:
     """Re-apply the registration's alias rule to ``version``: when its gates passed it becomes
     ``challenger`` unless a newer version already is (a later registration moved it on). Returns the
-    aliases it holds by that rule: ``("challenger",)`` or ``()``."""
-    if not passed:
+    aliases it holds by that rule: ``("challenger",)`` or ``()``. A version promoted since (tag
+    ``promoted_at``: a crash after the auto-promotion, before the step's manifest) is past being a
+    challenger: the promotion took the alias away, and the re-run leaves it so."""
+    if not passed or "promoted_at" in client.get_model_version(name, str(version)).tags:
         return ()
     current = version_by_alias(client, name, CHALLENGER)
     if current is not None and int(current.version) > version:
@@ -106,6 +140,11 @@ def adopt_version(client: "mlflow.MlflowClient", mv: Any, description: str, pass
         client.update_model_version(name, str(version), description=description)
     if mv.run_id:
         client.set_tag(mv.run_id, REGISTERED_TAG, "true")
+        if mv.run_id != current_run_id and client.get_run(mv.run_id).info.status == "KILLED":
+            # Killed after it created the version (closed as an orphan since): its training and its version
+            # are whole, only the step's bookkeeping was lost. The version's run reads FINISHED, as uninterrupted.
+            client.set_tag(mv.run_id, "adsrec.finished_by", "adoption of its version after a crash")
+            client.set_terminated(mv.run_id, "FINISHED")
     aliases = challenger_rule(client, name, version, passed)
     if current_run_id and current_run_id != mv.run_id:
         client.set_tag(current_run_id, NOT_REGISTERED_TAG,

@@ -25,7 +25,7 @@ import pytest
 
 from components.config import PROJECT_ROOT
 
-pytestmark = [pytest.mark.faults, pytest.mark.shared_data, pytest.mark.slow]  # make test-slow
+pytestmark = [pytest.mark.faults, pytest.mark.shared_data]
 DAY = "2026-11-03"
 CONFIG = """\
 simulator: {n_users: 80, sessions_per_user_day: 2.0, n_initial_ads: 80, new_ads_per_day: 5, new_users_per_day: 3,
@@ -47,7 +47,7 @@ def _start(home: Path, world: dict[str, Any], *args: str, fault: str | None = No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADSREC_", "MLFLOW_TRACKING", "PREFECT_API_URL"))}
     env.update({"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "ADSREC_HOME": str(home),
                 "ADSREC_CONFIG": str(world["config"]), "ADSREC_PIPELINE__SHARED_DATA": str(world["shared"]),
-                **({"ADSREC_FAULT": fault} if fault else {}), **({"ADSREC_FAULT_RAISE": raise_at} if raise_at else {}),
+                "PREFECT_API_URL": world["prefect_api"], **({"ADSREC_FAULT": fault} if fault else {}), **({"ADSREC_FAULT_RAISE": raise_at} if raise_at else {}),
                 **(extra or {})})
     log = home.with_name(f"{home.name}.{args[0]}.log")
     with open(log, "w") as fh:
@@ -108,23 +108,22 @@ def _registry(home: Path, world: dict[str, Any]) -> dict[str, Any]:
 
 
 def _state(home: Path, world: dict[str, Any]) -> dict[str, Any]:
-    """What must equal across homes. The fingerprint tag is left out: the saved train_config.json holds the
-    home's absolute checkpoint_dir, so two homes' fingerprints differ (within one home they are stable)."""
+    """What must equal across homes, the fingerprint tag included (it does not depend on the home's path)."""
     reg = _registry(home, world)
-    versions = {v: ({k: x for k, x in tags.items() if k != "adsrec.fingerprint"}, d)
-                for v, (tags, d) in reg["versions"].items()}
-    return {"registry": {"versions": versions, "aliases": reg["aliases"]},
+    return {"registry": {"versions": reg["versions"], "aliases": reg["aliases"]},
             "files": _hashes(home, "offline", "features", f"models/{DAY}/model.pt",
                               f"training/{DAY}/train.parquet"),
             "manifests": _manifests(home)}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Any]:
-    """The config, and a base home whose training window (three days to DAY) is backfilled."""
+def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, prefect_api: str) -> dict[str, Any]:
+    """The config, and a base home whose training window (three days to DAY) is backfilled. Every command
+    talks to one Prefect server (tests/e2e/conftest.py): an ephemeral one per command would cost 12-22 s."""
     root = tmp_path_factory.mktemp("faults-flows")
     (root / "adsrec.yaml").write_text(CONFIG)
-    world = {"root": root, "config": root / "adsrec.yaml", "shared": shared_data, "base": root / "base"}
+    world = {"root": root, "config": root / "adsrec.yaml", "shared": shared_data, "base": root / "base",
+             "prefect_api": prefect_api}
     _ok(_adsrec(world["base"], world, "backfill", "--start-date", "2026-11-01", "--end-date", DAY))
     return world
 
@@ -144,20 +143,35 @@ def clean(world: dict[str, Any]) -> dict[str, Any]:
     return {"home": home, "state": state}
 
 
-def test_a_daily_killed_in_training_and_after_registration_reruns_to_the_uninterrupted_state(
+# In the order a daily passes them: the training's MLflow run open; the gates' verdict written; the version
+# created; the version registered and promoted, the gates-and-register manifest not yet written.
+POINTS = ("train.after_run_start", "gates.after_verdict", "register.after_version", "gates.before_manifest")
+
+
+def test_a_daily_killed_at_each_point_from_training_to_registration_reruns_to_the_uninterrupted_state(
         world: dict[str, Any], clean: dict[str, Any]) -> None:
     home = _copy(world, "killed")
-    for point in ("train.after_run_start", "register.after_version"):
+    halves = []
+    for point in POINTS:
         res = _adsrec(home, world, "daily", "--run-date", DAY, fault=point)
         assert res.returncode == -9, (point, res.stdout[-2000:], res.stderr[-2000:])
-    half = _registry(home, world)
-    assert list(half["versions"]) == [1] and half["aliases"] == {}  # the version exists, its aliases do not yet
-    assert half["runs"] == ["KILLED", "RUNNING"]  # the second daily closed the first's orphan run
+        halves.append(_registry(home, world))
+    assert [list(h["versions"]) for h in halves] == [[], [], [1], [1]]  # the version exists from the third kill
+    assert [h["aliases"] for h in halves] == [{}, {}, {}, {"champion": 1}]  # promoted before the fourth kill
+    assert halves[1]["runs"] == ["KILLED", "RUNNING"]  # each daily closes the orphan run of the one before
 
     out = _ok(_adsrec(home, world, "daily", "--run-date", DAY))
     assert "registered: adsrec-ranker version 1" in out
-    assert _state(home, world) == clean["state"]
-    assert "RUNNING" not in _registry(home, world)["runs"]
+    got = _state(home, world)
+    for key in ("files", "manifests"):
+        assert got[key] == clean["state"][key], key
+    assert got["registry"]["aliases"] == clean["state"]["registry"]["aliases"]
+    [(tags, description)], [(clean_tags, clean_description)] = (
+        got["registry"]["versions"].values(), clean["state"]["registry"]["versions"].values())
+    assert {k: (v, clean_tags.get(k)) for k, v in tags.items() if v != clean_tags.get(k)} == {}
+    assert (set(tags), description) == (set(clean_tags), clean_description)
+    runs = _registry(home, world)["runs"]
+    assert "RUNNING" not in runs and "FINISHED" in runs  # the version's run: finished on adoption
 
 
 def test_a_transient_error_after_registration_is_retried_without_a_second_version(

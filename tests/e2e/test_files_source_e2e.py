@@ -28,7 +28,7 @@ def _adsrec(*args: str, env: dict[str, str], timeout: int = 600) -> subprocess.C
 
 
 @pytest.mark.flows
-def test_a_users_own_log_reaches_a_registered_model_from_yaml_alone(tmp_path: Path) -> None:
+def test_a_users_own_log_reaches_a_registered_model_from_yaml_alone(tmp_path: Path, prefect_api: str) -> None:
     data = tmp_path / "userdata"
     files = make_user_log(data)
     before = tree_digest(data)
@@ -41,7 +41,8 @@ def test_a_users_own_log_reaches_a_registered_model_from_yaml_alone(tmp_path: Pa
         "representations": {"graph_epochs": 2},
     }))
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADSREC_")}
+    # One Prefect server for the session's CLI tests (tests/e2e/conftest.py) instead of an ephemeral one each.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ADSREC_")}, "PREFECT_API_URL": prefect_api}
     last = START + dt.timedelta(days=DAYS - 1)
 
     back = _adsrec("--config", str(config), "--home", str(home), "backfill", "--start-date", START.isoformat(),

@@ -143,9 +143,11 @@ def test_killed_at_each_registration_point_then_rerun_equals_an_uninterrupted_ru
     [(version, (tags, description, run_id))] = after["versions"].items()
     assert (version, tags, description) == (1, *clean["versions"][1][:2])  # fingerprint tag included
     assert set(after["runs"]) == set(before["runs"])  # the re-run opened no run: it adopted version 1
-    for rid, (status, rtags) in after["runs"].items():
-        assert status == "KILLED" and rtags["last_failure"].startswith("orphan: left RUNNING"), (rid, rtags)
-    assert after["runs"][run_id][1]["registered"] == "true"  # the version's run, finished by the adoption
+    for rid, (status, rtags) in after["runs"].items():  # every run was closed as an orphan by the next one
+        assert rtags["last_failure"].startswith("orphan: left RUNNING"), (rid, rtags)
+        # the version's run (killed after it created the version) reads FINISHED again once adopted
+        assert status == ("FINISHED" if rid == run_id else "KILLED"), (rid, status)
+    assert after["runs"][run_id][1]["registered"] == "true" and after["runs"][run_id][1]["adsrec.finished_by"]
 
 
 def test_a_retry_adopts_the_version_and_another_verdict_is_another_version(
@@ -174,3 +176,28 @@ def test_a_retry_adopts_the_version_and_another_verdict_is_another_version(
     start_training_run(settings, WINDOW[1] + dt.timedelta(days=1), model["training_set"])  # another day
     start_training_run(settings, WINDOW[1], model["training_set"])
     assert _state(home)["runs"][live.run_id][0] == "RUNNING"
+
+
+def test_the_fingerprint_does_not_depend_on_where_the_home_lies(model: dict[str, Any], tmp_path: Path) -> None:
+    """The daily saves ``checkpoint_dir = <model dir>/checkpoints`` (absolute) in train_config.json: a home and
+    its copy hash it relative to the home, so a copied home finds the versions it registered."""
+    import json
+    import shutil
+
+    from components.registry.idempotence import registration_fingerprint
+
+    def fingerprint(folder: Path, checkpoints: Path) -> str:
+        cfg = json.loads((folder / "train_config.json").read_text())
+        (folder / "train_config.json").write_text(json.dumps({**cfg, "checkpoint_dir": str(checkpoints)}, indent=1))
+        # evaluation.json and history.json (timings, the run id) are not hashed: they differ between trainings
+        (folder / "evaluation.json").write_text(json.dumps({"model_dir": str(folder), "seconds": len(str(folder))}))
+        return registration_fingerprint(folder, *WINDOW, {"user_profile": 1}, model["training_set"], PASS, "rev")
+
+    a = Path(shutil.copytree(model["model_dir"], tmp_path / "home" / "models" / "day"))
+    b = Path(shutil.copytree(model["model_dir"], tmp_path / "copy of it's home" / "models" / "day"))
+    assert fingerprint(a, a / "checkpoints") == fingerprint(b, b / "checkpoints")
+    assert fingerprint(a, tmp_path / "elsewhere") != fingerprint(b, tmp_path / "elsewhere" / "other")
+    cfg = json.loads((b / "train_config.json").read_text())  # the content counts
+    (b / "train_config.json").write_text(json.dumps({**cfg, "checkpoint_dir": str(b / "checkpoints"), "lr": 1.0}))
+    assert registration_fingerprint(a, *WINDOW, {"user_profile": 1}, model["training_set"], PASS, "rev") != (
+        registration_fingerprint(b, *WINDOW, {"user_profile": 1}, model["training_set"], PASS, "rev"))
