@@ -374,20 +374,18 @@ def _write_manifest(settings: "Settings", tasks: list[str], windows: list[int], 
 
 
 def read_view(settings: "Settings", view: str, days: Sequence[dt.date] | None = None) -> "pa.Table":
-    """A feature view's partitions (all, or the given days) as one Arrow table (for tests and inspection)."""
+    """A feature view's committed partitions (all, or the given days) as one Arrow table (tests, inspection)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if view not in VIEWS and not (settings.features_dir / view).is_dir():
         raise ValueError(f"unknown feature view {view!r}; expected one of {VIEWS} or a built interest view")
     base = settings.features_dir / view
     wanted = set(days or ())
-    dirs = [p for d, p in day_partitions(base, min(wanted, default=None), max(wanted, default=None))
-            if not wanted or d in wanted]  # committed days only (components/store/sql.py)
-    files = [f for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
+    files = [f for d, p in day_partitions(base, min(wanted, default=None), max(wanted, default=None))
+             if not wanted or d in wanted for f in sorted(p.glob("*.parquet"))]
     if not files:
         raise FileNotFoundError(f"no partitions of feature view {view} under {base}")
-    import pyarrow as pa
-
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
@@ -396,9 +394,7 @@ def build_features_range(
 ) -> dict[str, Any]:
     """``build_features`` for every day in [first, last], in order; rows per view summed."""
     total: dict[str, int] = {v: 0 for v in VIEWS}
-    day = first
-    while day <= last:
-        for view, n in build_features(settings, day, tasks).items():
+    for i in range((last - first).days + 1):
+        for view, n in build_features(settings, first + dt.timedelta(days=i), tasks).items():
             total[view] = total.get(view, 0) + n
-        day += dt.timedelta(days=1)
     return total
