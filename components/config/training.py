@@ -10,7 +10,7 @@ tests/code/test_config.py checks that each sub-model has exactly its dataclass's
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -129,6 +129,13 @@ class TrainerSettings(Section):
     stream_data: bool | None = Field(
         None, description="force streaming (true) or residency (false) of the training data; null: by size")
     find_unused_parameters: bool = Field(False, description="passed to DDP")
+    data_path: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="training batches from memory, streamed from the parquet on disk, or auto: stream "
+        "when the set's decoded size is over memory_budget_mb (docs/training.md)")
+    memory_budget_mb: float | None = Field(
+        None, gt=0, description="decoded training-set size above which auto streams (null: half the RAM)")
+    shuffle_buffer_rows: int = Field(1 << 18, ge=1, description="streamed rows are shuffled in windows this large")
+    prefetch_batches: int = Field(4, ge=1, description="streamed batches decoded ahead by a background thread")
 
     def to_dict(self) -> dict[str, Any]:
         """The trainer's ``TrainConfig`` keyword arguments (``TrainConfig.from_dict(settings.to_dict())``)."""

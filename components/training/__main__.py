@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     ``torchrun --nproc_per_node 2 -m components.training --training-set <home>/training/<day>/train.parquet
     --out <dir> [--ranker-config '{"arch": "stem"}'] [--train-config '{"epochs": 3}']``
 
-    The last ``--valid-days`` days validate; rank 0 writes
+    The last ``--valid-days`` days validate; the training days stream from disk when ``data_path`` (or the
+    set's size against ``memory_budget_mb``) says so; rank 0 writes
     :meth:`components.training.artefact.TrainResult.save` into ``--out``."""
     import argparse
     import json
@@ -36,15 +37,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.training.encoders import read_training_set, time_split
     from components.training.loop import train_ranker
+    from components.training.stream import split_on_disk, streams
     from components.training.train_config import TrainConfig
     from models.config import RankerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    train, valid = time_split(read_training_set(args.training_set), args.valid_days)
-    result = train_ranker(
-        None, train, valid, RankerConfig.from_dict(as_dict(args.ranker_config)),
-        TrainConfig.from_dict(as_dict(args.train_config)),
-    )
+    cfg = TrainConfig.from_dict(as_dict(args.train_config))
+    path = Path(args.training_set)
+    if streams(cfg, path):  # the training rows stay on disk (docs/training.md, "Training sets larger than memory")
+        train, (valid,) = split_on_disk(path, lambda table: time_split(table, args.valid_days))
+    else:
+        train, valid = time_split(read_training_set(path), args.valid_days)
+    result = train_ranker(None, train, valid, RankerConfig.from_dict(as_dict(args.ranker_config)), cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         result.save(args.out)
         log.info("saved to %s: %s", args.out, result.summary())

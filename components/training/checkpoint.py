@@ -107,10 +107,12 @@ def save_checkpoint(path: Path, state: LoopState, schedule: Mapping[str, Any]) -
     tmp.replace(path)
 
 
-def restore_checkpoint(path: Path, state: LoopState, world_size: int, batch_size: int) -> None:
+def restore_checkpoint(path: Path, state: LoopState, world_size: int, batch_size: int,
+                       stream: Mapping[str, Any] | None = None) -> None:
     """Load the checkpoint at ``path`` into ``state`` (model and optimisers in place, the rest by value)
-    and restore the RNG states. Raises when it was written by another format version, world size or
-    batch size (the schedule would differ)."""
+    and restore the RNG states. Raises when it was written by another format version, world size, batch
+    size or data stream (``stream``: ``StreamedData.stream_key`` of a run streamed from disk, None in
+    memory; the schedule would differ)."""
     import torch
 
     saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -121,6 +123,9 @@ def restore_checkpoint(path: Path, state: LoopState, world_size: int, batch_size
             f"checkpoint {path} was written with world_size {saved['world_size']} and batch_size "
             f"{saved['batch_size']}; resuming needs the same (now {world_size}, {batch_size})"
         )
+    if saved.get("stream") != (dict(stream) if stream is not None else None):
+        raise ValueError(f"checkpoint {path} was written streaming {saved.get('stream')}; resuming needs the same "
+                         f"data path and stream (now {stream})")
     state.model.load_state_dict(saved["model"])
     for opt, opt_state in zip(state.optimizers, saved["optimizers"]):
         opt.load_state_dict(opt_state)

@@ -191,6 +191,9 @@ class EpochBatches:
         local = torch.arange(lo - start, hi - start, device=data.device).tensor_split(world)[rank]
         return self.chunk.take(local), hi - lo, len(part)
 
+    def close(self) -> None:
+        """Nothing to stop (the streamed epoch of components/training/stream.py has a thread to end)."""
+
 
 # ----- scoring -------------------------------------------------------------------------------------------
 def predict(

@@ -2,20 +2,19 @@
 (the command line is components/training/__main__.py, ``python -m components.training``).
 
 ``train_ranker(settings, train, valid, ranker_config, train_config)`` fits the feature encoders on the
-training rows (components/training/encoders.py), encodes both tables once into contiguous tensors and trains
-``models.ranker.Ranker`` with Adam on the multi-task combined-pair loss (models/losses.py), early-stopping
-on validation AUC. docs/training.md describes every knob. Batches are slices of a per-epoch permutation,
-resident on the device or streamed from pinned host memory, bf16 autocast on CUDA only
-(components/training/device.py). Under DDP ``batch_size`` is the global batch, each rank its own slice of
-it; training loss and validation scores are all-reduced / all-gathered, so every rank makes the same
-early-stopping decision. Progress: a bar with an ETA on a terminal (components/progress.py), ``logging``
-every ``log_every`` steps, and an optional callback per logged step and per epoch; losses are read from
-the device only when logged.
+training rows (components/training/encoders.py), encodes both tables once into tensors and trains
+``models.ranker.Ranker`` with Adam on the multi-task combined-pair loss (models/losses.py), early-stopping on
+validation AUC (docs/training.md). Batches are slices of a per-epoch permutation, resident on the device or
+streamed from pinned host memory (components/training/device.py), or, for training rows left on disk
+(a ``ParquetRows``), streamed from the parquet (components/training/stream.py). bf16 autocast on CUDA only.
+Under DDP ``batch_size`` is the global batch, each rank its own part; losses and validation scores are
+all-reduced / all-gathered, so every rank makes the same early-stopping decision. Progress: a bar with an
+ETA on a terminal, ``logging`` and an optional callback every ``log_every`` steps and per epoch.
 
 A run is a few named steps around one :class:`~components.training.checkpoint.LoopState` (saved whole by
-the checkpoints, so a resumed run ends bit-identical): :func:`_encode_inputs` (tables to tensors),
-:func:`_set_up` (device, process group, model, data: a :class:`_Run`), :func:`_start_state` (fresh or
-resumed), then per epoch :func:`_train_epoch` and :func:`_end_epoch`, and :func:`_result`.
+the checkpoints, so a resumed run ends bit-identical): :func:`_encode_inputs`, :func:`_set_up` (device,
+process group, model, data: a :class:`_Run`), :func:`_start_state` (fresh or resumed), per epoch
+:func:`_train_epoch` and :func:`_end_epoch`, and :func:`_result`.
 """
 
 from __future__ import annotations
@@ -32,24 +31,13 @@ import numpy as np
 
 from components.training.artefact import TrainResult
 from components.training.checkpoint import LoopState, checkpoint_path, restore_checkpoint, save_checkpoint
-from components.training.device import (
-    Batch,
-    DeviceData,
-    DistInfo,
-    EpochBatches,
-    all_gather_scores,
-    all_reduce_sum,
-    init_distributed,
-    place_step_module,
-    predict,
-    resolve_device,
-    shard_bounds,
-    synchronize,
-    teardown_distributed,
-    uses_bf16,
-)
+from components.training.device import (Batch, DeviceData, DistInfo, EpochBatches, all_gather_scores, all_reduce_sum,
+                                        init_distributed, place_step_module, predict, resolve_device, shard_bounds,
+                                        synchronize, teardown_distributed, uses_bf16)
 from components.training.encoders import FeatureEncoders
-from components.training.step import epoch_permutation, init_prior_bias, loss_module, optimizers_for
+from components.training.step import (early_stopping_metric, epoch_permutation, init_prior_bias, loss_module,
+                                      optimizers_for)
+from components.training.stream import ParquetRows, StreamedData, fit_encoders_on_disk
 from components.training.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -75,7 +63,7 @@ class _Run:
     device: "torch.device"
     dist_info: DistInfo
     step_module: Any
-    train_data: DeviceData
+    train_data: DeviceData | StreamedData
     valid_data: DeviceData | None
     steps_per_epoch: int
     ckpt_path: Path | None
@@ -86,21 +74,20 @@ class _Run:
 
 
 def _encode_inputs(
-    settings: "Settings | None",
-    train_table: "pa.Table | Batch",
-    valid_table: "pa.Table | Batch | None",
-    encoders: FeatureEncoders | None,
-    spec: "FeatureSpec | None",
-    train_weights: Mapping[str, np.ndarray] | None,
-) -> tuple[FeatureEncoders | None, "FeatureSpec", Batch, Batch | None]:
+    settings: "Settings | None", train_table: "pa.Table | Batch | ParquetRows", valid_table: "pa.Table | Batch | None",
+    encoders: FeatureEncoders | None, spec: "FeatureSpec | None", train_weights: Mapping[str, np.ndarray] | None,
+    cfg: TrainConfig,
+) -> tuple[FeatureEncoders | None, "FeatureSpec", "Batch | StreamedData", Batch | None]:
     """Tables to encoded batches (fitting the encoders on the training rows when none are given), and
-    the feature spec; checks both batches carry labels for every task."""
+    the feature spec; checks both batches carry labels for every task. Rows left on disk stay there."""
     import pyarrow as pa
 
-    if isinstance(train_table, pa.Table):
-        if encoders is None:
-            seq_col = settings.features.sequence_category_column if settings is not None else None
-            encoders = FeatureEncoders.fit(train_table, sequence_category_column=seq_col)
+    seq_col = settings.features.sequence_category_column if settings is not None else None
+    if isinstance(train_table, ParquetRows):  # streamed (components/training/stream.py)
+        encoders = encoders or fit_encoders_on_disk(train_table, seq_col)
+        train_batch: "Batch | StreamedData" = StreamedData(train_table, encoders, cfg, train_weights)
+    elif isinstance(train_table, pa.Table):
+        encoders = encoders or FeatureEncoders.fit(train_table, sequence_category_column=seq_col)
         train_batch = encoders.encode(train_table, weights=train_weights, with_labels=True)
     else:
         train_batch = dict(train_table)
@@ -118,14 +105,14 @@ def _encode_inputs(
         spec = encoders.spec()
     tasks = tuple(spec.tasks)
     for name, b in (("train", train_batch), ("valid", valid_batch)):
-        if b is not None and ("labels" not in b or b["labels"].shape[1] != len(tasks)):
+        if isinstance(b, dict) and ("labels" not in b or b["labels"].shape[1] != len(tasks)):
             raise ValueError(f"{name} batch needs labels [N, {len(tasks)}] for tasks {tasks}")
     return encoders, spec, train_batch, valid_batch
 
 
 def _set_up(
     settings: "Settings | None", cfg: TrainConfig, config: "RankerConfig", spec: "FeatureSpec",
-    train_batch: Batch, valid_batch: Batch | None, callback: Callable[[dict[str, Any]], None] | None,
+    train_batch: "Batch | StreamedData", valid_batch: Batch | None, callback: Callable[[dict[str, Any]], None] | None,
 ) -> tuple[_Run, Any]:
     """Join the process group, pick the device, seed, build the model (prior biases, checked ids) and
     its step module, place the data, and fix the schedule. Returns the run and the model."""
@@ -140,23 +127,27 @@ def _set_up(
     np.random.seed(cfg.seed % (2**32))
     random.seed(cfg.seed)
     model = Ranker(spec, config)
+    streamed = isinstance(train_batch, StreamedData)
     if cfg.prior_bias:
-        init_prior_bias(model, train_batch, cfg.ipw)
+        init_prior_bias(model, train_batch.labels() if streamed else train_batch, cfg.ipw)
     # Once per run, on CPU: an out-of-range id would silently read another field's rows (docs/models.md).
-    for b in (train_batch, valid_batch):
+    for b in ((valid_batch,) if streamed else (train_batch, valid_batch)):
         if b is not None:
             model.check_batch(b)
     model = model.to(device)
     step_module = place_step_module(loss_module(model, spec, cfg), device, dist_info, cfg)
-    train_data = DeviceData(train_batch, device, cfg.device_data_fraction, cfg.stream_data)
     valid_data = DeviceData(valid_batch, device, cfg.device_data_fraction) if valid_batch is not None else None
-    # Global batches of the epoch permutation, each rank its slice.
-    n = train_data.rows
-    steps_per_epoch = -(-n // cfg.batch_size)
-    if n - (steps_per_epoch - 1) * cfg.batch_size < dist_info.world_size:
-        steps_per_epoch -= 1  # a last batch too small to give every rank a row is dropped
-    if steps_per_epoch < 1:
-        raise ValueError(f"{n} training rows cannot feed {dist_info.world_size} ranks")
+    if streamed:  # each rank its own row groups, the same number of steps (components/training/stream.py)
+        train_data: DeviceData | StreamedData = train_batch.bind(device, dist_info)
+        steps_per_epoch = train_data.steps_per_epoch
+    else:  # global batches of the epoch permutation, each rank its slice
+        train_data = DeviceData(train_batch, device, cfg.device_data_fraction, cfg.stream_data)
+        n = train_data.rows
+        steps_per_epoch = -(-n // cfg.batch_size)
+        if n - (steps_per_epoch - 1) * cfg.batch_size < dist_info.world_size:
+            steps_per_epoch -= 1  # a last batch too small to give every rank a row is dropped
+        if steps_per_epoch < 1:
+            raise ValueError(f"{n} training rows cannot feed {dist_info.world_size} ranks")
     run = _Run(cfg=cfg, config=config, spec=spec, tasks=tuple(spec.tasks), device=device, dist_info=dist_info,
                step_module=step_module, train_data=train_data, valid_data=valid_data,
                steps_per_epoch=steps_per_epoch, ckpt_path=checkpoint_path(cfg, settings), callback=callback)
@@ -170,7 +161,8 @@ def _start_state(run: _Run, model: Any) -> LoopState:
     state = LoopState(model=model, optimizers=optimizers_for(model, run.cfg),
                       epoch_loss=torch.zeros(len(run.tasks) + 1, dtype=torch.float64, device=run.device))
     if run.cfg.resume and run.ckpt_path is not None and run.ckpt_path.is_file():
-        restore_checkpoint(run.ckpt_path, state, run.dist_info.world_size, run.cfg.batch_size)
+        restore_checkpoint(run.ckpt_path, state, run.dist_info.world_size, run.cfg.batch_size,
+                           stream=getattr(run.train_data, "stream_key", None))
     return state
 
 
@@ -181,6 +173,7 @@ def _checkpoint(run: _Run, state: LoopState) -> None:
     save_checkpoint(run.ckpt_path, state, {
         "world_size": run.dist_info.world_size, "batch_size": run.cfg.batch_size,
         "ranker_config": run.config.to_dict(), "spec": run.spec.to_dict(),
+        "stream": getattr(run.train_data, "stream_key", None),
     })
 
 
@@ -189,37 +182,43 @@ def _train_epoch(run: _Run, state: LoopState) -> None:
     checkpoints; the epoch's training seconds go to ``state.epoch_train_s``."""
     import torch
 
-    cfg, device = run.cfg, run.device
-    perm = epoch_permutation(run.train_data.rows, cfg.seed, state.epoch).to(run.train_data.tensors["cat"].device)
-    batches = EpochBatches(run.train_data, perm, cfg.batch_size, cfg.stream_chunk_rows, run.dist_info)
+    cfg, device, data = run.cfg, run.device, run.train_data
+    if isinstance(data, StreamedData):  # from the step a resume starts at (stream.py replays the epoch)
+        batches: EpochBatches | Any = data.epoch(state.epoch, state.step_in_epoch)
+    else:
+        perm = epoch_permutation(data.rows, cfg.seed, state.epoch).to(data.tensors["cat"].device)
+        batches = EpochBatches(data, perm, cfg.batch_size, cfg.stream_chunk_rows, run.dist_info)
     t_epoch = time.perf_counter()
     t_log, rows_log = t_epoch, 0
-    while state.step_in_epoch < run.steps_per_epoch:
-        batch, rows, local_rows = batches.at(state.step_in_epoch)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, device)):
-            loss, per_task = run.step_module(batch)
-        for opt in state.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in state.optimizers:
-            opt.step()
-        state.epoch_loss += torch.cat([loss.detach().double().reshape(1), per_task.double()]) * local_rows
-        state.epoch_rows += rows
-        rows_log += rows
-        state.step_in_epoch += 1
-        state.global_step += 1
-        if run.bar is not None:
-            run.bar.update(1)
-        if cfg.log_every and state.global_step % cfg.log_every == 0:
-            synchronize(device)
-            now = time.perf_counter()
-            _log_step(run, state, float(loss.detach()), rows_log / max(now - t_log, 1e-9))
-            t_log, rows_log = now, 0
-        if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
-            synchronize(device)
-            state.epoch_train_s += time.perf_counter() - t_epoch
-            t_epoch = time.perf_counter()
-            _checkpoint(run, state)
+    try:
+        while state.step_in_epoch < run.steps_per_epoch:
+            batch, rows, local_rows = batches.at(state.step_in_epoch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, device)):
+                loss, per_task = run.step_module(batch)
+            for opt in state.optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in state.optimizers:
+                opt.step()
+            state.epoch_loss += torch.cat([loss.detach().double().reshape(1), per_task.double()]) * local_rows
+            state.epoch_rows += rows
+            rows_log += rows
+            state.step_in_epoch += 1
+            state.global_step += 1
+            if run.bar is not None:
+                run.bar.update(1)
+            if cfg.log_every and state.global_step % cfg.log_every == 0:
+                synchronize(device)
+                now = time.perf_counter()
+                _log_step(run, state, float(loss.detach()), rows_log / max(now - t_log, 1e-9))
+                t_log, rows_log = now, 0
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+                synchronize(device)
+                state.epoch_train_s += time.perf_counter() - t_epoch
+                t_epoch = time.perf_counter()
+                _checkpoint(run, state)
+    finally:
+        batches.close()
     synchronize(device)
     state.epoch_train_s += time.perf_counter() - t_epoch
 
@@ -240,7 +239,7 @@ def _end_epoch(run: _Run, state: LoopState) -> None:
     totals = (all_reduce_sum(state.epoch_loss, run.dist_info) / max(state.epoch_rows, 1)).cpu().numpy()
     t_valid = time.perf_counter()
     valid_auc, valid_logloss, _ = _validate(run, state.model)
-    metric = _metric(valid_auc, cfg.early_stopping_task)
+    metric = early_stopping_metric(valid_auc, cfg.early_stopping_task)
     record = {
         "epoch": state.epoch + 1,
         "train_loss": float(totals[0]),
@@ -297,18 +296,6 @@ def _validate(run: _Run, model: Any) -> tuple[dict[str, float], dict[str, float]
             {t: float(logloss(scores[t], labels[:, j])) for j, t in enumerate(run.tasks)}, scores)
 
 
-def _metric(valid_auc: Mapping[str, float], task: str | None) -> float:
-    """The early-stopping metric: ``task``'s validation AUC, or the mean over tasks (NaN when none)."""
-    if not valid_auc:
-        return float("nan")
-    if task is not None:
-        if task not in valid_auc:
-            raise ValueError(f"early_stopping_task {task!r} is not a task ({sorted(valid_auc)})")
-        return float(valid_auc[task])
-    vals = [v for v in valid_auc.values() if not np.isnan(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 def _result(run: _Run, state: LoopState, encoders: FeatureEncoders | None, started: float) -> TrainResult:
     """The best epoch's model (on CPU), its validation scores and the run's history; leaves the process group."""
     if state.best_state is not None:
@@ -337,7 +324,7 @@ def _result(run: _Run, state: LoopState, encoders: FeatureEncoders | None, start
 
 def train_ranker(
     settings: "Settings | None",
-    train_table: "pa.Table | Batch",
+    train_table: "pa.Table | Batch | ParquetRows",
     valid_table: "pa.Table | Batch | None",
     config: "RankerConfig",
     train_config: TrainConfig | None = None,
@@ -352,7 +339,8 @@ def train_ranker(
     Args:
         settings: platform settings (the encoders' sequence category column; the default checkpoint
             folder ``<training_dir>/checkpoints``); None for a standalone run.
-        train_table: the training rows (a training-set table) or an already encoded batch dict.
+        train_table: the training rows (a training-set table), an already encoded batch dict, or
+            :class:`~components.training.stream.ParquetRows` (rows left on disk: batches stream from them).
         valid_table: validation rows (same form), or None (no early stopping, last epoch kept).
         config: the ranker's architecture.
         train_config: optimisation, device, checkpoints (default :class:`TrainConfig`).
@@ -374,7 +362,7 @@ def train_ranker(
     cfg = train_config or TrainConfig()
     started = time.perf_counter()
     encoders, spec, train_batch, valid_batch = _encode_inputs(
-        settings, train_table, valid_table, encoders, spec, train_weights)
+        settings, train_table, valid_table, encoders, spec, train_weights, cfg)
     run, model = _set_up(settings, cfg, config, spec, train_batch, valid_batch, callback)
     state = _start_state(run, model)
     run.step_module.train()
@@ -382,7 +370,8 @@ def train_ranker(
         log.info(
             "training %s on %s (world %d): %d rows, %d steps/epoch of %d, data %s (%.1f MB)",
             config.arch, run.device, run.dist_info.world_size, run.train_data.rows, run.steps_per_epoch,
-            cfg.batch_size, "on device" if run.train_data.on_device else "streamed from pinned memory",
+            cfg.batch_size, getattr(run.train_data, "source", None) or (
+                "on device" if run.train_data.on_device else "streamed from pinned memory"),
             run.train_data.nbytes / 1e6,
         )
         run.bar = progress_bar(cfg.epochs * run.steps_per_epoch, f"training {config.arch}", unit="step")

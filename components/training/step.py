@@ -1,11 +1,12 @@
 """The training step's parts: :func:`loss_module` (the ranker wrapped so one forward returns the total and
 per-task losses), :func:`optimizers_for` (Adam, and SparseAdam for sparse embeddings),
 :func:`init_prior_bias` (output biases at the training set's positive rates) and
-:func:`epoch_permutation` (the epoch's row order, the same on every rank and after a resume)."""
+:func:`epoch_permutation` (the epoch's row order, the same on every rank and after a resume) and
+:func:`early_stopping_metric` (what early stopping compares)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -44,6 +45,18 @@ def epoch_permutation(rows: int, seed: int, epoch: int) -> "torch.Tensor":
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(rows, generator=g)
+
+
+def early_stopping_metric(valid_auc: Mapping[str, float], task: str | None) -> float:
+    """The early-stopping metric: ``task``'s validation AUC, or the mean over tasks (NaN when none)."""
+    if not valid_auc:
+        return float("nan")
+    if task is not None:
+        if task not in valid_auc:
+            raise ValueError(f"early_stopping_task {task!r} is not a task ({sorted(valid_auc)})")
+        return float(valid_auc[task])
+    vals = [v for v in valid_auc.values() if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def loss_module(model: Any, spec: "FeatureSpec", cfg: TrainConfig) -> Any:
@@ -109,4 +122,4 @@ def optimizers_for(model: Any, cfg: TrainConfig) -> list[Any]:
     return opts
 
 
-__all__ = ["epoch_permutation", "init_prior_bias", "loss_module", "optimizers_for"]
+__all__ = ["early_stopping_metric", "epoch_permutation", "init_prior_bias", "loss_module", "optimizers_for"]

@@ -44,6 +44,15 @@ class TrainConfig:
             training set (a cascade child: of its rate given the parent), so a rare task starts calibrated
             instead of at p = 0.5 and a short run does not end under-predicting it.
         find_unused_parameters: passed to DDP (needed when some parameters get no gradient).
+        data_path: where training batches come from: ``"memory"`` (the whole set read and encoded once),
+            ``"stream"`` (read from the training set's parquet on disk, row group by row group:
+            components/training/stream.py) or ``"auto"``: stream when the set's decoded size is over
+            ``memory_budget_mb``. Decided where the set is read (the daily step, ``python -m
+            components.training``); ``train_ranker`` streams when it is given a ``ParquetRows``.
+        memory_budget_mb: the decoded training-set size above which ``"auto"`` streams; None: half the
+            machine's RAM (the in-memory path holds the decoded table and its encoded tensors at once).
+        shuffle_buffer_rows: streamed rows are shuffled in windows of at least this many (whole row groups).
+        prefetch_batches: streamed batches decoded ahead of the optimiser by a background thread.
     """
 
     epochs: int = 5
@@ -72,6 +81,10 @@ class TrainConfig:
     stream_chunk_rows: int = 1 << 20
     stream_data: bool | None = None
     find_unused_parameters: bool = False
+    data_path: str = "auto"
+    memory_budget_mb: float | None = None
+    shuffle_buffer_rows: int = 1 << 18
+    prefetch_batches: int = 4
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -83,6 +96,12 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig alpha for {task!r} must be in [0, 1], got {alpha}")
         if self.checkpoint_every < 0 or self.patience < 0 or self.log_every < 0:
             raise ValueError("TrainConfig: checkpoint_every, patience and log_every must be >= 0")
+        if self.data_path not in ("auto", "memory", "stream"):
+            raise ValueError(f"TrainConfig.data_path must be auto, memory or stream, got {self.data_path!r}")
+        if self.shuffle_buffer_rows < 1 or self.prefetch_batches < 1:
+            raise ValueError("TrainConfig: shuffle_buffer_rows and prefetch_batches must be >= 1")
+        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
+            raise ValueError(f"TrainConfig.memory_budget_mb must be > 0 (or null), got {self.memory_budget_mb}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -164,6 +164,31 @@ def evaluate_on_test(settings: Settings, result: Any, test: Any, tasks: tuple[st
     return report, oracle
 
 
+NARROW_COLUMNS = ("user_id", "ad_id", "event_time", "exposure_index")  # the propensity's and the summary's
+
+
+def read_split(settings: Settings, training_set: Path, tasks: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
+    """The training set split by day (components/training/encoders.py ``window_split``): (the training rows
+    for the trainer, their table for the checks, IPW and summary, the validation rows, the test rows). In
+    memory the first two are one table; when the set streams (``training.train.data_path``,
+    ``memory_budget_mb``: components/training/stream.py) the trainer gets ``ParquetRows`` and the table
+    holds only the labels and ``NARROW_COLUMNS`` (~34 bytes a row); the held-out days are read whole."""
+    from components.training.encoders import read_training_set, window_split
+    from components.training.stream import split_on_disk, streams
+    from components.training.train_config import TrainConfig
+
+    cfg = settings.training
+
+    def split(table: Any) -> Any:
+        return window_split(table, cfg.valid_days, cfg.test_days)
+
+    if streams(TrainConfig.from_dict(cfg.train.to_dict()), training_set):
+        rows, (valid, test) = split_on_disk(training_set, split)
+        return rows, rows.table([*NARROW_COLUMNS, *tasks]), valid, test
+    train, valid, test = split(read_training_set(training_set))
+    return train, train, valid, test
+
+
 def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path, tasks: tuple[str, ...],
                        progress: Callable[[dict[str, Any]], None] | None = None, run: Any = None) -> dict[str, Any]:
     """Train on ``training_set``'s train days, early-stop on its validation days, evaluate on its test
@@ -179,15 +204,13 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
     import pyarrow.compute as pc
 
     from components.storage import write_json_atomic
-    from components.training.encoders import read_training_set, window_split
     from components.training.loop import train_ranker
     from components.training.train_config import TrainConfig
 
     cfg = settings.training
     started = time.perf_counter()
-    table = read_training_set(training_set)
-    train, valid, test = window_split(table, cfg.valid_days, cfg.test_days)
-    first = pc.min(table.column("event_time")).as_py().date()
+    data, train, valid, test = read_split(settings, training_set, tasks)  # train: the rows' narrow columns
+    first = pc.min(train.column("event_time")).as_py().date()  # the oldest day trains
 
     _check_positives(train, test, tasks, training_set)
     # The propensity sees the training days only: fitting it on the validation and test days would leak
@@ -207,7 +230,7 @@ def train_and_evaluate(settings: Settings, end_day: dt.date, training_set: Path,
                                        "ipw": weights is not None,
                                        **({"batch_size": small["used_batch_size"]} if small else {})})
     ranker_cfg = cfg.ranker.to_ranker_config()
-    result = train_ranker(settings, train, valid if valid.num_rows else None, ranker_cfg, train_cfg,
+    result = train_ranker(settings, data, valid if valid.num_rows else None, ranker_cfg, train_cfg,
                           train_weights=weights, callback=progress if run is None else run.listener(progress))
     report, oracle = evaluate_on_test(settings, result, test, tasks, ranker_cfg.arch, end_day)
 

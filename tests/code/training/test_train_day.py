@@ -83,3 +83,29 @@ def test_small_data_lowers_the_batch_to_the_minimum_steps_per_epoch_and_says_so(
     text = "\n".join(render_train({"stage": "train", "small_data": note, "rows": {"train": rows}}))
     assert note["text"] in text
     assert "small data" not in "\n".join(render_train({"stage": "train", "small_data": None}))
+
+
+def test_the_daily_step_streams_a_set_over_its_memory_budget(trained_day: dict[str, Any], caplog,
+                                                             tmp_path_factory: pytest.TempPathFactory,
+                                                             shared_data: Path) -> None:
+    """Last in the file: it writes the same model folder. With a 1 MB budget the small set (~10 MB decoded)
+    streams from disk; the split, the IPW weights and the reported rows are the in-memory run's."""
+    import logging
+
+    from components.training.train_day import train_and_evaluate
+    from tests.code.training.test_dataset import small_training_set, small_training_settings
+
+    path = small_training_set(tmp_path_factory, shared_data)
+    settings = small_training_settings(tmp_path_factory, shared_data, training={"ranker": TINY, "train": {
+        "epochs": 2, "batch_size": 1024, "patience": 0, "device": "cpu", "memory_budget_mb": 1}})
+    memory = trained_day["result"]
+    end_day = max(trained_day["table"].column("event_time").to_pylist()).date()
+    with caplog.at_level(logging.INFO, logger="components.training"):
+        streamed = train_and_evaluate(settings, end_day, path, settings.tasks)
+    assert any("streaming it from disk" in r.getMessage() for r in caplog.records)
+    assert any("streamed from parquet" in r.getMessage() for r in caplog.records)
+    assert streamed["rows"] == memory["rows"] and streamed["days"] == memory["days"]
+    assert streamed["ipw"] == memory["ipw"]
+    assert streamed["training"]["steps"] == memory["training"]["steps"]
+    for task in settings.tasks:
+        assert streamed["evaluation"]["overall"][task]["rows"] == memory["rows"]["test"]
