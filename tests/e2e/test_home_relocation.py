@@ -25,7 +25,7 @@ import pytest
 
 from components.config import PROJECT_ROOT
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow]  # make test-slow: the 15-minute suite has no room for it
+pytestmark = pytest.mark.shared_data
 DAYS = 2
 CONFIG = """\
 simulator: {n_users: 80, sessions_per_user_day: 2.0, n_initial_ads: 80, new_ads_per_day: 5, new_users_per_day: 3,
