@@ -284,13 +284,7 @@ def _refresh_semantic_ids(
     import pyarrow.compute as pc
 
     from components.representations.quantisers import codebook_sizes
-    from components.representations.semantic_ids import (
-        assign_codes,
-        code_columns,
-        codebook_report,
-        fit_or_load_codebook,
-        load_codebook,
-    )
+    from components.representations.semantic_ids import code_columns, codebook_report, fit_and_assign
 
     if settings.representations.semantic_ids == "off":
         _skip(report, "semantic_ids", "switched off (representations.semantic_ids: off)")
@@ -301,9 +295,8 @@ def _refresh_semantic_ids(
     visual = stores["visual"]
     pos, has_photo = gather_rows(visual, ad_ids)
     X = visual.vectors[pos] * has_photo[:, None]
-    previous = load_codebook(settings)
-    codebook = fit_or_load_codebook(settings, X[has_photo], encoder=visual.encoder, refit=refit_codebook)
-    codes = assign_codes(settings, ad_ids, X, has_photo)
+    previous, codebook, codes = fit_and_assign(settings, X[has_photo], ad_ids, X, has_photo, encoder=visual.encoder,
+                                               refit=refit_codebook)  # one process at a time
     codes_today = codes.filter(pc.is_in(codes.column("ad_id"), value_set=ads.column("ad_id")))
     sids = code_columns(settings)
     report["semantic_ids"] = {

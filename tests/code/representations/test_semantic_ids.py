@@ -170,3 +170,39 @@ def test_products_sharing_a_level1_code_share_article_type_3x_as_often(settings,
     report = semantic_id_summary(settings).report
     assert report["codes_used"][0] >= 200  # the codebook is used, not collapsed onto a few codes
     assert report["collision_rate"] < 0.2
+
+
+def test_two_refreshes_at_once_fit_one_codebook_and_code_with_it(settings, monkeypatch) -> None:
+    """fit_and_assign holds a lock over the fit and the coding: two commands starting on a home with no
+    codebook (a daily beside a backfill) used to fit one each; now the second loads the first one's."""
+    import threading
+    import time
+
+    from components.representations.semantic_ids import fit_and_assign
+
+    s = _with(settings, rq_levels=2, rq_codes=8, rq_pca_dim=8)
+    fits: list[int] = []
+    original_fit = ResidualKMeans.fit
+
+    def slow_fit(self, X):  # a wide window: without the lock both threads would be fitting at once
+        fits.append(len(X))
+        time.sleep(0.5)
+        return original_fit(self, X)
+
+    monkeypatch.setattr(ResidualKMeans, "fit", slow_fit)
+    start = threading.Barrier(2)
+    results: dict[int, tuple] = {}
+
+    def refresh(i: int) -> None:
+        X, _ = clustered_vectors(8, 25, 16, noise=0.2, seed=20 + i)  # each command's own ads
+        start.wait()
+        results[i] = fit_and_assign(s, X, np.arange(len(X)) + 1000 * i, X, np.ones(len(X), bool))
+
+    threads = [threading.Thread(target=refresh, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(fits) == 1 and results[0][1].version == results[1][1].version
+    assert [p.name for p in semantic_ids_dir(s).iterdir() if p.is_dir()] == [results[0][1].version]
+    assert {r[0] is None for r in results.values()} == {True, False}  # the second found the first one's codebook
