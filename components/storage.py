@@ -29,6 +29,8 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -169,3 +171,16 @@ def write_json_atomic(path: Path, payload: Any, *, sort_keys: bool = True) -> No
     """:func:`write_file_atomic` for ``payload`` as indented JSON (see :func:`json_default`)."""
     text = json.dumps(payload, indent=2, sort_keys=sort_keys, default=json_default)
     write_file_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder if missing) for the ``with`` block:
+    writers in other processes (and on other open files in this one) wait. The kernel drops the lock when
+    the file closes, also when the process is killed, so a crash never leaves it held."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield

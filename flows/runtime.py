@@ -52,7 +52,7 @@ def ensure_prefect_database() -> None:
     exclusive ``flock`` and leaves a marker for this Prefect version; the others wait on the lock, find the
     marker and go on, and every ephemeral server then finds the database at head (nothing to migrate).
     Nothing to do with a Prefect server (``PREFECT_API_URL``) or a non-SQLite database."""
-    import fcntl
+    from components.storage import file_lock
 
     if os.environ.get("PREFECT_API_URL"):
         return
@@ -68,8 +68,7 @@ def ensure_prefect_database() -> None:
     marker = home / f".adsrec-db-migrated-{prefect.__version__}"
     if marker.exists():
         return
-    with open(home / ".adsrec-db-migrate.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (also when the process dies)
+    with file_lock(home / ".adsrec-db-migrate.lock"):  # released also when the process dies
         if marker.exists():
             return
         import asyncio

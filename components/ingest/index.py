@@ -30,7 +30,6 @@ backfill and separate processes alike) until the index is closed.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import os
 import threading
 from contextlib import contextmanager
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
+
+from components.storage import file_lock
 
 if TYPE_CHECKING:
     import duckdb
@@ -294,24 +295,19 @@ def open_index(settings: "Settings", sync: bool = True) -> Iterator[IngestIndex]
     import duckdb
 
     folder = settings.offline_dir / INDEX_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK, open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _THREAD_LOCK, file_lock(folder / ".lock"):
         try:
-            try:
-                con = duckdb.connect(str(folder / INDEX_FILE))
-            except duckdb.Error as exc:  # a corrupt index file: it is only a cache of the offline store
-                if "lock" in str(exc).lower():
-                    raise
-                os.replace(folder / INDEX_FILE, folder / f"{INDEX_FILE}.corrupt")
-                con = duckdb.connect(str(folder / INDEX_FILE))
-            try:
-                _ensure_schema(con)
-                index = IngestIndex(settings, con)
-                if sync:
-                    index.sync()
-                yield index
-            finally:
-                con.close()
+            con = duckdb.connect(str(folder / INDEX_FILE))
+        except duckdb.Error as exc:  # a corrupt index file: it is only a cache of the offline store
+            if "lock" in str(exc).lower():
+                raise
+            os.replace(folder / INDEX_FILE, folder / f"{INDEX_FILE}.corrupt")
+            con = duckdb.connect(str(folder / INDEX_FILE))
+        try:
+            _ensure_schema(con)
+            index = IngestIndex(settings, con)
+            if sync:
+                index.sync()
+            yield index
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            con.close()

@@ -17,8 +17,8 @@ model a version serves and what its tags say about it:
 - the code revision (``git rev-parse HEAD``), since the packaged model carries the project's code.
 
 Not in it: the run id (a re-run after a kill opens a new run), the scoring sample and the plots (logged
-with the version, they do not define it), the home's path (a copied home is the same registry: paths under the home in the hashed JSON
-files, ``checkpoint_dir``, are hashed relative to it).
+with the version, they do not define it), the home's path (a copied home is the same registry: paths
+under the home in the hashed JSON files, ``checkpoint_dir``, are hashed relative to it).
 
 The hash is tagged ``adsrec.fingerprint`` on the run and on the version. MLflow writes a version and its
 tags in one transaction, so a version without the tag never exists. :func:`registered_with` finds the
@@ -59,8 +59,8 @@ def _update_file(h: Any, path: Path) -> None:
 def _json_bytes(model_dir: Path, name: str) -> bytes:
     """A JSON file of the saved ranker with every path under its home written relative to it: the daily
     saves ``checkpoint_dir`` (train_config.json) as an absolute path, which differs between a home and its
-    copy although the model is the same. The home is the folder above
-    ``models/`` (the daily's layout), else the model folder itself. A file that is not JSON hashes as its bytes."""
+    copy although the model is the same. The home is the folder above ``models/`` (the daily's layout), else
+    the model folder itself. A file that is not JSON hashes as its bytes."""
     raw = (model_dir / name).read_bytes()
     try:
         content = json.loads(raw)

@@ -203,20 +203,14 @@ def fit_and_assign(settings: "Settings", X_fit: np.ndarray, ad_ids: np.ndarray, 
                    *, encoder: str | None = None, refit: bool = False) -> tuple[Quantizer | None, Quantizer, "pa.Table"]:
     """(the codebook before, the one in use, the codes): :func:`fit_or_load_codebook` then :func:`assign_codes`
     under an exclusive ``flock`` on ``semantic_ids/.lock``. Two commands refreshing at once (a daily beside a
-    backfill) used to both find no codebook, fit two, and code their days with whichever ``current.json`` said
+    backfill) used to both find no codebook, fit two, and code their days with whichever ``CURRENT.json`` said
     last; now the second waits, loads the first one's codebook and codes with it."""
-    import fcntl
+    from components.storage import file_lock
 
-    root = semantic_ids_dir(settings)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            previous = load_codebook(settings)
-            codebook = fit_or_load_codebook(settings, X_fit, encoder=encoder, refit=refit)
-            return previous, codebook, assign_codes(settings, ad_ids, X, has_input)
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(semantic_ids_dir(settings) / ".lock"):
+        previous = load_codebook(settings)
+        codebook = fit_or_load_codebook(settings, X_fit, encoder=encoder, refit=refit)
+        return previous, codebook, assign_codes(settings, ad_ids, X, has_input)
 
 
 def assign_codes(settings: "Settings", ad_ids: np.ndarray, X: np.ndarray, has_input: np.ndarray) -> "pa.Table":

@@ -32,10 +32,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from components.storage import write_json_atomic
+from components.storage import file_lock, write_json_atomic
 from components.store.sql import DATE_DIR, MARKER_DIR, half_written_message
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _part_record(folder: Path) -> dict:
 
 def _marker(root: Path, day: dt.date, parts: Iterable[str], strict: bool = True) -> dict:
     """The marker's content. ``strict``: it commits the parts it names and no other (readers check,
-    components/store/sql.py ``committed_days``); a migrated marker is not strict (every part of its day)."""
+    components/store/sql.py ``marker_commits``); a migrated marker is not strict (every part of its day)."""
     folder = f"date={day.isoformat()}"
     return {"day": day.isoformat(), "strict": strict,
             "parts": {name: _part_record(root / name / folder) for name in parts}}
@@ -126,21 +126,12 @@ def commit_day(root: Path, day: dt.date, parts: Iterable[str]) -> None:
     _fsync_dir(root / MARKER_DIR)
 
 
-@contextmanager
-def day_lock(root: Path, day: dt.date) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<root>/.locks/<day>.lock`` while a day's parts and marker are written:
-    two commands writing the same day at once (a daily beside a backfill) take turns instead of one removing
-    the marker the other is about to rewrite. Readers take no lock (they see the day or nothing)."""
-    import fcntl
-
-    folder = root / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{day.isoformat()}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def day_lock(root: Path, day: dt.date) -> AbstractContextManager[None]:
+    """An exclusive lock on ``<root>/.locks/<day>.lock`` (:func:`components.storage.file_lock`) while a day's
+    parts and marker are written: two commands writing the same day at once (a daily beside a backfill) take
+    turns instead of one removing the marker the other is about to rewrite. Readers take no lock (they see
+    the day or nothing)."""
+    return file_lock(root / ".locks" / f"{day.isoformat()}.lock")
 
 
 @contextmanager

@@ -12,7 +12,8 @@ A day is complete or invisible (docs/state.md, "Day commit markers"): under a st
 commit marker ``<root>/_days/<day>.json`` exists (written last by components/store/days.py, after every
 table or view of the day); a day with partitions but no marker is half-written: left out, with a warning
 naming it. A view added to a committed day later (the representations' views) is listed once the day's
-marker, rewritten by that step, names it. A root without ``_days/`` (a home written before the markers, or another folder) lists every day.
+marker, rewritten by that step, names it. A root without ``_days/`` (a home written before the markers, or
+another folder) lists every day.
 
 Light on purpose: DuckDB is imported inside :func:`connect`, so the CLI can import this module cheaply.
 """
@@ -65,22 +66,27 @@ def sql_ts(value: dt.datetime) -> str:
     return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
-def committed_days(root: Path, part: str | None = None) -> set[str] | None:
-    """The days (``YYYY-MM-DD``) of the store ``root`` with a commit marker (one ``scandir`` of
-    ``<root>/_days``); None when the store has no marker folder (never written with markers: every day
-    counts as committed). With ``part`` (a table or view), only the days whose marker commits it: a marker
-    written with ``"strict": true`` (components/store/days.py) commits the parts it lists, an older or
-    migrated one every part of its day (one small JSON read per marker)."""
+def _marker_files(root: Path) -> dict[str, str] | None:
+    """``{YYYY-MM-DD: marker path}`` from one ``scandir`` of ``<root>/_days``; None without that folder."""
     try:
         entries = os.scandir(root / MARKER_DIR)
     except (FileNotFoundError, NotADirectoryError):
         return None
     with entries:
-        markers = {e.name[:-5]: e.path for e in entries if e.name.endswith(".json") and not e.name.startswith(".")}
-    return set(markers) if part is None else {d for d, path in markers.items() if _commits(path, part)}
+        return {e.name[:-5]: e.path for e in entries if e.name.endswith(".json") and not e.name.startswith(".")}
 
 
-def _commits(path: str, part: str) -> bool:
+def committed_days(root: Path, part: str) -> set[str] | None:
+    """The days (``YYYY-MM-DD``) of the store ``root`` whose commit marker commits ``part`` (a table or
+    view; :func:`marker_commits`); None when the store has no marker folder (never written with markers:
+    every day counts as committed). One ``scandir`` of ``<root>/_days`` and one small JSON read per marker."""
+    markers = _marker_files(root)
+    return None if markers is None else {d for d, path in markers.items() if marker_commits(path, part)}
+
+
+def marker_commits(path: str, part: str) -> bool:
+    """Whether the marker at ``path`` commits ``part``: a marker written with ``"strict": true``
+    (components/store/days.py) commits the parts it names, an older or migrated one every part of its day."""
     try:
         marker = json.loads(Path(path).read_text())
     except (OSError, ValueError):  # replaced or removed while listing: its day is being re-done
@@ -94,7 +100,7 @@ def half_written_message(root: Path, day: dt.date, part: str | None = None) -> s
     day's marker does not name (written after the marker, by a step that was cut short or has not run)."""
     if part is not None and (root / MARKER_DIR / f"{day.isoformat()}.json").is_file():
         return (f"{part} of day {day} in {root} is not committed (the day's marker {MARKER_DIR}/{day}.json does "
-                "not name it): readers leave it out until its step (representations) re-runs the day")
+                "not name it): readers leave it out until the step that writes it re-runs the day")
     present = sorted(p.name for p in root.iterdir() if not p.name.startswith(("_", "."))
                      and (p / f"date={day.isoformat()}").is_dir()) if root.is_dir() else []
     markers = sorted((root / MARKER_DIR).glob("[0-9]*.json"))
@@ -112,7 +118,7 @@ def day_partitions(folder: Path, start: dt.date | None = None, end: dt.date | No
     Days without a commit marker in ``folder.parent/_days`` (when that exists) are left out, with a
     warning, unless ``all_days`` (the writer's own bookkeeping, e.g. the ingest index)."""
     out = []
-    committed = None if all_days else committed_days(folder.parent, folder.name)
+    markers = None if all_days else _marker_files(folder.parent)  # only the listed days' markers are read
     try:
         entries = os.scandir(folder)
     except (FileNotFoundError, NotADirectoryError):
@@ -128,7 +134,9 @@ def day_partitions(folder: Path, start: dt.date | None = None, end: dt.date | No
                 continue  # date=2026-13-40
             if (start and day < start) or (end and day > end):
                 continue
-            if committed is not None and m.group(1) not in committed:
+            committed = markers is None or (m.group(1) in markers
+                                            and marker_commits(markers[m.group(1)], folder.name))
+            if not committed:
                 if (str(folder), day) not in _warned:
                     _warned.add((str(folder), day))
                     log.warning(half_written_message(folder.parent, day, folder.name))
